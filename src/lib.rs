@@ -1,0 +1,5 @@
+//! wsfs: lazy, verified FUSE mounts of CI workspaces stored as content-addressed chunks on object
+//! stores, read through an ordered provider failover chain. See docs/architecture.md.
+
+pub mod manifest;
+pub mod store;

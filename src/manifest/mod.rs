@@ -1,0 +1,45 @@
+//! The workspace format: manifest types, their binary encoding and validation, layer refs, and
+//! the chunker that turns files into content-addressed chunks. No I/O happens here.
+
+pub mod chunker;
+pub mod codec;
+pub mod layer_ref;
+pub mod names;
+pub mod types;
+pub mod validate;
+
+pub use codec::{decode, encode, FORMAT_VERSION};
+pub use layer_ref::LayerRef;
+pub use types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a wsfs manifest (bad magic bytes)")]
+    NotAManifest,
+    #[error("manifest format version {found} is not supported by this wsfs (it reads version {supported}); upgrade wsfs")]
+    UnknownVersion { found: u32, supported: u32 },
+    #[error("manifest is corrupt: {0}")]
+    Corrupt(String),
+    #[error("manifest is invalid: {0}")]
+    Invalid(String),
+    #[error("could not encode manifest: {0}")]
+    Encode(String),
+}
+
+/// Object-store keys, relative to a provider's prefix.
+pub mod keys {
+    use super::Digest;
+
+    pub fn chunk(d: &Digest) -> String {
+        let h = d.to_hex();
+        format!("chunks/{}/{}", &h[..2], h)
+    }
+
+    pub fn manifest(d: &Digest) -> String {
+        format!("manifests/{}", d.to_hex())
+    }
+
+    pub fn layer_ref(workspace: &str, layer: &str) -> String {
+        format!("workspaces/{workspace}/layers/{layer}")
+    }
+}

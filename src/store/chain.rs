@@ -1,0 +1,254 @@
+//! The ordered failover chain. Every object is tried on each provider in order until one returns
+//! bytes that verify; anything else — 404, error, timeout, short or corrupt body — is a miss
+//! and moves on. When every provider misses, the error carries each provider's outcome.
+
+use super::config::{Limits, StoreSpec};
+use super::outcome::{AllMissed, Attempt, Outcome};
+use super::provider::{Provider, ProviderBuildError};
+use super::stats::{inc, ChainStats};
+use super::verified::{verify_blob, VerifiedChunk};
+use crate::manifest::{self, keys, ChunkInfo, Digest, LayerRef, Manifest};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub struct Chain {
+    providers: Vec<Arc<Provider>>,
+    pub stats: Arc<ChainStats>,
+    repair: Option<mpsc::Sender<RepairJob>>,
+}
+
+/// A verified object and which provider served it.
+pub struct Served<T> {
+    pub value: T,
+    pub provider: usize,
+    pub attempts: Vec<Attempt>,
+}
+
+/// A layer found through the chain: its ref and its verified manifest.
+pub struct ResolvedLayer {
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub created: i64,
+}
+
+struct RepairJob {
+    provider: usize,
+    key: String,
+    stored: Bytes,
+}
+
+/// Bound on queued repairs: repair is best effort and must never hold memory without limit.
+const REPAIR_QUEUE: usize = 256;
+
+impl Chain {
+    pub fn new(providers: Vec<Provider>) -> Chain {
+        Chain {
+            providers: providers.into_iter().map(Arc::new).collect(),
+            stats: Arc::default(),
+            repair: None,
+        }
+    }
+
+    pub fn from_specs(specs: &[StoreSpec], limits: Limits) -> Result<Chain, ProviderBuildError> {
+        let providers = specs
+            .iter()
+            .map(|s| Provider::from_spec(s, limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chain::new(providers))
+    }
+
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// Turns on repair-on-read: an object that missed on an earlier provider and was found on a
+    /// later one is written back to the earlier one by a background task (bounded queue; a full
+    /// queue drops the repair, never delays the read). Needs a tokio runtime.
+    pub fn enable_repair(&mut self) {
+        let (tx, mut rx) = mpsc::channel::<RepairJob>(REPAIR_QUEUE);
+        let providers = self.providers.clone();
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let Some(p) = providers.get(job.provider) else {
+                    continue;
+                };
+                match p.put(&job.key, job.stored).await {
+                    Ok(()) => {
+                        inc(&stats.repairs);
+                        tracing::info!(provider = %p.name, key = %job.key, "repaired");
+                    }
+                    Err(o) => {
+                        inc(&stats.repair_failures);
+                        tracing::warn!(provider = %p.name, key = %job.key, outcome = %o, "repair failed");
+                    }
+                }
+            }
+        });
+        self.repair = Some(tx);
+    }
+
+    /// Tries `key` on each provider in order; `check` turns the body into a verified value or a
+    /// miss. A provider whose breaker is open is skipped, and asked last only if every other
+    /// provider missed.
+    pub async fn fetch<T>(
+        &self,
+        what: &str,
+        key: &str,
+        check: impl Fn(&Bytes) -> Result<T, Outcome>,
+    ) -> Result<Served<T>, AllMissed> {
+        let mut attempts: Vec<Attempt> = Vec::with_capacity(self.providers.len());
+        let mut skipped = Vec::new();
+        let mut missed_here = Vec::new();
+        let order: Vec<usize> = (0..self.providers.len()).collect();
+        for pass in 0..2 {
+            let candidates: Vec<usize> = if pass == 0 { order.clone() } else { std::mem::take(&mut skipped) };
+            for i in candidates {
+                let p = &self.providers[i];
+                if pass == 0 && !p.breaker.allow() {
+                    p.stats.record(&Outcome::Skipped, 0);
+                    attempts.push(Attempt {
+                        provider: p.name.clone(),
+                        outcome: Outcome::Skipped,
+                        elapsed: Default::default(),
+                    });
+                    skipped.push(i);
+                    continue;
+                }
+                let (r, elapsed) = p.attempt(p.get(key)).await;
+                let verified = r.and_then(|body| check(&body).map(|v| (v, body)));
+                match verified {
+                    Ok((value, body)) => {
+                        p.stats.record(&Outcome::Hit, elapsed.as_micros() as u64);
+                        p.stats
+                            .bytes
+                            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        attempts.push(Attempt {
+                            provider: p.name.clone(),
+                            outcome: Outcome::Hit,
+                            elapsed,
+                        });
+                        if attempts.len() > 1 {
+                            inc(&self.stats.failovers);
+                            tracing::warn!(
+                                what,
+                                served_by = %p.name,
+                                missed = %attempts[..attempts.len() - 1]
+                                    .iter()
+                                    .map(|a| a.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                                "failover: served by a later provider"
+                            );
+                            self.queue_repairs(&missed_here, key, &body);
+                        }
+                        return Ok(Served {
+                            value,
+                            provider: i,
+                            attempts,
+                        });
+                    }
+                    Err(outcome) => {
+                        p.stats.record(&outcome, elapsed.as_micros() as u64);
+                        if matches!(
+                            outcome,
+                            Outcome::NotFound | Outcome::Corrupt(_) | Outcome::Short { .. }
+                        ) {
+                            missed_here.push(i);
+                        }
+                        attempts.push(Attempt {
+                            provider: p.name.clone(),
+                            outcome,
+                            elapsed,
+                        });
+                    }
+                }
+            }
+        }
+        inc(&self.stats.all_missed);
+        // Keep only the most informative attempt per provider (a last-resort retry of a skipped
+        // provider replaces its "skipped" line).
+        let mut last: Vec<Attempt> = Vec::new();
+        for a in attempts {
+            if let Some(prev) = last.iter_mut().find(|p| p.provider == a.provider) {
+                *prev = a;
+            } else {
+                last.push(a);
+            }
+        }
+        Err(AllMissed {
+            what: what.to_string(),
+            attempts: last,
+        })
+    }
+
+    fn queue_repairs(&self, missed: &[usize], key: &str, body: &Bytes) {
+        let Some(tx) = &self.repair else { return };
+        for &provider in missed {
+            let _ = tx.try_send(RepairJob {
+                provider,
+                key: key.to_string(),
+                stored: body.clone(),
+            });
+        }
+    }
+
+    /// Fetches and verifies one chunk.
+    pub async fn fetch_chunk(&self, info: &ChunkInfo) -> Result<Served<VerifiedChunk>, AllMissed> {
+        let what = format!("chunk {}", info.hash.short());
+        self.fetch(&what, &keys::chunk(&info.hash), |b| {
+            VerifiedChunk::from_stored(info, b)
+        })
+        .await
+    }
+
+    /// Fetches a manifest, verifies its bytes against `digest`, and decodes it.
+    pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Served<Manifest>, AllMissed> {
+        let what = format!("manifest {}", digest.short());
+        self.fetch(&what, &keys::manifest(digest), |b| {
+            verify_blob(digest, b)?;
+            manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+        })
+        .await
+    }
+
+    /// Finds a layer: its ref on the first provider that has one, then that manifest through the
+    /// whole chain (verified against the digest the ref names).
+    pub async fn resolve_layer(
+        &self,
+        workspace: &str,
+        layer: &str,
+    ) -> Result<ResolvedLayer, AllMissed> {
+        let what = format!("layer {layer:?} of workspace {workspace:?}");
+        let r = self
+            .fetch(&format!("ref of {what}"), &keys::layer_ref(workspace, layer), |b| {
+                LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+            })
+            .await?;
+        let (layer_ref, digest) = r.value;
+        let m = self.fetch_manifest(&digest).await.map_err(|mut e| {
+            e.what = format!("manifest {} of {what}", digest.short());
+            e
+        })?;
+        let manifest = m.value;
+        if manifest.workspace != workspace || manifest.layer != layer {
+            return Err(AllMissed {
+                what: format!("manifest of {what}"),
+                attempts: vec![Attempt {
+                    provider: self.providers[m.provider].name.clone(),
+                    outcome: Outcome::Corrupt(format!(
+                        "the ref points at the manifest of layer {:?} of workspace {:?}",
+                        manifest.layer, manifest.workspace
+                    )),
+                    elapsed: Default::default(),
+                }],
+            });
+        }
+        Ok(ResolvedLayer {
+            digest,
+            manifest,
+            created: layer_ref.created,
+        })
+    }
+}

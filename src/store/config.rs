@@ -1,0 +1,187 @@
+//! Which stores make up the chain, and how each is reached.
+//!
+//! The chain is the `[[store]]` entries of `--config FILE` in order, then the `--store` flags in
+//! order. Options are object_store configuration keys (`aws_endpoint`, `allow_http`, …) plus a
+//! few of wsfs's own, prefixed `wsfs_` (timeouts and retries); environment variables that
+//! object_store reads (`AWS_*`, `GOOGLE_*`, `AZURE_*`) apply too.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    pub url: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    store: Vec<StoreSpec>,
+}
+
+/// Per-provider request limits. object_store's own default retry policy can wait for minutes;
+/// a job must never wait that long on one store when another could answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Bound on one whole request (headers and body), retries included.
+    pub request_timeout: Duration,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Retries of transient errors (5xx, resets) within the request timeout; never on 404/403.
+    pub retries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            retries: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message} (expected [[store]] tables with url = \"…\" and an optional options = {{ … }})")]
+    Parse { path: String, message: String },
+    #[error("store option {key} = {value:?} is not valid: {why}")]
+    BadOption {
+        key: String,
+        value: String,
+        why: String,
+    },
+    #[error("no stores given: pass --store URL (repeatable, in failover order) or --config FILE")]
+    NoStores,
+}
+
+/// Builds the ordered chain of store specs from an optional config file and `--store` flags.
+pub fn chain_specs(config: Option<&Path>, flags: &[String]) -> Result<Vec<StoreSpec>, ConfigError> {
+    let mut specs = Vec::new();
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        specs.extend(file.store);
+    }
+    specs.extend(flags.iter().map(|u| StoreSpec {
+        url: u.clone(),
+        options: BTreeMap::new(),
+    }));
+    if specs.is_empty() {
+        return Err(ConfigError::NoStores);
+    }
+    Ok(specs)
+}
+
+/// Splits wsfs's own `wsfs_*` options out of a spec and applies them over `base`.
+pub fn limits_for(spec: &StoreSpec, base: Limits) -> Result<(Limits, BTreeMap<String, String>), ConfigError> {
+    let mut limits = base;
+    let mut rest = BTreeMap::new();
+    for (k, v) in &spec.options {
+        let bad = |why: &str| ConfigError::BadOption {
+            key: k.clone(),
+            value: v.clone(),
+            why: why.to_string(),
+        };
+        match k.as_str() {
+            "wsfs_request_timeout" => {
+                limits.request_timeout = parse_duration(v).ok_or_else(|| bad("expected a duration like 5s or 500ms"))?
+            }
+            "wsfs_connect_timeout" => {
+                limits.connect_timeout = parse_duration(v).ok_or_else(|| bad("expected a duration like 2s or 500ms"))?
+            }
+            "wsfs_retries" => {
+                limits.retries = v.parse().map_err(|_| bad("expected a small whole number"))?
+            }
+            k if k.starts_with("wsfs_") => return Err(bad("unknown wsfs option (known: wsfs_request_timeout, wsfs_connect_timeout, wsfs_retries)")),
+            _ => {
+                rest.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok((limits, rest))
+}
+
+/// Parses `500ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "sec" | "secs" => n,
+        "m" | "min" => n * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn chain_order_is_config_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[[store]]\nurl = \"gs://a/x\"\noptions = { wsfs_request_timeout = \"1s\" }\n[[store]]\nurl = \"s3://b/y\"\n",
+        )
+        .unwrap();
+        let specs = chain_specs(Some(&p), &["file:///tmp/z".to_string()]).unwrap();
+        let urls: Vec<_> = specs.iter().map(|s| s.url.as_str()).collect();
+        assert_eq!(urls, ["gs://a/x", "s3://b/y", "file:///tmp/z"]);
+        let (l, rest) = limits_for(&specs[0], Limits::default()).unwrap();
+        assert_eq!(l.request_timeout, Duration::from_secs(1));
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[[stores]]\nurl = 1\n").unwrap();
+        let e = chain_specs(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("is not valid"), "{e}");
+        assert!(matches!(chain_specs(None, &[]), Err(ConfigError::NoStores)));
+        let spec = StoreSpec {
+            url: "memory://".into(),
+            options: [("wsfs_bogus".to_string(), "1".to_string())].into(),
+        };
+        assert!(limits_for(&spec, Limits::default()).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! Object stores and the verified failover chain.
+//!
+//! * [`Provider`] — one object store (any URL object_store understands), its key prefix, request
+//!   limits, circuit breaker and counters.
+//! * [`Chain`] — providers in failover order; returns only verified values.
+//! * [`VerifiedChunk`] — chunk bytes that passed the hash check; the only thing the read path
+//!   accepts.
+//! * [`fault`] — an `ObjectStore` wrapper that injects failures, for fast unit tests.
+
+pub mod breaker;
+pub mod chain;
+pub mod config;
+pub mod fault;
+pub mod outcome;
+pub mod provider;
+pub mod stats;
+pub mod verified;
+
+pub use chain::{Chain, ResolvedLayer, Served};
+pub use config::{chain_specs, Limits, StoreSpec};
+pub use outcome::{AllMissed, Attempt, Outcome};
+pub use provider::Provider;
+pub use verified::VerifiedChunk;

@@ -1,0 +1,249 @@
+//! A `Provider`: one object store, its key prefix, its request limits and its health.
+//!
+//! Every request is bounded by the provider's request timeout (enforced here, around
+//! object_store's own timeout and retries) and classified into an [`Outcome`].
+
+use super::breaker::Breaker;
+use super::config::{limits_for, ConfigError, Limits, StoreSpec};
+use super::outcome::Outcome;
+use super::stats::ProviderStats;
+use bytes::Bytes;
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Provider {
+    /// Display name: the URL without credentials or query, e.g. `s3://bucket/prefix`.
+    pub name: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    pub limits: Limits,
+    pub breaker: Breaker,
+    pub stats: ProviderStats,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({})", self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderBuildError {
+    #[error("store URL {url:?} is not valid: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("cannot set up store {url}: {why}")]
+    Build { url: String, why: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Strips credentials and query from a URL for logs, messages and status output.
+pub fn display_name(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    let s = u.to_string();
+    s.trim_end_matches('/').to_string()
+}
+
+impl Provider {
+    pub fn from_spec(spec: &StoreSpec, base: Limits) -> Result<Provider, ProviderBuildError> {
+        let (limits, options) = limits_for(spec, base)?;
+        let url = url::Url::parse(&spec.url).map_err(|e| ProviderBuildError::BadUrl {
+            url: spec.url.clone(),
+            why: format!("{e} (expected e.g. file:///abs/dir, s3://bucket/prefix, gs://bucket/prefix)"),
+        })?;
+        let (store, prefix) = build_store(&url, &options, &limits).map_err(|why| {
+            ProviderBuildError::Build {
+                url: display_name(&url),
+                why,
+            }
+        })?;
+        Ok(Provider {
+            name: display_name(&url),
+            store,
+            prefix,
+            limits,
+            breaker: Breaker::default(),
+            stats: ProviderStats::default(),
+        })
+    }
+
+    /// Wraps an existing store (tests, fault injection).
+    pub fn from_store(name: &str, store: Arc<dyn ObjectStore>, limits: Limits) -> Provider {
+        Provider {
+            name: name.to_string(),
+            store,
+            prefix: StorePath::default(),
+            limits,
+            breaker: Breaker::default(),
+            stats: ProviderStats::default(),
+        }
+    }
+
+    fn path(&self, key: &str) -> StorePath {
+        let mut p = self.prefix.clone();
+        for part in key.split('/') {
+            p = p.child(part);
+        }
+        p
+    }
+
+    /// GETs a whole object. Chunks are fetched whole: they are small, and some servers (moto)
+    /// read the whole object for every range request anyway.
+    pub async fn get(&self, key: &str) -> Result<Bytes, Outcome> {
+        let path = self.path(key);
+        let fut = async {
+            let r = self.store.get(&path).await.map_err(classify)?;
+            r.bytes().await.map_err(classify)
+        };
+        self.bounded(fut).await
+    }
+
+    /// HEAD: the stored size of an object.
+    pub async fn head(&self, key: &str) -> Result<u64, Outcome> {
+        let path = self.path(key);
+        self.bounded(async { self.store.head(&path).await.map(|m| m.size).map_err(classify) })
+            .await
+    }
+
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Outcome> {
+        let path = self.path(key);
+        // Uploads carry up to 4 MiB: allow them a few request timeouts.
+        let limit = self.limits.request_timeout * 4;
+        match tokio::time::timeout(limit, self.store.put(&path, PutPayload::from_bytes(bytes))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(Outcome::Timeout(limit)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), Outcome> {
+        let path = self.path(key);
+        self.bounded(async { self.store.delete(&path).await.map_err(classify) })
+            .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Outcome>>,
+    ) -> Result<T, Outcome> {
+        let limit = self.limits.request_timeout;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Outcome::Timeout(limit)),
+        }
+    }
+
+    /// Runs one request under the breaker, recording its health.
+    pub async fn attempt<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Outcome>>,
+    ) -> (Result<T, Outcome>, Duration) {
+        let start = Instant::now();
+        let r = fut.await;
+        match &r {
+            Err(o) if o.is_provider_failure() => self.breaker.record_failure(),
+            _ => self.breaker.record_success(),
+        }
+        (r, start.elapsed())
+    }
+}
+
+fn classify(e: object_store::Error) -> Outcome {
+    match e {
+        object_store::Error::NotFound { .. } => Outcome::NotFound,
+        other => {
+            // Keep the message short: object_store errors nest their sources deeply.
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(&other);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            if msg.len() > 300 {
+                msg.truncate(300);
+                msg.push('…');
+            }
+            Outcome::Unavailable(msg)
+        }
+    }
+}
+
+fn retry_config(limits: &Limits) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: limits.retries,
+        retry_timeout: limits.request_timeout,
+    }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// Builds the object store for a URL. Cloud stores start from the environment (`AWS_*`,
+/// `GOOGLE_*`, `AZURE_*`) as object_store defines it, then the spec's options, then wsfs's limits
+/// (unless the options set their own `timeout` / `connect_timeout`).
+fn build_store(
+    url: &url::Url,
+    options: &BTreeMap<String, String>,
+    limits: &Limits,
+) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+    let (scheme, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
+    let mut opts: Vec<(String, String)> = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if !options.contains_key("timeout") {
+        opts.push(("timeout".into(), fmt_ms(limits.request_timeout)));
+    }
+    if !options.contains_key("connect_timeout") {
+        opts.push(("connect_timeout".into(), fmt_ms(limits.connect_timeout)));
+    }
+    let retry = retry_config(limits);
+    macro_rules! cloud {
+        ($builder:ty, $url:expr) => {{
+            let mut b = <$builder>::from_env().with_url($url);
+            for (k, v) in &opts {
+                let key = k.parse().map_err(|_| format!("unknown option {k:?} for this kind of store"))?;
+                b = b.with_config(key, v.clone());
+            }
+            Arc::new(b.with_retry(retry).build().map_err(|e| e.to_string())?) as Arc<dyn ObjectStore>
+        }};
+    }
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::Local => {
+            if !options.is_empty() {
+                return Err("file:// stores take no options".into());
+            }
+            Arc::new(object_store::local::LocalFileSystem::new())
+        }
+        ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
+        ObjectStoreScheme::AmazonS3 => cloud!(object_store::aws::AmazonS3Builder, url.to_string()),
+        ObjectStoreScheme::GoogleCloudStorage => {
+            cloud!(object_store::gcp::GoogleCloudStorageBuilder, url.to_string())
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            cloud!(object_store::azure::MicrosoftAzureBuilder, url.to_string())
+        }
+        ObjectStoreScheme::Http => {
+            let base = &url[..url::Position::BeforePath];
+            let mut b = object_store::http::HttpBuilder::new().with_url(base);
+            for (k, v) in &opts {
+                let key = k.parse().map_err(|_| format!("unknown option {k:?} for an http store"))?;
+                b = b.with_config(key, v.clone());
+            }
+            Arc::new(b.with_retry(retry).build().map_err(|e| e.to_string())?)
+        }
+        other => return Err(format!("{other:?} stores are not supported")),
+    };
+    let prefix = StorePath::parse(path).map_err(|e| e.to_string())?;
+    Ok((store, prefix))
+}
