@@ -9,6 +9,7 @@
 #   scripts/servers.sh install           only install the dependencies
 #   scripts/servers.sh mkbucket-s3 NAME  create an S3 bucket on moto
 #   scripts/servers.sh mkbucket-gcs NAME create a GCS bucket on fake-gcs-server
+#   scripts/servers.sh detach-mounts     abort + lazily unmount leftover wsfs FUSE mounts
 #
 # Library: `source scripts/servers.sh` defines the wsfs_servers_* functions and
 # runs nothing.  After wsfs_servers_start, source "$(wsfs_servers_env_file)".
@@ -191,6 +192,45 @@ wsfs_mount_fusectl() {
     return 0
 }
 
+# Lazily detach leftover FUSE mounts whose fstype or source mentions wsfs
+# (e.g. after a crashed or killed test).  Never stats a mount point: the list
+# comes from /proc/self/mountinfo, the connection is aborted through fusectl
+# first (so nothing can hang on a dead daemon), then `umount -l -c`
+# (no path canonicalization).  Deepest mounts first.
+wsfs_detach_mounts() {
+    local line pre post devmm mnt fstype src major minor conn path
+    local -a found=()
+    [[ -r /proc/self/mountinfo ]] || return 0
+    while IFS= read -r line; do
+        pre=${line%% - *}
+        post=${line#* - }
+        read -r _ _ devmm _ mnt _ <<<"$pre"
+        read -r fstype src _ <<<"$post"
+        case $fstype in fuse | fuse.* | fuseblk | fuseblk.*) ;; *) continue ;; esac
+        [[ ${fstype,,} == *wsfs* || ${src,,} == *wsfs* ]] || continue
+        found=("$devmm $mnt" "${found[@]}")
+    done </proc/self/mountinfo
+    for line in "${found[@]}"; do
+        devmm=${line%% *}
+        mnt=${line#* }
+        major=${devmm%%:*}
+        minor=${devmm#*:}
+        # fusectl names a connection by the kernel's dev_t: (major << 20) | minor.
+        conn=/sys/fs/fuse/connections/$(((major << 20) | minor))
+        # mountinfo escapes space, tab, newline and backslash as \ooo; %b wants \0ooo.
+        path=$(printf '%b' "${mnt//\\/\\0}")
+        if [[ -e $conn/abort ]]; then
+            echo 1 >"$conn/abort" 2>/dev/null || _wsfs_log "could not abort FUSE connection $conn"
+        fi
+        if umount -l -c -- "$path" 2>/dev/null || fusermount3 -u -z -- "$path" 2>/dev/null; then
+            _wsfs_log "detached leftover wsfs mount $path"
+        else
+            _wsfs_log "failed to detach leftover wsfs mount $path"
+        fi
+    done
+    return 0
+}
+
 # ------------------------------------------------------------------ start ---
 
 _wsfs_write_env() {
@@ -230,7 +270,8 @@ _wsfs_running() {
 # _wsfs_start_one NAME DIR: starts moto or gcs, retrying on a new port if the
 # port was taken between picking and binding.
 _wsfs_start_one() {
-    local name=$1 dir=$2 port pid url log="$dir/$1.log" attempt bin
+    local name=$1 dir=$2 port pid url log attempt bin
+    log="$dir/$name.log"
     for attempt in 1 2 3; do
         port=$(_wsfs_free_port) || return 1
         : >"$log"
@@ -245,6 +286,10 @@ _wsfs_start_one() {
             pid=$(_wsfs_spawn "$log" "$bin" -scheme http -backend memory -host 127.0.0.1 -port "$port" \
                 -public-host "127.0.0.1:$port" -external-url "http://127.0.0.1:$port" -log-level warn) || return 1
             url="http://127.0.0.1:$port/storage/v1/b"
+            ;;
+        *)
+            _wsfs_log "unknown server $name"
+            return 1
             ;;
         esac
         echo "$pid" >"$dir/$name.pid"
@@ -296,7 +341,7 @@ wsfs_servers_stop() {
         rm -f "$dir"/moto.{pid,start,port,log} "$dir"/gcs.{pid,start,port,log} "$dir"/env.sh "$dir"/env.sh.tmp
         rmdir "$dir" 2>/dev/null || true
     fi
-    return $rc
+    return "$rc"
 }
 
 wsfs_servers_status() {
@@ -345,7 +390,7 @@ wsfs_mkbucket_gcs() {
     local name=${1:?bucket name} code
     _wsfs_load_env || return 1
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-        --data "{\"name\":\"$name\"}" "$WSFS_TEST_GCS_ENDPOINT/storage/v1/b")
+        --data "{\"name\":\"$name\"}" "$WSFS_TEST_GCS_ENDPOINT/storage/v1/b") || true
     case $code in
     200 | 409) echo "$name" ;; # 409: already exists
     *)
@@ -374,8 +419,9 @@ _wsfs_servers_main() {
     install) wsfs_servers_install ;;
     mkbucket-s3) wsfs_mkbucket_s3 "$@" ;;
     mkbucket-gcs) wsfs_mkbucket_gcs "$@" ;;
+    detach-mounts) wsfs_detach_mounts ;;
     *)
-        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME" >&2
+        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|detach-mounts" >&2
         return 2
         ;;
     esac

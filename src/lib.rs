@@ -3,3 +3,6 @@
 
 pub mod manifest;
 pub mod store;
+pub mod cache;
+pub mod fetcher;
+pub mod fs;

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The one command that runs the whole wsfs test suite (as root, on Debian):
+#
+#   scripts/test.sh [--quick] [-- ARGS...]
+#
+#   --quick   skip `cargo fmt --check` and `cargo clippy`
+#   ARGS      passed to the test binaries after `--test-threads=N` (e.g. a name filter)
+#
+# Env: WSFS_TEST_THREADS (default 4) sets --test-threads.
+#
+# Installs what is missing (fuse3, moto, fake-gcs-server, rustfmt/clippy),
+# starts private moto + fake-gcs-server instances on free loopback ports
+# (own state dir, so servers started by hand are left alone), exports their
+# env (see scripts/servers.sh), and on exit stops them and detaches any
+# leftover wsfs FUSE mounts.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+quick=0
+extra=()
+while (($#)); do
+    case $1 in
+    --quick) quick=1 ;;
+    --)
+        shift
+        extra=("$@")
+        break
+        ;;
+    -h | --help)
+        sed -n '2,16p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "test.sh: unknown argument: $1 (try --help)" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+banner() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+# shellcheck source=scripts/servers.sh
+source "$repo/scripts/servers.sh"
+
+WSFS_TEST_STATE=$(mktemp -d /tmp/wsfs-test-run.XXXXXX)
+export WSFS_TEST_STATE
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM HUP
+    banner "cleanup"
+    wsfs_detach_mounts
+    wsfs_servers_stop || echo "test.sh: warning: could not stop all test servers" >&2
+    rm -rf "$WSFS_TEST_STATE" 2>/dev/null
+    if ((rc == 0)); then
+        banner "ALL STEPS PASSED"
+    else
+        banner "FAILED (exit $rc)"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+banner "setup: toolchain"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy || echo "test.sh: warning: rustup component add failed" >&2
+fi
+cargo --version
+rustc --version
+
+banner "setup: test servers"
+wsfs_servers_start
+# shellcheck source=/dev/null
+source "$(wsfs_servers_env_file)"
+echo "S3 (moto):               $WSFS_TEST_S3_ENDPOINT"
+echo "GCS (fake-gcs-server):   $WSFS_TEST_GCS_ENDPOINT"
+[[ -e /dev/fuse ]] || echo "test.sh: warning: /dev/fuse is missing; FUSE tests will fail" >&2
+
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+
+if ((quick == 0)); then
+    banner "cargo fmt --all -- --check"
+    cargo fmt --all -- --check
+
+    banner "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --all-targets -- -D warnings
+fi
+
+threads=${WSFS_TEST_THREADS:-4}
+banner "cargo test --all-targets -- --test-threads=$threads ${extra[*]:-}"
+cargo test --all-targets -- --test-threads="$threads" "${extra[@]}"

@@ -1,0 +1,263 @@
+//! The filesystem's logic, independent of the kernel: attributes, lookups, directory listings and
+//! reads over the immutable [`InodeTable`], with content from the [`Fetcher`]. The FUSE adapter
+//! in `fuse.rs` only translates. Everything here can be tested without mounting.
+
+use super::error::FsError;
+use super::inode::{InodeTable, Node};
+use super::ledger::{Failure, FailureLedger};
+use crate::fetcher::{FetchError, Fetcher};
+use crate::manifest::{ChunkInfo, EntryKind};
+use crate::store::VerifiedChunk;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Attributes of one inode, in kernel-neutral terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub perm: u16,
+    pub size: u64,
+    pub blocks: u64,
+    pub mtime: SystemTime,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct FsStats {
+    pub reads: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub eio: AtomicU64,
+}
+
+/// How many extents past the last one a read touched are fetched ahead of time.
+pub const READ_AHEAD_EXTENTS: usize = 2;
+
+pub struct WsFs {
+    table: InodeTable,
+    fetcher: Arc<Fetcher>,
+    uid: u32,
+    gid: u32,
+    pub stats: FsStats,
+    pub ledger: FailureLedger,
+}
+
+/// One entry of a directory listing; `next` is the offset to resume after it.
+pub struct DirItem<'a> {
+    pub ino: u64,
+    pub next: u64,
+    pub kind: EntryKind,
+    pub name: &'a [u8],
+}
+
+fn to_time(sec: i64, nsec: u32) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
+    }
+}
+
+impl WsFs {
+    pub fn new(table: InodeTable, fetcher: Arc<Fetcher>, uid: u32, gid: u32) -> WsFs {
+        WsFs {
+            table,
+            fetcher,
+            uid,
+            gid,
+            stats: FsStats::default(),
+            ledger: FailureLedger::default(),
+        }
+    }
+
+    pub fn table(&self) -> &InodeTable {
+        &self.table
+    }
+
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
+    fn node(&self, ino: u64) -> Result<&Node, FsError> {
+        self.table.get(ino).ok_or(FsError::NotFound)
+    }
+
+    pub fn attr(&self, ino: u64) -> Result<Attr, FsError> {
+        let n = self.node(ino)?;
+        let nlink = match n.kind {
+            // A directory's link count: itself, its "." and each subdirectory's "..".
+            EntryKind::Dir => {
+                2 + n
+                    .children
+                    .iter()
+                    .filter(|c| self.table.get(**c).is_some_and(|c| c.kind == EntryKind::Dir))
+                    .count() as u32
+            }
+            _ => 1,
+        };
+        Ok(Attr {
+            ino,
+            kind: n.kind,
+            perm: (n.mode & 0o7777) as u16,
+            size: n.size,
+            blocks: n.size.div_ceil(512),
+            mtime: to_time(n.mtime_sec, n.mtime_nsec),
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let p = self.node(parent)?;
+        if p.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let ino = self.table.lookup(parent, name).ok_or(FsError::NotFound)?;
+        self.attr(ino)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<(), FsError> {
+        match self.node(ino)?.kind {
+            EntryKind::Dir => Ok(()),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// Lists a directory from `offset` (0 = start): ".", "..", then children by name.
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirItem<'_>>, FsError> {
+        let n = self.node(ino)?;
+        if n.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        let dots: [(&[u8], u64); 2] = [(b".", ino), (b"..", n.parent)];
+        for (i, (name, target)) in dots.iter().enumerate() {
+            if (i as u64) >= offset {
+                out.push(DirItem {
+                    ino: *target,
+                    next: i as u64 + 1,
+                    kind: EntryKind::Dir,
+                    name,
+                });
+            }
+        }
+        let skip = offset.saturating_sub(2) as usize;
+        for (i, c) in n.children.iter().enumerate().skip(skip) {
+            let Some(child) = self.table.get(*c) else {
+                continue;
+            };
+            out.push(DirItem {
+                ino: *c,
+                next: i as u64 + 3,
+                kind: child.kind,
+                name: &child.name,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<&[u8], FsError> {
+        let n = self.node(ino)?;
+        match n.kind {
+            EntryKind::Symlink => Ok(&n.target),
+            _ => Err(FsError::NotSymlink),
+        }
+    }
+
+    /// Checks an open: files only, and never for writing.
+    pub fn open(&self, ino: u64, write: bool) -> Result<(), FsError> {
+        let n = self.node(ino)?;
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        match n.kind {
+            EntryKind::File => Ok(()),
+            EntryKind::Dir => Err(FsError::IsDir),
+            EntryKind::Symlink => Err(FsError::NotFound),
+        }
+    }
+
+    /// Reads exactly `min(size, file size - offset)` bytes at `offset`, or fails with EIO if any
+    /// chunk it needs cannot be served. Never returns fewer bytes than asked except at EOF.
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let n = self.node(ino)?;
+        if n.kind != EntryKind::File {
+            return Err(FsError::IsDir);
+        }
+        self.stats.reads.fetch_add(1, Relaxed);
+        if offset >= n.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = n.size.min(offset + u64::from(size));
+        // First extent that ends after `offset`.
+        let first = n.ext_starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let mut pieces: Vec<(usize, u64, u64)> = Vec::new(); // (extent, from, to) within extent
+        let mut i = first;
+        while i < n.extents.len() && n.ext_starts[i] < end {
+            let x = &n.extents[i];
+            let s = n.ext_starts[i];
+            let from = offset.max(s) - s;
+            let to = end.min(s + u64::from(x.len)) - s;
+            pieces.push((i, from, to));
+            i += 1;
+        }
+        let infos: Vec<ChunkInfo> = pieces
+            .iter()
+            .filter_map(|(e, _, _)| self.table.chunk(n.extents[*e].chunk).copied())
+            .collect();
+        if infos.len() != pieces.len() {
+            return Err(self.eio(n, None, FetchError::Internal("extent names an unknown chunk".into())));
+        }
+        // Read-ahead: start the next extents' chunks now, so a sequential reader finds them ready.
+        for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {
+            if let Some(c) = self.table.chunk(x.chunk) {
+                self.fetcher.prefetch(c);
+            }
+        }
+        let chunks: Vec<Result<VerifiedChunk, FetchError>> =
+            futures::future::join_all(infos.iter().map(|c| self.fetcher.get(c))).await;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for ((e, from, to), (r, info)) in pieces.iter().zip(chunks.into_iter().zip(&infos)) {
+            let chunk = r.map_err(|err| self.eio(n, Some(info), err))?;
+            let x = &n.extents[*e];
+            let a = (u64::from(x.offset) + from) as usize;
+            let b = (u64::from(x.offset) + to) as usize;
+            // Verified chunks have exactly raw_len bytes and validated extents lie inside them.
+            out.extend_from_slice(&chunk.data()[a..b]);
+        }
+        self.stats.bytes_served.fetch_add(out.len() as u64, Relaxed);
+        Ok(out)
+    }
+
+    fn eio(&self, n: &Node, chunk: Option<&ChunkInfo>, err: FetchError) -> FsError {
+        self.stats.eio.fetch_add(1, Relaxed);
+        let path = n.path_lossy();
+        let providers = match &err {
+            FetchError::Missed(m) => m.attempts.iter().map(|a| a.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        let chunk_hex = chunk.map(|c| c.hash.to_hex()).unwrap_or_default();
+        tracing::error!(
+            path = %path,
+            chunk = %chunk_hex,
+            providers = %providers.join("; "),
+            error = %err,
+            "read failed: EIO"
+        );
+        self.ledger.push(Failure {
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            path: path.clone(),
+            chunk: chunk_hex,
+            error: err.to_string(),
+            providers,
+        });
+        FsError::Io { path, source: err }
+    }
+}

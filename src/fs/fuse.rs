@@ -1,0 +1,223 @@
+//! The `fuser::Filesystem` adapter: a thin translation layer. Each callback runs in a tracing
+//! span, calls [`WsFs`], and replies; every error becomes an errno in one place ([`reply_err`]).
+//! The tree is immutable, so entry and attribute TTLs are long and file opens keep the page cache.
+
+use super::error::FsError;
+use super::filesystem::{Attr, WsFs};
+use crate::manifest::EntryKind;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The tree never changes while mounted: the kernel may cache names and attributes "forever".
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+const GENERATION: Generation = Generation(0);
+
+pub struct FuseAdapter {
+    fs: Arc<WsFs>,
+    rt: tokio::runtime::Handle,
+    max_background: u16,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<WsFs>, rt: tokio::runtime::Handle, max_background: u16) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            rt,
+            max_background,
+        }
+    }
+}
+
+fn file_type(k: EntryKind) -> FileType {
+    match k {
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// The one place an [`FsError`] becomes an errno. EIO is logged where it arises (with the path,
+/// chunk and provider outcomes); other errors are routine (ENOENT on lookups) and traced only.
+fn errno(e: &FsError) -> Errno {
+    tracing::debug!(error = %e, errno = e.errno(), "fuse reply error");
+    Errno::from_i32(e.errno())
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        let _ = config.set_max_background(self.max_background);
+        let _ = config.set_congestion_threshold(self.max_background * 3 / 4);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _s = tracing::debug_span!("lookup", parent = parent.0, name = ?name).entered();
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &to_fuse(&a), GENERATION),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _s = tracing::debug_span!("getattr", ino = ino.0).entered();
+        match self.fs.attr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _s = tracing::debug_span!("readlink", ino = ino.0).entered();
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _s = tracing::debug_span!("open", ino = ino.0).entered();
+        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
+            || flags.0 & libc::O_TRUNC != 0;
+        match self.fs.open(ino.0, write) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _s = tracing::debug_span!("read", ino = ino.0, offset, size).entered();
+        match self.rt.block_on(self.fs.read(ino.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _s = tracing::debug_span!("opendir", ino = ino.0).entered();
+        match self.fs.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _s = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
+        match self.fs.readdir(ino.0, offset) {
+            Ok(items) => {
+                for it in items {
+                    if reply.add(INodeNo(it.ino), it.next, file_type(it.kind), OsStr::from_bytes(it.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _s = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
+        match self.fs.readdir(ino.0, offset) {
+            Ok(items) => {
+                for it in items {
+                    let Ok(a) = self.fs.attr(it.ino) else { continue };
+                    if reply.add(INodeNo(it.ino), it.next, OsStr::from_bytes(it.name), &TTL, &to_fuse(&a), GENERATION) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let t = self.fs.table();
+        let blocks = t.total_bytes().div_ceil(4096);
+        reply.statfs(blocks, 0, 0, t.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(errno(&FsError::NoAttr));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The inode table: the merged tree of a mount, built once and never changed.
+//!
+//! Because the table is immutable, inode numbers are stable for the life of the mount, and the
+//! kernel may cache entries and attributes for as long as it likes.
+//! Invariants (established by manifest validation and checked again while building):
+//! * inode 1 is the root; `nodes[ino - 1]` is inode `ino`;
+//! * every node's parent is a directory that lists it among its `children`;
+//! * `children` of a directory are sorted by name, so readdir offsets are stable;
+//! * a file's `ext_starts[i]` is the file offset where `extents[i]` begins.
+
+use crate::manifest::{ChunkInfo, Entry, EntryKind, Extent};
+use std::collections::HashMap;
+
+pub const ROOT: u64 = 1;
+
+pub struct Node {
+    pub parent: u64,
+    pub name: Box<[u8]>,
+    /// Full path from the root, for logs and the failure ledger.
+    pub path: Box<[u8]>,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub target: Box<[u8]>,
+    pub extents: Box<[Extent]>,
+    pub ext_starts: Box<[u64]>,
+    pub children: Vec<u64>,
+}
+
+impl Node {
+    pub fn path_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+pub struct InodeTable {
+    nodes: Vec<Node>,
+    by_name: HashMap<(u64, Box<[u8]>), u64>,
+    chunks: Vec<ChunkInfo>,
+    total_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the tree: {0}")]
+pub struct BuildError(String);
+
+impl InodeTable {
+    /// Builds the table from entries sorted by path (parents before children), as a validated
+    /// manifest or a layer merge provides them.
+    pub fn build(
+        entries: &[Entry],
+        chunks: Vec<ChunkInfo>,
+        root_mtime: i64,
+    ) -> Result<InodeTable, BuildError> {
+        let mut nodes = Vec::with_capacity(entries.len() + 1);
+        nodes.push(Node {
+            parent: ROOT,
+            name: Box::from(&b""[..]),
+            path: Box::from(&b""[..]),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            mtime_sec: root_mtime,
+            mtime_nsec: 0,
+            target: Box::default(),
+            extents: Box::default(),
+            ext_starts: Box::default(),
+            children: Vec::new(),
+        });
+        let mut by_path: HashMap<&[u8], u64> = HashMap::with_capacity(entries.len());
+        let mut by_name = HashMap::with_capacity(entries.len());
+        let mut total_bytes = 0;
+        for e in entries {
+            let (parent, name) = match e.path.iter().rposition(|&b| b == b'/') {
+                Some(i) => {
+                    let parent = *by_path.get(&e.path[..i]).ok_or_else(|| {
+                        BuildError(format!("{:?} has no parent directory", e.path_lossy()))
+                    })?;
+                    (parent, &e.path[i + 1..])
+                }
+                None => (ROOT, &e.path[..]),
+            };
+            if nodes[(parent - 1) as usize].kind != EntryKind::Dir {
+                return Err(BuildError(format!("parent of {:?} is not a directory", e.path_lossy())));
+            }
+            let ino = nodes.len() as u64 + 1;
+            let mut starts = Vec::with_capacity(e.extents.len());
+            let mut at = 0u64;
+            for x in &e.extents {
+                if x.chunk as usize >= chunks.len() {
+                    return Err(BuildError(format!("{:?} names a chunk outside the table", e.path_lossy())));
+                }
+                starts.push(at);
+                at += u64::from(x.len);
+            }
+            if e.kind == EntryKind::File {
+                total_bytes += e.size;
+            }
+            nodes.push(Node {
+                parent,
+                name: Box::from(name),
+                path: e.path.clone().into_boxed_slice(),
+                kind: e.kind,
+                mode: e.mode,
+                size: e.size,
+                mtime_sec: e.mtime_sec,
+                mtime_nsec: e.mtime_nsec,
+                target: e.target.clone().into_boxed_slice(),
+                extents: e.extents.clone().into_boxed_slice(),
+                ext_starts: starts.into_boxed_slice(),
+                children: Vec::new(),
+            });
+            nodes[(parent - 1) as usize].children.push(ino);
+            if by_name.insert((parent, Box::from(name)), ino).is_some() {
+                return Err(BuildError(format!("duplicate path {:?}", e.path_lossy())));
+            }
+            by_path.insert(&e.path, ino);
+        }
+        // Children were pushed in path order; names of one directory sort the same way, except
+        // where a sibling's name is a prefix continued by a byte below '/': sort to be exact.
+        let names: Vec<Box<[u8]>> = nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &mut nodes {
+            n.children
+                .sort_by(|a, b| names[(*a - 1) as usize].cmp(&names[(*b - 1) as usize]));
+        }
+        Ok(InodeTable {
+            nodes,
+            by_name,
+            chunks,
+            total_bytes,
+        })
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        if ino == 0 {
+            return None;
+        }
+        self.nodes.get((ino - 1) as usize)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        // The key type owns its name; a boxed copy of a short name is cheap next to a syscall.
+        self.by_name.get(&(parent, Box::from(name))).copied()
+    }
+
+    pub fn chunk(&self, index: u32) -> Option<&ChunkInfo> {
+        self.chunks.get(index as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Iterates every node with its inode number.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes.iter().enumerate().map(|(i, n)| (i as u64 + 1, n))
+    }
+}
