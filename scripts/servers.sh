@@ -9,7 +9,9 @@
 #   scripts/servers.sh install           only install the dependencies
 #   scripts/servers.sh mkbucket-s3 NAME  create an S3 bucket on moto
 #   scripts/servers.sh mkbucket-gcs NAME create a GCS bucket on fake-gcs-server
-#   scripts/servers.sh detach-mounts     abort + lazily unmount leftover wsfs FUSE mounts
+#   scripts/servers.sh list-mounts       list wsfs FUSE mounts (from /proc/self/mountinfo)
+#   scripts/servers.sh detach-mounts [KEEP]  abort + lazily unmount wsfs FUSE mounts
+#                                     (except those listed in file KEEP)
 #
 # Library: `source scripts/servers.sh` defines the wsfs_servers_* functions and
 # runs nothing.  After wsfs_servers_start, source "$(wsfs_servers_env_file)".
@@ -192,27 +194,41 @@ wsfs_mount_fusectl() {
     return 0
 }
 
-# Lazily detach leftover FUSE mounts whose fstype or source mentions wsfs
-# (e.g. after a crashed or killed test).  Never stats a mount point: the list
-# comes from /proc/self/mountinfo, the connection is aborted through fusectl
-# first (so nothing can hang on a dead daemon), then `umount -l -c`
-# (no path canonicalization).  Deepest mounts first.
-wsfs_detach_mounts() {
-    local line pre post devmm mnt fstype src major minor conn path
+# wsfs FUSE mounts, deepest (most recent) first, one per line:
+# "MOUNT_ID MAJOR:MINOR PATH" with PATH escaped as in /proc/self/mountinfo.
+# A mount is a wsfs mount if its fstype is fuse* and fstype or source mentions wsfs.
+wsfs_list_mounts() {
+    local line pre post id devmm mnt fstype src
     local -a found=()
     [[ -r /proc/self/mountinfo ]] || return 0
     while IFS= read -r line; do
         pre=${line%% - *}
         post=${line#* - }
-        read -r _ _ devmm _ mnt _ <<<"$pre"
+        read -r id _ devmm _ mnt _ <<<"$pre"
         read -r fstype src _ <<<"$post"
         case $fstype in fuse | fuse.* | fuseblk | fuseblk.*) ;; *) continue ;; esac
         [[ ${fstype,,} == *wsfs* || ${src,,} == *wsfs* ]] || continue
-        found=("$devmm $mnt" "${found[@]}")
+        found=("$id $devmm $mnt" "${found[@]}")
     done </proc/self/mountinfo
-    for line in "${found[@]}"; do
-        devmm=${line%% *}
-        mnt=${line#* }
+    if ((${#found[@]})); then printf '%s\n' "${found[@]}"; fi
+}
+
+# wsfs_detach_mounts [KEEP_FILE]: lazily detach wsfs FUSE mounts (e.g. left by
+# a crashed or killed test), except those whose "MOUNT_ID MAJOR:MINOR" is
+# listed in KEEP_FILE (output of an earlier wsfs_list_mounts).  Never stats a
+# mount point: the list comes from /proc/self/mountinfo, the connection is
+# aborted through fusectl first (so nothing can hang on a dead daemon), then
+# `umount -l -c` (lazy, no path canonicalization).
+wsfs_detach_mounts() {
+    local keep=${1:-} line id devmm mnt major minor conn path
+    local -a todo=()
+    mapfile -t todo < <(wsfs_list_mounts)
+    for line in "${todo[@]}"; do
+        read -r id devmm mnt <<<"$line"
+        if [[ -n $keep && -f $keep ]] && grep -q "^$id $devmm " "$keep"; then
+            _wsfs_log "leaving alone wsfs mount that predates this run: $mnt"
+            continue
+        fi
         major=${devmm%%:*}
         minor=${devmm#*:}
         # fusectl names a connection by the kernel's dev_t: (major << 20) | minor.
@@ -419,9 +435,10 @@ _wsfs_servers_main() {
     install) wsfs_servers_install ;;
     mkbucket-s3) wsfs_mkbucket_s3 "$@" ;;
     mkbucket-gcs) wsfs_mkbucket_gcs "$@" ;;
-    detach-mounts) wsfs_detach_mounts ;;
+    list-mounts) wsfs_list_mounts ;;
+    detach-mounts) wsfs_detach_mounts "$@" ;;
     *)
-        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|detach-mounts" >&2
+        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|list-mounts|detach-mounts" >&2
         return 2
         ;;
     esac

@@ -9,10 +9,11 @@
 # Env: WSFS_TEST_THREADS (default 4) sets --test-threads.
 #
 # Installs what is missing (fuse3, moto, fake-gcs-server, rustfmt/clippy),
-# starts private moto + fake-gcs-server instances on free loopback ports
-# (own state dir, so servers started by hand are left alone), exports their
-# env (see scripts/servers.sh), and on exit stops them and detaches any
-# leftover wsfs FUSE mounts.
+# starts private moto + fake-gcs-server instances on free loopback ports (own
+# state dir, so servers started by hand are left alone), exports their env (see
+# scripts/servers.sh), and on exit stops them, kills a still-running step, and
+# detaches wsfs FUSE mounts left over by this run (mounts that existed before
+# the run are left alone).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +30,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,16p' "$0"
+        sed -n '2,17p' "$0"
         exit 0
         ;;
     *)
@@ -49,13 +50,71 @@ source "$repo/scripts/servers.sh"
 
 WSFS_TEST_STATE=$(mktemp -d /tmp/wsfs-test-run.XXXXXX)
 export WSFS_TEST_STATE
+premounts=$(mktemp /tmp/wsfs-test-premounts.XXXXXX)
+wsfs_list_mounts >"$premounts"
+
+# Each step runs in the background and is waited for, so that a signal to this
+# script is acted on at once instead of after the step finishes.
+step_pid=
+run_step() {
+    local rc=0
+    "$@" &
+    step_pid=$!
+    wait "$step_pid" || rc=$?
+    step_pid=
+    return "$rc"
+}
+
+# All descendants of pid $1 (children first listed after their parent).
+descendants() {
+    local c
+    local -a kids=()
+    # /proc/PID/task/TID/children: space-separated child pids of each thread.
+    read -r -a kids < <(cat /proc/"$1"/task/*/children 2>/dev/null | tr '\n' ' ') || true
+    for c in "${kids[@]}"; do
+        echo "$c"
+        descendants "$c"
+    done
+}
+
+# True if any of the given pids is alive and not a zombie.
+any_alive() {
+    local p
+    for p in "$@"; do
+        _wsfs_starttime "$p" >/dev/null && return 0
+    done
+    return 1
+}
+
+kill_step() {
+    local pids i
+    [[ -n $step_pid ]] || return 0
+    mapfile -t pids < <(
+        echo "$step_pid"
+        descendants "$step_pid"
+    )
+    echo "test.sh: stopping the running step (pids: ${pids[*]})" >&2
+    kill -TERM "${pids[@]}" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+        any_alive "${pids[@]}" || break
+        sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null
+    wait "$step_pid" 2>/dev/null
+    step_pid=
+}
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM HUP
     banner "cleanup"
-    wsfs_detach_mounts
+    # Abort this run's FUSE mounts first so nothing stays blocked on them,
+    # then stop a still-running step, then catch mounts made meanwhile.
+    wsfs_detach_mounts "$premounts"
+    kill_step
+    wsfs_detach_mounts "$premounts"
+    rm -f "$premounts"
     wsfs_servers_stop || echo "test.sh: warning: could not stop all test servers" >&2
     rm -rf "$WSFS_TEST_STATE" 2>/dev/null
     if ((rc == 0)); then
@@ -81,20 +140,20 @@ banner "setup: test servers"
 wsfs_servers_start
 # shellcheck source=/dev/null
 source "$(wsfs_servers_env_file)"
-echo "S3 (moto):               $WSFS_TEST_S3_ENDPOINT"
-echo "GCS (fake-gcs-server):   $WSFS_TEST_GCS_ENDPOINT"
+echo "S3 (moto):              $WSFS_TEST_S3_ENDPOINT"
+echo "GCS (fake-gcs-server):  $WSFS_TEST_GCS_ENDPOINT"
 [[ -e /dev/fuse ]] || echo "test.sh: warning: /dev/fuse is missing; FUSE tests will fail" >&2
 
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
 if ((quick == 0)); then
     banner "cargo fmt --all -- --check"
-    cargo fmt --all -- --check
+    run_step cargo fmt --all -- --check
 
     banner "cargo clippy --all-targets -- -D warnings"
-    cargo clippy --all-targets -- -D warnings
+    run_step cargo clippy --all-targets -- -D warnings
 fi
 
 threads=${WSFS_TEST_THREADS:-4}
 banner "cargo test --all-targets -- --test-threads=$threads ${extra[*]:-}"
-cargo test --all-targets -- --test-threads="$threads" "${extra[@]}"
+run_step cargo test --all-targets -- --test-threads="$threads" "${extra[@]}"

@@ -1,1 +1,181 @@
-fn main() {}
+//! The `wsfs` binary: parse the command line, run the command, exit with the documented code.
+
+use clap::Parser;
+use std::sync::Arc;
+use wsfs::cli::{Cli, Command, StoreArgs};
+use wsfs::error::{exit, WsfsError};
+use wsfs::store::{chain_specs, Chain, Limits, Provider};
+
+fn init_logging(cli: &Cli, default: &str) {
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn limits(s: &StoreArgs) -> Limits {
+    Limits {
+        request_timeout: s.request_timeout,
+        connect_timeout: s.connect_timeout,
+        retries: s.retries,
+    }
+}
+
+fn specs(s: &StoreArgs) -> Result<Vec<wsfs::store::StoreSpec>, WsfsError> {
+    chain_specs(s.config.as_deref(), &s.stores).map_err(|e| WsfsError::Usage(e.to_string()))
+}
+
+fn providers(s: &StoreArgs) -> Result<Vec<Arc<Provider>>, WsfsError> {
+    let chain = Chain::from_specs(&specs(s)?, limits(s)).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    Ok(chain.providers().to_vec())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, WsfsError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WsfsError::Failed(format!("cannot start runtime: {e}")))
+}
+
+fn run(cli: Cli) -> Result<(), WsfsError> {
+    match cli.command {
+        Command::Persist {
+            store,
+            workspace,
+            layer,
+            parents,
+            root,
+            require,
+            concurrency,
+            paths,
+        } => {
+            let require = require.parse().map_err(WsfsError::Usage)?;
+            let rt = runtime()?;
+            let _g = rt.enter();
+            let provs = providers(&store)?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let report = rt.block_on(wsfs::persist::persist(
+                &provs,
+                wsfs::persist::PersistOptions {
+                    workspace,
+                    layer,
+                    parents,
+                    root,
+                    paths,
+                    require,
+                    concurrency,
+                    progress,
+                },
+            ))?;
+            for s in &report.skipped_special {
+                eprintln!("wsfs: warning: skipped special file {s}");
+            }
+            println!("{}", report.summary());
+            Ok(())
+        }
+        Command::Verify {
+            store,
+            workspace,
+            layers,
+            deep,
+            all,
+        } => {
+            let rt = runtime()?;
+            let _g = rt.enter();
+            let provs = providers(&store)?;
+            let reports = rt.block_on(wsfs::verify::verify(&provs, &workspace, &layers, deep));
+            let (text, verdict) = wsfs::verify::judge(&reports, all);
+            print!("{text}");
+            verdict
+        }
+        Command::Mount {
+            store,
+            workspace,
+            layers,
+            mountpoint,
+            foreground,
+            cache_dir,
+            cache_size,
+            memory_cache,
+            allow_other,
+            uid,
+            gid,
+            read_deadline,
+            repair,
+            threads,
+            ready_timeout,
+            notify_ready,
+        } => {
+            let specs = specs(&store)?;
+            if !foreground {
+                return wsfs::mount::spawn_daemon(&mountpoint, ready_timeout);
+            }
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+            let args = wsfs::mount::MountArgs {
+                specs,
+                limits: limits(&store),
+                workspace,
+                layers,
+                mountpoint,
+                cache_dir,
+                disk_cache_bytes: cache_size,
+                memory_cache_bytes: memory_cache as usize,
+                allow_other,
+                uid,
+                gid,
+                read_deadline,
+                repair,
+                threads: threads.unwrap_or((cpus * 2).max(4)),
+            };
+            let mut notified = false;
+            let mut ready = |r: Result<(), &WsfsError>| {
+                if notified {
+                    return;
+                }
+                notified = true;
+                if notify_ready {
+                    wsfs::mount::notify_parent(r);
+                } else if r.is_ok() {
+                    eprintln!("wsfs: mounted; serving in the foreground (Ctrl-C or wsfs umount to stop)");
+                }
+            };
+            wsfs::mount::run_daemon(args, &mut ready)
+        }
+        Command::Attach { .. } => Err(WsfsError::Failed(
+            "attach is not implemented in this build yet; use wsfs mount (read-only)".into(),
+        )),
+        Command::Umount {
+            mountpoint,
+            force,
+            timeout,
+            all_stale,
+        } => wsfs::ops::umount::run(mountpoint.as_deref(), force, timeout, all_stale),
+        Command::Status { mountpoint, json } => wsfs::ops::status::print(mountpoint.as_deref(), json),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let default_log = match &cli.command {
+        Command::Mount { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(&cli, default_log);
+    let code = match run(cli) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("wsfs: error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,13 +1,13 @@
 //! The failure ledger: the most recent reads that failed with EIO, with the path, chunk and every
 //! provider's outcome, for `wsfs status`. Bounded, so a storm of failures cannot grow memory.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 pub const LEDGER_LEN: usize = 64;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Failure {
     /// Unix seconds.
     pub time: i64,

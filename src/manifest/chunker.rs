@@ -59,12 +59,12 @@ impl LayerBuilder {
     }
 
     pub fn add_dir(&mut self, meta: Meta) {
-        self.push(meta, EntryKind::Dir, 0, Vec::new(), Vec::new());
+        self.push(meta, EntryKind::Dir, 0, Vec::new(), Vec::new(), Digest([0; 32]));
     }
 
     pub fn add_symlink(&mut self, meta: Meta, target: Vec<u8>) {
         let size = target.len() as u64;
-        self.push(meta, EntryKind::Symlink, size, target, Vec::new());
+        self.push(meta, EntryKind::Symlink, size, target, Vec::new(), Digest([0; 32]));
     }
 
     /// Adds a regular file, reading its content from `reader` to the end. The recorded size is
@@ -95,15 +95,15 @@ impl LayerBuilder {
         sink: &mut dyn FnMut(NewChunk) -> Result<(), E>,
     ) -> Result<(), E> {
         let size = content.len() as u64;
+        let digest = Digest::of(&content);
         if content.is_empty() {
-            self.push(meta, EntryKind::File, 0, Vec::new(), Vec::new());
+            self.push(meta, EntryKind::File, 0, Vec::new(), Vec::new(), digest);
             return Ok(());
         }
-        let digest = Digest::of(&content);
         if let Some(&first) = self.small_seen.get(&digest) {
             let extents = self.entries[first].extents.clone();
             let pending = extents.first().is_some_and(|x| x.chunk == PENDING);
-            let idx = self.push(meta, EntryKind::File, size, Vec::new(), extents);
+            let idx = self.push(meta, EntryKind::File, size, Vec::new(), extents, digest);
             if pending {
                 self.pending.push(idx);
             }
@@ -115,7 +115,7 @@ impl LayerBuilder {
             len: content.len() as u32,
         };
         self.pack.extend_from_slice(&content);
-        let idx = self.push(meta, EntryKind::File, size, Vec::new(), vec![ext]);
+        let idx = self.push(meta, EntryKind::File, size, Vec::new(), vec![ext], digest);
         self.pending.push(idx);
         self.small_seen.insert(digest, idx);
         if self.pack.len() >= PACK_TARGET {
@@ -132,6 +132,7 @@ impl LayerBuilder {
     ) -> Result<(), E> {
         let mut extents = Vec::new();
         let mut size = 0u64;
+        let mut whole = blake3::Hasher::new();
         let cdc = fastcdc::v2020::StreamCDC::new(reader, CDC_MIN, CDC_AVG, CDC_MAX);
         for piece in cdc {
             let piece = piece.map_err(|e| match e {
@@ -140,6 +141,7 @@ impl LayerBuilder {
             })?;
             let len = piece.data.len() as u32;
             size += u64::from(len);
+            whole.update(&piece.data);
             let chunk = self.add_chunk(Bytes::from(piece.data), sink)?;
             extents.push(Extent {
                 chunk,
@@ -147,7 +149,8 @@ impl LayerBuilder {
                 len,
             });
         }
-        self.push(meta, EntryKind::File, size, Vec::new(), extents);
+        let digest = Digest(*whole.finalize().as_bytes());
+        self.push(meta, EntryKind::File, size, Vec::new(), extents, digest);
         Ok(())
     }
 
@@ -193,6 +196,7 @@ impl LayerBuilder {
         size: u64,
         target: Vec<u8>,
         extents: Vec<Extent>,
+        content: Digest,
     ) -> usize {
         self.entries.push(Entry {
             path: meta.path,
@@ -203,6 +207,7 @@ impl LayerBuilder {
             size,
             target,
             extents,
+            content,
         });
         self.entries.len() - 1
     }

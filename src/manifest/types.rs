@@ -87,6 +87,9 @@ pub struct Entry {
     pub target: Vec<u8>,
     /// File content, in order; the lengths add up to `size`.
     pub extents: Vec<Extent>,
+    /// BLAKE3 of the whole file content (files only; zero otherwise). Lets layers compare files
+    /// without comparing how they were chunked.
+    pub content: Digest,
 }
 
 impl Entry {

@@ -1,0 +1,178 @@
+//! Command-line interface (clap). Thin: parse, build the pieces, call the module that does the
+//! work, print, and map errors to the documented exit codes.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "wsfs", version, about = "Lazy, verified FUSE mounts of CI workspaces", long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. info, wsfs=debug. Also RUST_LOG.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// A store URL, repeatable; the order is the failover order (file:///abs, s3://b/p, gs://b/p, az://…, http(s)://…).
+    #[arg(long = "store", value_name = "URL")]
+    pub stores: Vec<String>,
+    /// TOML file with [[store]] url = "…" options = { … } entries (they come before --store flags).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Per-request timeout for each provider (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = parse_dur)]
+    pub request_timeout: std::time::Duration,
+    /// Connect timeout for each provider.
+    #[arg(long, default_value = "2s", value_parser = parse_dur)]
+    pub connect_timeout: std::time::Duration,
+    /// Retries of transient errors within the request timeout (never on 404/403).
+    #[arg(long, default_value_t = 2)]
+    pub retries: usize,
+}
+
+pub fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
+    crate::store::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (try 5s or 500ms)"))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let m = match s[i..].to_ascii_lowercase().as_str() {
+                "b" => 1,
+                "k" | "kib" | "kb" => 1 << 10,
+                "m" | "mib" | "mb" => 1 << 20,
+                "g" | "gib" | "gb" => 1 << 30,
+                _ => return Err(format!("{s:?}: unknown size unit (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size (try 512M or 2G)"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Persist a directory tree as a workspace layer on every store.
+    Persist {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        layer: String,
+        /// Layers this job had attached (repeatable).
+        #[arg(long = "parent")]
+        parents: Vec<String>,
+        /// Directory to persist from.
+        #[arg(long)]
+        root: PathBuf,
+        /// How many stores must commit the layer: all, any, or a number.
+        #[arg(long, default_value = "all")]
+        require: String,
+        /// Chunks uploaded concurrently.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Paths or globs relative to --root (default: everything).
+        paths: Vec<String>,
+    },
+    /// Mount a workspace read-only.
+    Mount {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        workspace: String,
+        /// The job's direct upstream layers (repeatable); ancestors come along.
+        #[arg(long = "layer", required = true)]
+        layers: Vec<String>,
+        mountpoint: PathBuf,
+        /// Stay in the foreground (systemd, debugging).
+        #[arg(long)]
+        foreground: bool,
+        /// Disk cache directory, shared by mounts.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Disk cache bound.
+        #[arg(long, default_value = "10G", value_parser = parse_size)]
+        cache_size: u64,
+        /// Memory cache bound.
+        #[arg(long, default_value = "512M", value_parser = parse_size)]
+        memory_cache: u64,
+        /// Let other users read the mount (the kernel enforces file modes).
+        #[arg(long)]
+        allow_other: bool,
+        /// Owner of every file (default: the user who mounts).
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        gid: Option<u32>,
+        /// A read fails with EIO after this long.
+        #[arg(long, default_value = "30s", value_parser = parse_dur)]
+        read_deadline: std::time::Duration,
+        /// Write chunks found on a later store back to earlier stores that missed them.
+        #[arg(long)]
+        repair: bool,
+        /// FUSE worker threads (default: 2 x cores, at least 4).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// How long to wait for the mount to become ready.
+        #[arg(long, default_value = "120s", value_parser = parse_dur)]
+        ready_timeout: std::time::Duration,
+        #[arg(long = "notify-ready", hide = true)]
+        notify_ready: bool,
+    },
+    /// Mount a workspace as a writable overlay over DIR.
+    Attach {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long = "layer", required = true)]
+        layers: Vec<String>,
+        #[arg(long)]
+        at: PathBuf,
+    },
+    /// Unmount a wsfs mount.
+    Umount {
+        mountpoint: Option<PathBuf>,
+        /// Abort the FUSE connection if the daemon is hung or dead, and detach.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "10s", value_parser = parse_dur)]
+        timeout: std::time::Duration,
+        /// Remove every wsfs mount whose daemon is gone.
+        #[arg(long)]
+        all_stale: bool,
+    },
+    /// Show mounts, counters and recent failures.
+    Status {
+        mountpoint: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check, per store, that the layers and every chunk are present.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long = "layer", required = true)]
+        layers: Vec<String>,
+        /// Download and hash every chunk instead of HEAD.
+        #[arg(long)]
+        deep: bool,
+        /// Require every store to be complete.
+        #[arg(long)]
+        all: bool,
+    },
+}

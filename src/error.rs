@@ -1,0 +1,69 @@
+//! The command-level error: what went wrong, said so an operator can act on it, and the stable
+//! exit code it maps to (documented in the README).
+
+use crate::store::AllMissed;
+
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const MISSING: i32 = 3;
+    pub const INTEGRITY: i32 = 4;
+    pub const CONFLICT: i32 = 5;
+    pub const MOUNT: i32 = 6;
+    pub const TIMEOUT: i32 = 7;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WsfsError {
+    #[error("{0}")]
+    Usage(String),
+    /// A ref, manifest or chunk is missing on every provider (or no provider could answer).
+    #[error("{0}")]
+    Missing(String),
+    /// Bytes arrived that do not match their digest, or a manifest is invalid.
+    #[error("{0}")]
+    Integrity(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Mount(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl WsfsError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            WsfsError::Usage(_) => exit::USAGE,
+            WsfsError::Missing(_) => exit::MISSING,
+            WsfsError::Integrity(_) => exit::INTEGRITY,
+            WsfsError::Conflict(_) => exit::CONFLICT,
+            WsfsError::Mount(_) => exit::MOUNT,
+            WsfsError::Timeout(_) => exit::TIMEOUT,
+            WsfsError::Failed(_) => exit::FAILURE,
+        }
+    }
+
+    /// Classifies an all-providers miss: bytes that arrived but failed verification make it an
+    /// integrity failure; otherwise the object is missing.
+    pub fn from_missed(m: &AllMissed) -> WsfsError {
+        use crate::store::Outcome;
+        let integrity = m
+            .attempts
+            .iter()
+            .any(|a| matches!(a.outcome, Outcome::Corrupt(_)));
+        if integrity {
+            WsfsError::Integrity(m.to_string())
+        } else {
+            WsfsError::Missing(m.to_string())
+        }
+    }
+
+    /// The exit code as a single line `ERROR <code> <message>` (the daemon's readiness protocol).
+    pub fn code_line(&self) -> String {
+        format!("ERROR {} {}", self.exit_code(), self.to_string().replace('\n', " "))
+    }
+}

@@ -1,0 +1,185 @@
+//! Layers: CircleCI-style workspace semantics.
+//!
+//! A layer records its parents (the layers its job had attached). A mount of some layers takes
+//! their ancestor closure, orders it topologically (ancestors first, ties broken by name, so the
+//! result is deterministic) and applies it: a descendant's entry overrides its ancestors'. The same
+//! path written by two layers neither of which descends from the other is a conflict — unless both
+//! wrote the same thing (same kind, mode and content). Directories merge.
+
+use crate::error::WsfsError;
+use crate::manifest::{ChunkInfo, Digest, Entry, EntryKind, Manifest};
+use crate::store::{Chain, ResolvedLayer};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Fetches the requested layers and all their ancestors; returns them ancestors-first.
+pub async fn resolve_closure(
+    chain: &Chain,
+    workspace: &str,
+    requested: &[String],
+) -> Result<Vec<ResolvedLayer>, WsfsError> {
+    if requested.is_empty() {
+        return Err(WsfsError::Usage("no --layer given: name at least one layer".into()));
+    }
+    let mut found: BTreeMap<String, ResolvedLayer> = BTreeMap::new();
+    let mut queue: Vec<String> = requested.to_vec();
+    while let Some(name) = queue.pop() {
+        if found.contains_key(&name) {
+            continue;
+        }
+        let layer = chain
+            .resolve_layer(workspace, &name)
+            .await
+            .map_err(|m| WsfsError::from_missed(&m))?;
+        for p in &layer.manifest.parents {
+            if !found.contains_key(p) {
+                queue.push(p.clone());
+            }
+        }
+        found.insert(name, layer);
+    }
+    topo_order(found)
+}
+
+/// Kahn's algorithm over the closure; among layers ready at the same time the smallest name
+/// goes first.
+pub fn topo_order(mut layers: BTreeMap<String, ResolvedLayer>) -> Result<Vec<ResolvedLayer>, WsfsError> {
+    let mut pending: BTreeMap<String, usize> = layers
+        .iter()
+        .map(|(n, l)| (n.clone(), l.manifest.parents.iter().collect::<BTreeSet<_>>().len()))
+        .collect();
+    let mut children: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, l) in &layers {
+        for p in l.manifest.parents.iter().collect::<BTreeSet<_>>() {
+            children.entry(p.clone()).or_default().push(n.clone());
+        }
+    }
+    let mut ready: BTreeSet<String> = pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| n.clone()).collect();
+    let mut out = Vec::with_capacity(layers.len());
+    while let Some(n) = ready.pop_first() {
+        pending.remove(&n);
+        for c in children.get(&n).into_iter().flatten() {
+            if let Some(k) = pending.get_mut(c) {
+                *k -= 1;
+                if *k == 0 {
+                    ready.insert(c.clone());
+                }
+            }
+        }
+        if let Some(l) = layers.remove(&n) {
+            out.push(l);
+        }
+    }
+    if !pending.is_empty() {
+        return Err(WsfsError::Integrity(format!(
+            "layer parents form a cycle among: {}",
+            pending.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+/// The merged tree of several layers, ready for the inode table.
+pub struct Merged {
+    pub entries: Vec<Entry>,
+    pub chunks: Vec<ChunkInfo>,
+    pub created: i64,
+}
+
+fn same_content(a: &Entry, b: &Entry) -> bool {
+    a.kind == b.kind
+        && a.mode == b.mode
+        && match a.kind {
+            EntryKind::Dir => true,
+            EntryKind::Symlink => a.target == b.target,
+            EntryKind::File => a.size == b.size && a.content == b.content,
+        }
+}
+
+/// Merges layers given ancestors-first. Conflicts list every path and the two layers.
+pub fn merge(layers: &[Manifest]) -> Result<Merged, WsfsError> {
+    let names: Vec<&str> = layers.iter().map(|m| m.layer.as_str()).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    // ancestors[i] = set of layer indexes that are ancestors of layer i.
+    let mut ancestors: Vec<HashSet<usize>> = vec![HashSet::new(); layers.len()];
+    for (i, m) in layers.iter().enumerate() {
+        for p in &m.parents {
+            if let Some(&pi) = index.get(p.as_str()) {
+                let inherited: Vec<usize> = ancestors[pi].iter().copied().collect();
+                ancestors[i].insert(pi);
+                ancestors[i].extend(inherited);
+            }
+        }
+    }
+    // Chunk tables are concatenated, deduplicated by digest.
+    let mut chunks: Vec<ChunkInfo> = Vec::new();
+    let mut chunk_index: HashMap<Digest, u32> = HashMap::new();
+    let mut merged: BTreeMap<Vec<u8>, (Entry, usize)> = BTreeMap::new();
+    let mut conflicts: Vec<String> = Vec::new();
+    for (li, m) in layers.iter().enumerate() {
+        let remap: Vec<u32> = m
+            .chunks
+            .iter()
+            .map(|c| {
+                *chunk_index.entry(c.hash).or_insert_with(|| {
+                    chunks.push(*c);
+                    (chunks.len() - 1) as u32
+                })
+            })
+            .collect();
+        for e in &m.entries {
+            let mut e = e.clone();
+            for x in &mut e.extents {
+                x.chunk = remap[x.chunk as usize];
+            }
+            match merged.get(&e.path) {
+                None => {
+                    merged.insert(e.path.clone(), (e, li));
+                }
+                Some((prev, pl)) => {
+                    let descends = ancestors[li].contains(pl);
+                    if !descends && !same_content(prev, &e) {
+                        if !(prev.kind == EntryKind::Dir && e.kind == EntryKind::Dir) {
+                            conflicts.push(format!(
+                                "{} (layers {} and {})",
+                                e.path_lossy(),
+                                names[*pl],
+                                names[li]
+                            ));
+                        }
+                        continue;
+                    }
+                    merged.insert(e.path.clone(), (e, li));
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(WsfsError::Conflict(format!(
+            "{} conflicting path(s) between layers that do not descend from one another:\n  {}",
+            conflicts.len(),
+            conflicts.join("\n  ")
+        )));
+    }
+    // A descendant that replaced a directory with a file or symlink hides the directory's old
+    // contents; drop every entry whose parent is no longer a directory.
+    let mut entries: Vec<Entry> = Vec::with_capacity(merged.len());
+    let mut dirs: HashSet<Vec<u8>> = HashSet::new();
+    for (path, (e, _)) in merged {
+        let parent_ok = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => dirs.contains(&path[..i]),
+            None => true,
+        };
+        if !parent_ok {
+            continue;
+        }
+        if e.kind == EntryKind::Dir {
+            dirs.insert(path);
+        }
+        entries.push(e);
+    }
+    Ok(Merged {
+        entries,
+        chunks,
+        created: layers.iter().map(|m| m.created).max().unwrap_or(0),
+    })
+}

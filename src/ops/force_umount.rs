@@ -1,0 +1,809 @@
+//! Unmounting a FUSE mount that must go away *now*, whatever state its
+//! daemon is in.
+//!
+//! Why this is its own module: the obvious tools hang. `umount`, `mountpoint`
+//! and `stat` look up the mount point, which is a FUSE request; with the
+//! daemon stopped (SIGSTOP) or wedged, that request is never answered. A lazy
+//! `umount -l` detaches the mount but leaves every process already blocked in
+//! it blocked. What does work is aborting the connection through fusectl,
+//! which fails all pending requests, and then detaching.
+//!
+//! Rules every function here follows:
+//! * the mount point is never `stat`-ed, opened or canonicalised; the mount
+//!   is identified through `/proc/self/mountinfo` only, and `umount2` is
+//!   given the exact path mountinfo lists;
+//! * every syscall that can block (`umount2`, the `/proc` scan, the fusectl
+//!   write) runs on a helper thread that is waited on with a deadline; a
+//!   helper stuck in the kernel is abandoned, never joined. The connection is
+//!   aborted before returning whenever the polite unmount did not finish,
+//!   which wakes such a helper, so the process can still exit;
+//! * `/proc/<pid>/{fd,cwd,root}` are only `readlink`-ed and
+//!   `/proc/<pid>/{fdinfo,maps}` only read, never followed.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::fusectl;
+use super::mountinfo::{self, MountEntry};
+
+/// Default overall budget of [`force_unmount`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the polite `umount2(path, 0)` may take before escalating.
+const CLEAN_UMOUNT_WAIT: Duration = Duration::from_secs(1);
+/// Longest one holder scan of `/proc` may take.
+const HOLDER_SCAN_WAIT: Duration = Duration::from_secs(2);
+/// Longest a fusectl write or a lazy `umount2` may take (neither should
+/// block; the bound is only a safety net).
+const STEP_WAIT: Duration = Duration::from_secs(1);
+/// How long a running (not stopped) daemon gets to exit on its own once its
+/// mount is gone (it then sees ENODEV on /dev/fuse), before SIGTERM.
+const DAEMON_SELF_EXIT_GRACE: Duration = Duration::from_millis(300);
+/// How long after SIGTERM before SIGKILL.
+const DAEMON_TERM_GRACE: Duration = Duration::from_secs(1);
+/// Polling interval while waiting for a process to die.
+const POLL: Duration = Duration::from_millis(5);
+
+/// What [`force_unmount`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForceReport {
+    /// The mount point as listed in mountinfo (or as given, if not mounted).
+    pub mountpoint: PathBuf,
+    /// The path was a mount point when the call started.
+    pub was_mounted: bool,
+    /// `umount2(path, 0)` succeeded and the mount disappeared: no abort was
+    /// needed.
+    pub clean_unmount: bool,
+    /// The FUSE connection was aborted through fusectl.
+    pub aborted: bool,
+    /// `umount2(path, MNT_DETACH)` succeeded.
+    pub lazily_detached: bool,
+    /// The targeted mount (by mount id) is still listed in mountinfo at the
+    /// end, or mountinfo could not be read. `false` is the success criterion.
+    pub still_mounted: bool,
+    /// `None` if no (valid) daemon pid was given; otherwise whether it is
+    /// dead (or a zombie awaiting its parent) at the end.
+    pub daemon_stopped: Option<bool>,
+    /// Processes holding files, a cwd, a root or a mapping under the mount,
+    /// as `(pid, comm)`, scanned before anything was unmounted.
+    pub holders: Vec<(i32, String)>,
+    /// The same scan after the abort and detach. Only open files and
+    /// mappings are attributable then (by mount id and device number),
+    /// because paths inside a detached mount no longer start with the mount
+    /// point. Empty after a clean unmount.
+    pub holders_after: Vec<(i32, String)>,
+    /// Wall time the call took.
+    pub elapsed: Duration,
+    /// Everything that went wrong, in order. Non-empty does not by itself
+    /// mean failure (see [`ForceReport::success`]).
+    pub errors: Vec<String>,
+    /// Log of the steps taken, each prefixed with the time since the start.
+    pub notes: Vec<String>,
+}
+
+impl ForceReport {
+    /// The mount is gone and, if a daemon pid was given, the daemon is too.
+    pub fn success(&self) -> bool {
+        !self.still_mounted && self.daemon_stopped != Some(false)
+    }
+
+    fn note(&mut self, start: Instant, msg: impl AsRef<str>) {
+        self.notes.push(format!(
+            "[{:>8.1?}] {}",
+            start.elapsed(),
+            msg.as_ref()
+        ));
+    }
+}
+
+/// Unmounts the FUSE mount at `mountpoint` without ever hanging, escalating
+/// as needed, and stops its daemon if `daemon_pid` is given.
+///
+/// Steps, each bounded by what is left of `timeout`:
+/// 1. look the mount up in mountinfo (not mounted: nothing to unmount);
+/// 2. scan `/proc` for processes holding it (`holders`) — before anything is
+///    detached, because afterwards their paths no longer identify it;
+/// 3. `umount2(path, 0)`, waited on for at most 1 s (or a fifth of the
+///    budget); if the mount is then gone, steps 4–5 are skipped;
+/// 4. make sure fusectl is mounted and abort the connection, which makes
+///    every blocked reader fail instead of hanging;
+/// 5. `umount2(path, MNT_DETACH)`, which no longer blocks after the abort;
+/// 6. if `daemon_pid` is given (even when nothing was mounted: the caller
+///    asked for it to go): unless it is stopped, give it a moment to exit by
+///    itself; then SIGTERM + SIGCONT (a stopped process cannot act on
+///    SIGTERM); then SIGKILL;
+/// 7. scan `/proc` again (`holders_after`).
+///
+/// The call returns within `timeout` plus a few milliseconds of scheduling.
+/// `daemon_pid` values `<= 0` and the caller's own pid are refused: a
+/// `kill(0, ..)` or `kill(-1, ..)` would hit whole process groups. Pid reuse
+/// between the caller learning the pid and this call is not guarded against.
+pub fn force_unmount(mountpoint: &Path, daemon_pid: Option<i32>, timeout: Duration) -> ForceReport {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut r = ForceReport {
+        mountpoint: mountpoint.to_path_buf(),
+        ..ForceReport::default()
+    };
+    let daemon_pid = daemon_pid.filter(|&pid| {
+        let ok = pid > 0 && u32::try_from(pid).ok() != Some(std::process::id());
+        if !ok {
+            r.errors.push(format!("refusing to signal pid {pid}"));
+        }
+        ok
+    });
+
+    let entry = unmount_steps(&mut r, mountpoint, start, deadline);
+
+    if let Some(pid) = daemon_pid {
+        // Keep a little time for the final holder scan.
+        let reserve = (timeout / 10).min(Duration::from_millis(300));
+        let daemon_deadline = deadline.checked_sub(reserve).unwrap_or(deadline);
+        let stopped = stop_daemon(pid, daemon_deadline, &mut r, start);
+        r.daemon_stopped = Some(stopped);
+    }
+
+    if let Some(entry) = entry.filter(|_| !r.clean_unmount) {
+        if remaining(deadline).is_zero() {
+            r.errors
+                .push("deadline exhausted before the final holder scan".into());
+        } else {
+            r.holders_after = scan_holders(&entry, false, remaining(deadline), &mut r.errors);
+            let msg = format!("holders after: {:?}", r.holders_after);
+            r.note(start, msg);
+        }
+    }
+    r.elapsed = start.elapsed();
+    r
+}
+
+/// Steps 1–5 of [`force_unmount`]. Returns the mount's entry if it was
+/// mounted.
+fn unmount_steps(
+    r: &mut ForceReport,
+    mountpoint: &Path,
+    start: Instant,
+    deadline: Instant,
+) -> Option<MountEntry> {
+    let entries = match mountinfo::read_mounts() {
+        Ok(e) => e,
+        Err(e) => {
+            r.errors.push(format!("reading mountinfo: {e}"));
+            // Without mountinfo nothing can be identified safely.
+            r.still_mounted = true;
+            return None;
+        }
+    };
+    let Some(entry) = mountinfo::find_by_mountpoint(&entries, mountpoint).cloned() else {
+        r.note(start, "not mounted");
+        return None;
+    };
+    r.was_mounted = true;
+    r.mountpoint = entry.mount_point.clone();
+    r.note(
+        start,
+        format!(
+            "found mount id {} ({} {} dev {}:{})",
+            entry.mount_id, entry.fs_type, entry.source, entry.major, entry.minor
+        ),
+    );
+    if !entry.is_fuse() {
+        r.errors.push(format!(
+            "{} is a {} mount, not FUSE: no fusectl abort possible",
+            entry.mount_point.display(),
+            entry.fs_type
+        ));
+    }
+    let path = match CString::new(entry.mount_point.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            r.errors.push(format!("mount point contains NUL: {e}"));
+            r.still_mounted = true;
+            return Some(entry);
+        }
+    };
+
+    // 2. Holders, while paths still identify them.
+    let scan_wait = HOLDER_SCAN_WAIT.min(remaining(deadline) / 5);
+    r.holders = scan_holders(&entry, true, scan_wait, &mut r.errors);
+    let msg = format!("holders before: {:?}", r.holders);
+    r.note(start, msg);
+
+    // 3. Polite attempt.
+    let clean_wait = CLEAN_UMOUNT_WAIT.min(remaining(deadline) / 5);
+    let mut stuck_clean: Option<Receiver<io::Result<()>>> = None;
+    match umount2_bounded(path.clone(), 0, clean_wait) {
+        Bounded::Done(Ok(())) => r.note(start, "umount2(0) succeeded"),
+        Bounded::Done(Err(e)) => r.note(start, format!("umount2(0) failed: {e}")),
+        Bounded::TimedOut(rx) => {
+            r.note(start, format!("umount2(0) still blocked after {clean_wait:?}"));
+            stuck_clean = Some(rx);
+        }
+        Bounded::Failed(e) => r.errors.push(format!("umount2(0): {e}")),
+    }
+    if stuck_clean.is_none() && gone(&entry, &mut r.errors) == Some(true) {
+        r.clean_unmount = true;
+        return Some(entry);
+    }
+
+    // 4. Abort the connection: wakes every process blocked on the mount.
+    if entry.is_fuse() {
+        let conn = entry.connection_id();
+        let wait = STEP_WAIT.min(remaining(deadline));
+        match run_bounded("fusectl-abort", wait, move || {
+            fusectl::ensure_fusectl_mounted()?;
+            fusectl::abort(conn)
+        }) {
+            Bounded::Done(Ok(())) => {
+                r.aborted = true;
+                r.note(start, format!("connection {conn} aborted"));
+            }
+            Bounded::Done(Err(e)) => r.errors.push(format!("fusectl abort: {e}")),
+            Bounded::TimedOut(_) => r.errors.push("fusectl abort timed out".into()),
+            Bounded::Failed(e) => r.errors.push(format!("fusectl abort: {e}")),
+        }
+    }
+
+    // A polite umount that was stuck is normally woken by the abort. Let it
+    // finish now, so it cannot fire later against an unrelated new mount.
+    if let Some(rx) = stuck_clean.take() {
+        match rx.recv_timeout(STEP_WAIT.min(remaining(deadline) / 2)) {
+            Ok(res) => r.note(start, format!("stuck umount2(0) returned {res:?}")),
+            Err(_) => r
+                .errors
+                .push("umount2(0) still blocked in the kernel; helper thread abandoned".into()),
+        }
+    }
+
+    // 5. Lazy detach.
+    if gone(&entry, &mut r.errors) == Some(true) {
+        r.note(start, "mount gone before lazy detach");
+    } else {
+        let wait = STEP_WAIT.min(remaining(deadline));
+        match umount2_bounded(path, libc::MNT_DETACH, wait) {
+            Bounded::Done(Ok(())) => {
+                r.lazily_detached = true;
+                r.note(start, "umount2(MNT_DETACH) succeeded");
+            }
+            Bounded::Done(Err(e)) => r.errors.push(format!("umount2(MNT_DETACH): {e}")),
+            Bounded::TimedOut(_) => r
+                .errors
+                .push("umount2(MNT_DETACH) timed out; helper thread abandoned".into()),
+            Bounded::Failed(e) => r.errors.push(format!("umount2(MNT_DETACH): {e}")),
+        }
+    }
+    r.still_mounted = gone(&entry, &mut r.errors) != Some(true);
+    Some(entry)
+}
+
+/// Whether `entry` (matched by mount id and mount point, since ids are
+/// reused) has left mountinfo. `None` if mountinfo cannot be read.
+fn gone(entry: &MountEntry, errors: &mut Vec<String>) -> Option<bool> {
+    match mountinfo::read_mounts() {
+        Ok(entries) => Some(
+            !entries
+                .iter()
+                .any(|e| e.mount_id == entry.mount_id && e.mount_point == entry.mount_point),
+        ),
+        Err(e) => {
+            errors.push(format!("reading mountinfo: {e}"));
+            None
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Outcome of [`run_bounded`].
+enum Bounded<T> {
+    /// The closure finished in time.
+    Done(T),
+    /// Still running; the receiver yields the result if it ever finishes.
+    TimedOut(Receiver<T>),
+    /// No time was left, the thread could not be spawned, or it panicked.
+    Failed(io::Error),
+}
+
+/// Runs `f` on a detached helper thread and waits at most `wait` for it.
+///
+/// Why a thread and not a signal/alarm: a syscall stuck in an uninterruptible
+/// FUSE wait ignores signals; the only way to not hang is to not wait. The
+/// thread is never joined; dropping its handle detaches it.
+fn run_bounded<T, F>(name: &str, wait: Duration, f: F) -> Bounded<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if wait.is_zero() {
+        return Bounded::Failed(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "deadline exhausted before the step started",
+        ));
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            // The receiver may be gone if we were abandoned; that is fine.
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        return Bounded::Failed(e);
+    }
+    match rx.recv_timeout(wait) {
+        Ok(v) => Bounded::Done(v),
+        Err(RecvTimeoutError::Timeout) => Bounded::TimedOut(rx),
+        Err(RecvTimeoutError::Disconnected) => {
+            Bounded::Failed(io::Error::other("helper thread panicked"))
+        }
+    }
+}
+
+fn umount2_bounded(path: CString, flags: libc::c_int, wait: Duration) -> Bounded<io::Result<()>> {
+    run_bounded("umount2", wait, move || {
+        // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
+        let rc = unsafe { libc::umount2(path.as_ptr(), flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Daemon handling
+
+/// Scheduler state of `pid` from `/proc/<pid>/stat` (`R`, `S`, `D`, `T`, `Z`,
+/// ...), or `None` if there is no such process.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: the state follows the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.trim_start().chars().next()
+}
+
+/// True if `pid` exists and is not a zombie. A zombie has released its
+/// `/dev/fuse` descriptor and mounts, which is what matters here; reaping it
+/// is its parent's business.
+pub fn pid_alive(pid: i32) -> bool {
+    pid > 0 && !matches!(proc_state(pid), None | Some('Z') | Some('X') | Some('x'))
+}
+
+fn wait_dead(pid: i32, until: Instant) -> bool {
+    loop {
+        if !pid_alive(pid) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int, r: &mut ForceReport) {
+    // SAFETY: plain syscall; `pid > 0` was checked by the caller, so this
+    // targets exactly one process.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            r.errors.push(format!("kill({pid}, {sig}): {e}"));
+        }
+    }
+}
+
+/// Step 6 of [`force_unmount`]. Returns whether the daemon is dead.
+fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant) -> bool {
+    let state = proc_state(pid);
+    if !pid_alive(pid) {
+        r.note(start, format!("daemon {pid} already gone (state {state:?})"));
+        return true;
+    }
+    let stopped = matches!(state, Some('T') | Some('t'));
+    if !stopped {
+        let until = deadline.min(Instant::now() + DAEMON_SELF_EXIT_GRACE);
+        if wait_dead(pid, until) {
+            r.note(start, format!("daemon {pid} exited by itself"));
+            return true;
+        }
+    }
+    signal(pid, libc::SIGTERM, r);
+    signal(pid, libc::SIGCONT, r);
+    r.note(
+        start,
+        format!("sent SIGTERM+SIGCONT to daemon {pid} (state was {state:?})"),
+    );
+    if wait_dead(pid, deadline.min(Instant::now() + DAEMON_TERM_GRACE)) {
+        r.note(start, format!("daemon {pid} exited after SIGTERM"));
+        return true;
+    }
+    signal(pid, libc::SIGKILL, r);
+    r.note(start, format!("sent SIGKILL to daemon {pid}"));
+    let dead = wait_dead(pid, deadline);
+    if dead {
+        r.note(start, format!("daemon {pid} exited after SIGKILL"));
+    } else {
+        r.errors.push(format!(
+            "daemon {pid} still alive (state {:?}) at the deadline",
+            proc_state(pid)
+        ));
+    }
+    dead
+}
+
+// ---------------------------------------------------------------------------
+// Holder scan
+
+/// Lists processes that hold `entry`'s mount busy, as `(pid, comm)`, sorted
+/// by pid, scanning for at most `wait`. Safe to call on a hung mount.
+///
+/// A process counts if one of its open files is on the mount (`mnt_id` in
+/// `/proc/<pid>/fdinfo/<fd>`), it maps a file from the mount's device
+/// (`/proc/<pid>/maps`), or, with `by_path`, an fd, its cwd or its root
+/// `readlink`s to a path at or below the mount point. Per-thread cwds
+/// (`unshare(CLONE_FS)`) are not examined.
+///
+/// The scan runs on a helper thread and its findings are collected as they
+/// come, so a scan cut short (reading `maps` of a process stuck in a page
+/// fault can block) still returns what it found; that is recorded in
+/// `errors`.
+pub fn find_holders(
+    entry: &MountEntry,
+    by_path: bool,
+    wait: Duration,
+    errors: &mut Vec<String>,
+) -> Vec<(i32, String)> {
+    scan_holders(entry, by_path, wait, errors)
+}
+
+fn scan_holders(
+    entry: &MountEntry,
+    by_path: bool,
+    wait: Duration,
+    errors: &mut Vec<String>,
+) -> Vec<(i32, String)> {
+    let state: Arc<Mutex<ScanState>> = Arc::default();
+    let sink = Arc::clone(&state);
+    let target = entry.clone();
+    let outcome = run_bounded("holder-scan", wait, move || {
+        scan_proc(&target, by_path, &sink)
+    });
+    let st = state.lock().unwrap_or_else(PoisonError::into_inner);
+    match outcome {
+        Bounded::Done(Ok(())) => {}
+        Bounded::Done(Err(e)) => errors.push(format!("holder scan: {e}")),
+        Bounded::TimedOut(_) => errors.push(format!(
+            "holder scan incomplete after {wait:?} (stuck at {}); partial result reported",
+            st.current
+        )),
+        Bounded::Failed(e) => errors.push(format!("holder scan: {e}")),
+    }
+    let mut v = st.found.clone();
+    v.sort();
+    v
+}
+
+/// Progress of a holder scan, shared with the caller so that a scan cut
+/// short still yields its findings and says where it got stuck.
+#[derive(Default)]
+struct ScanState {
+    found: Vec<(i32, String)>,
+    current: String,
+}
+
+fn scan_proc(entry: &MountEntry, by_path: bool, state: &Mutex<ScanState>) -> io::Result<()> {
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
+        .filter_map(|d| d.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let mp = entry.mount_point.as_path();
+    // Matching every path against "/" would report every process.
+    let by_path = by_path && mp != Path::new("/");
+    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
+    let add = |pid: i32| {
+        let comm = comm(pid);
+        let mut g = lock();
+        if !g.found.iter().any(|(p, _)| *p == pid) {
+            g.found.push((pid, comm));
+        }
+    };
+    let has = |pid: i32| lock().found.iter().any(|(p, _)| *p == pid);
+    let at = |what: String| lock().current = what;
+
+    // Pass 1: fds, cwd, root.
+    for &pid in &pids {
+        at(format!("/proc/{pid}/fd"));
+        if holds_fd_or_dir(pid, entry, mp, by_path) {
+            add(pid);
+        }
+    }
+    // Pass 2: mappings. Reading maps takes the target's mmap lock, which a
+    // process stuck in a FUSE page fault may hold; hence last.
+    for &pid in &pids {
+        at(format!("/proc/{pid}/maps"));
+        if !has(pid) && maps_device(pid, entry.major, entry.minor) {
+            add(pid);
+        }
+    }
+    at("done".into());
+    Ok(())
+}
+
+fn holds_fd_or_dir(pid: i32, entry: &MountEntry, mp: &Path, by_path: bool) -> bool {
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    if by_path {
+        for link in ["cwd", "root"] {
+            if std::fs::read_link(base.join(link)).is_ok_and(|t| t.starts_with(mp)) {
+                return true;
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(base.join("fd")) else {
+        return false;
+    };
+    for fd in fds.flatten() {
+        let name = fd.file_name();
+        if fdinfo_mnt_id(&base.join("fdinfo").join(&name)) == Some(entry.mount_id) {
+            return true;
+        }
+        if by_path && std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(mp)) {
+            return true;
+        }
+    }
+    false
+}
+
+fn fdinfo_mnt_id(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn maps_device(pid: i32, major: u32, minor: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    text.lines().any(|line| {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(dev), Some(inode)) = (f.nth(3), f.next()) else {
+            return false;
+        };
+        inode != "0" && parse_hex_dev(dev) == Some((major, minor))
+    })
+}
+
+fn parse_hex_dev(dev: &str) -> Option<(u32, u32)> {
+    let (ma, mi) = dev.split_once(':')?;
+    Some((
+        u32::from_str_radix(ma, 16).ok()?,
+        u32::from_str_radix(mi, 16).ok()?,
+    ))
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Stale mounts
+
+/// Outcome of [`remove_stale`] for one mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleRemoval {
+    /// Mount id from mountinfo.
+    pub mount_id: u64,
+    /// Where it was mounted.
+    pub mount_point: PathBuf,
+    /// Its source (`wsfs:<name>`).
+    pub source: String,
+    /// The fusectl abort succeeded.
+    pub aborted: bool,
+    /// `umount2(MNT_DETACH)` succeeded.
+    pub detached: bool,
+    /// The mount has left mountinfo.
+    pub gone: bool,
+    /// What went wrong.
+    pub errors: Vec<String>,
+}
+
+/// True for FUSE mounts that belong to wsfs: `fuse.wsfs` type or a source
+/// mentioning `wsfs`.
+pub fn is_wsfs_mount(e: &MountEntry) -> bool {
+    e.is_fuse() && (e.fs_type.contains("wsfs") || e.source.contains("wsfs"))
+}
+
+/// Cleans up wsfs mounts whose daemon is dead: aborts the connection (so
+/// nothing stays blocked on it) and lazily detaches it.
+///
+/// `entries` may be the whole mount table: entries that are not wsfs FUSE
+/// mounts ([`is_wsfs_mount`]) are ignored, as are those for which
+/// `daemon_alive` returns true. The kernel gives no reliable way to tell a
+/// dead daemon from a live one without touching the mount, so the caller
+/// decides (for instance from a pid file and [`pid_alive`]). Nested mounts
+/// are handled children first. Every kernel call is bounded; the whole call
+/// takes at most `timeout`.
+pub fn remove_stale<F>(entries: &[MountEntry], mut daemon_alive: F, timeout: Duration) -> Vec<StaleRemoval>
+where
+    F: FnMut(&MountEntry) -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    // mountinfo lists parents before children, so reverse order detaches
+    // nested mounts first.
+    for e in entries.iter().rev().filter(|e| is_wsfs_mount(e)) {
+        if daemon_alive(e) {
+            continue;
+        }
+        let mut rep = StaleRemoval {
+            mount_id: e.mount_id,
+            mount_point: e.mount_point.clone(),
+            source: e.source.clone(),
+            aborted: false,
+            detached: false,
+            gone: false,
+            errors: Vec::new(),
+        };
+        let conn = e.connection_id();
+        match run_bounded("fusectl-abort", STEP_WAIT.min(remaining(deadline)), move || {
+            fusectl::ensure_fusectl_mounted()?;
+            fusectl::abort(conn)
+        }) {
+            Bounded::Done(Ok(())) => rep.aborted = true,
+            Bounded::Done(Err(err)) | Bounded::Failed(err) => {
+                rep.errors.push(format!("fusectl abort: {err}"))
+            }
+            Bounded::TimedOut(_) => rep.errors.push("fusectl abort timed out".into()),
+        }
+        match CString::new(e.mount_point.as_os_str().as_bytes()) {
+            Ok(path) => {
+                let wait = STEP_WAIT.min(remaining(deadline));
+                match umount2_bounded(path, libc::MNT_DETACH, wait) {
+                    Bounded::Done(Ok(())) => rep.detached = true,
+                    Bounded::Done(Err(err)) | Bounded::Failed(err) => {
+                        rep.errors.push(format!("umount2(MNT_DETACH): {err}"))
+                    }
+                    Bounded::TimedOut(_) => {
+                        rep.errors.push("umount2(MNT_DETACH) timed out".into())
+                    }
+                }
+            }
+            Err(err) => rep.errors.push(format!("mount point contains NUL: {err}")),
+        }
+        out.push(rep);
+    }
+    if !out.is_empty() {
+        match mountinfo::read_mounts() {
+            Ok(now) => {
+                for rep in &mut out {
+                    rep.gone = !now
+                        .iter()
+                        .any(|e| e.mount_id == rep.mount_id && e.mount_point == rep.mount_point);
+                }
+            }
+            Err(err) => {
+                for rep in &mut out {
+                    rep.errors.push(format!("reading mountinfo: {err}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_mounted_is_quick_success() {
+        let dir = std::env::temp_dir().join(format!("force-umount-nm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let r = force_unmount(&dir, None, Duration::from_secs(2));
+        assert!(!r.was_mounted);
+        assert!(r.success(), "{r:?}");
+        assert!(r.elapsed < Duration::from_millis(500), "{r:?}");
+        assert!(r.notes.iter().any(|n| n.contains("not mounted")));
+        std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    #[test]
+    fn refuses_dangerous_pids() {
+        let dir = std::env::temp_dir().join(format!("force-umount-pid-{}", std::process::id()));
+        for pid in [0, -1, std::process::id() as i32] {
+            let r = force_unmount(&dir, Some(pid), Duration::from_secs(1));
+            assert_eq!(r.daemon_stopped, None);
+            assert!(r.errors[0].contains("refusing"), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn proc_state_and_liveness() {
+        let me = std::process::id() as i32;
+        assert!(pid_alive(me));
+        assert!(matches!(proc_state(me), Some('R') | Some('S')));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(-5));
+        assert!(!pid_alive(i32::MAX));
+    }
+
+    #[test]
+    fn hex_dev_parsing() {
+        assert_eq!(parse_hex_dev("00:2f"), Some((0, 47)));
+        assert_eq!(parse_hex_dev("103:1a5"), Some((259, 421)));
+        assert_eq!(parse_hex_dev("zz"), None);
+    }
+
+    #[test]
+    fn wsfs_mount_filter() {
+        let entries = mountinfo::parse(
+            "1 1 0:1 / /a rw - fuse.wsfs x rw\n\
+             2 1 0:2 / /b rw - fuse wsfs:b rw\n\
+             3 1 0:3 / /c rw - fuse.sshfs host:/ rw\n\
+             4 1 0:4 / /d rw - tmpfs wsfs rw\n",
+        )
+        .expect("parse");
+        let ids: Vec<u64> = entries
+            .iter()
+            .filter(|e| is_wsfs_mount(e))
+            .map(|e| e.mount_id)
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn bounded_runner_abandons_slow_work() {
+        let t = Instant::now();
+        let r = run_bounded("slow", Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        assert!(matches!(r, Bounded::TimedOut(_)));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(matches!(
+            run_bounded("zero", Duration::ZERO, || ()),
+            Bounded::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn holder_scan_finds_own_cwd_and_fds() {
+        // A fake entry whose mount point is a directory we hold open: the
+        // path-based scan must attribute it to us, safely.
+        let dir = std::env::temp_dir().join(format!("force-umount-h-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let f = std::fs::File::create(dir.join("f")).expect("create");
+        let entry = MountEntry {
+            mount_id: u64::MAX,
+            parent_id: 0,
+            major: 4095,
+            minor: 0,
+            root: "/".into(),
+            mount_point: dir.clone(),
+            options: String::new(),
+            optional_fields: vec![],
+            fs_type: "fuse.wsfs".into(),
+            source: "wsfs:fake".into(),
+            super_options: String::new(),
+        };
+        let mut errors = vec![];
+        let holders = find_holders(&entry, true, Duration::from_secs(5), &mut errors);
+        let me = std::process::id() as i32;
+        assert!(holders.iter().any(|(p, _)| *p == me), "{holders:?} {errors:?}");
+        let holders = find_holders(&entry, false, Duration::from_secs(5), &mut errors);
+        assert!(!holders.iter().any(|(p, _)| *p == me), "{holders:?}");
+        assert!(errors.is_empty(), "{errors:?}");
+        drop(f);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

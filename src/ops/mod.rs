@@ -1,0 +1,9 @@
+//! Operations: the mount table (read from /proc/self/mountinfo, never by stat-ing a mount that may
+//! hang), fusectl, forced unmount of hung or dead mounts, runtime records of live daemons, status.
+
+pub mod force_umount;
+pub mod fusectl;
+pub mod mountinfo;
+pub mod runtime;
+pub mod status;
+pub mod umount;
