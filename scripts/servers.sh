@@ -9,6 +9,7 @@
 #   scripts/servers.sh install           only install the dependencies
 #   scripts/servers.sh mkbucket-s3 NAME  create an S3 bucket on moto
 #   scripts/servers.sh mkbucket-gcs NAME create a GCS bucket on fake-gcs-server
+#   scripts/servers.sh selftest          bucket/upload/read/list/delete round trip on both
 #   scripts/servers.sh list-mounts       list wsfs FUSE mounts (from /proc/self/mountinfo)
 #   scripts/servers.sh detach-mounts [KEEP]  abort + lazily unmount wsfs FUSE mounts
 #                                     (except those listed in file KEEP)
@@ -361,7 +362,7 @@ wsfs_servers_stop() {
 }
 
 wsfs_servers_status() {
-    local dir n pid port
+    local dir n pid port path
     dir=$(wsfs_servers_state_dir)
     if [[ ! -d $dir ]]; then
         echo "not running (no state dir $dir)"
@@ -369,7 +370,9 @@ wsfs_servers_status() {
     fi
     for n in moto gcs; do
         pid=$(cat "$dir/$n.pid" 2>/dev/null) port=$(cat "$dir/$n.port" 2>/dev/null)
-        echo "$n: pid=${pid:-?} port=${port:-?} http=$(_wsfs_http_code "http://127.0.0.1:${port:-1}/")"
+        path=/
+        [[ $n == gcs ]] && path=/storage/v1/b
+        echo "$n: pid=${pid:-?} port=${port:-?} GET $path -> HTTP $(_wsfs_http_code "http://127.0.0.1:${port:-1}$path")"
     done
     _wsfs_running "$dir"
 }
@@ -416,6 +419,57 @@ wsfs_mkbucket_gcs() {
     esac
 }
 
+# Round trip on both servers: bucket, upload, read (plain + range), list, delete.
+wsfs_servers_selftest() {
+    _wsfs_load_env || return 1
+    python3 - "$WSFS_TEST_S3_ENDPOINT" "$WSFS_TEST_GCS_ENDPOINT" <<'EOF'
+import json, sys, uuid, urllib.error, urllib.request
+import boto3
+s3ep, gcs = sys.argv[1], sys.argv[2]
+b = "selftest-" + uuid.uuid4().hex[:12]
+s3 = boto3.client("s3", endpoint_url=s3ep, region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+s3.create_bucket(Bucket=b)
+s3.put_object(Bucket=b, Key="d/k.txt", Body=b"hello s3")
+assert s3.get_object(Bucket=b, Key="d/k.txt")["Body"].read() == b"hello s3"
+assert s3.get_object(Bucket=b, Key="d/k.txt", Range="bytes=1-3")["Body"].read() == b"ell"
+assert [o["Key"] for o in s3.list_objects_v2(Bucket=b)["Contents"]] == ["d/k.txt"]
+s3.delete_object(Bucket=b, Key="d/k.txt")
+assert s3.list_objects_v2(Bucket=b)["KeyCount"] == 0
+s3.delete_bucket(Bucket=b)
+print("s3 ok")
+
+def req(method, url, data=None, ctype=None, headers=None):
+    r = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if ctype:
+        r.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+st, _ = req("POST", f"{gcs}/storage/v1/b", json.dumps({"name": b}).encode(), "application/json")
+assert st == 200, st
+st, _ = req("POST", f"{gcs}/upload/storage/v1/b/{b}/o?uploadType=media&name=d/k.txt", b"hello gcs",
+            "application/octet-stream")
+assert st == 200, st
+for url in (f"{gcs}/storage/v1/b/{b}/o/d%2Fk.txt?alt=media",
+            f"{gcs}/download/storage/v1/b/{b}/o/d%2Fk.txt?alt=media",
+            f"{gcs}/{b}/d%2Fk.txt", f"{gcs}/{b}/d/k.txt"):
+    assert req("GET", url) == (200, b"hello gcs"), url
+assert req("HEAD", f"{gcs}/{b}/d%2Fk.txt")[0] == 200
+assert req("GET", f"{gcs}/{b}/d%2Fk.txt", headers={"Range": "bytes=1-3"}) == (206, b"ell")
+st, body = req("GET", f"{gcs}/storage/v1/b/{b}/o")
+assert st == 200 and [i["name"] for i in json.loads(body)["items"]] == ["d/k.txt"], body
+st, body = req("GET", f"{gcs}/{b}?list-type=2&prefix=d/")
+assert st == 200 and b"<Key>d/k.txt</Key>" in body, body
+assert req("DELETE", f"{gcs}/storage/v1/b/{b}/o/d%2Fk.txt")[0] in (200, 204)
+assert req("GET", f"{gcs}/{b}/d%2Fk.txt")[0] == 404
+print("gcs ok")
+EOF
+}
+
 # -------------------------------------------------------------------- CLI ---
 
 _wsfs_servers_main() {
@@ -437,8 +491,9 @@ _wsfs_servers_main() {
     mkbucket-gcs) wsfs_mkbucket_gcs "$@" ;;
     list-mounts) wsfs_list_mounts ;;
     detach-mounts) wsfs_detach_mounts "$@" ;;
+    selftest) wsfs_servers_selftest ;;
     *)
-        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|list-mounts|detach-mounts" >&2
+        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|list-mounts|detach-mounts|selftest" >&2
         return 2
         ;;
     esac

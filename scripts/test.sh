@@ -30,7 +30,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,17p' "$0"
+        sed -n '2,16p' "$0"
         exit 0
         ;;
     *)
@@ -48,11 +48,8 @@ banner() {
 # shellcheck source=scripts/servers.sh
 source "$repo/scripts/servers.sh"
 
-WSFS_TEST_STATE=$(mktemp -d /tmp/wsfs-test-run.XXXXXX)
-export WSFS_TEST_STATE
-premounts=$(mktemp /tmp/wsfs-test-premounts.XXXXXX)
-wsfs_list_mounts >"$premounts"
-
+WSFS_TEST_STATE=
+premounts=
 # Each step runs in the background and is waited for, so that a signal to this
 # script is acted on at once instead of after the step finishes.
 step_pid=
@@ -111,12 +108,17 @@ cleanup() {
     banner "cleanup"
     # Abort this run's FUSE mounts first so nothing stays blocked on them,
     # then stop a still-running step, then catch mounts made meanwhile.
-    wsfs_detach_mounts "$premounts"
-    kill_step
-    wsfs_detach_mounts "$premounts"
-    rm -f "$premounts"
-    wsfs_servers_stop || echo "test.sh: warning: could not stop all test servers" >&2
-    rm -rf "$WSFS_TEST_STATE" 2>/dev/null
+    if [[ -n $premounts ]]; then
+        wsfs_detach_mounts "$premounts"
+        kill_step
+        wsfs_detach_mounts "$premounts"
+        rm -f "$premounts"
+    else
+        kill_step
+    fi
+    if [[ -n $WSFS_TEST_STATE ]] && ! wsfs_servers_stop; then
+        echo "test.sh: warning: could not stop all test servers (state: $WSFS_TEST_STATE)" >&2
+    fi
     if ((rc == 0)); then
         banner "ALL STEPS PASSED"
     else
@@ -128,6 +130,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+
+premounts=$(mktemp /tmp/wsfs-test-premounts.XXXXXX)
+wsfs_list_mounts >"$premounts"
+WSFS_TEST_STATE=$(mktemp -d /tmp/wsfs-test-run.XXXXXX)
+export WSFS_TEST_STATE
 
 banner "setup: toolchain"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -134,7 +134,8 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
     let auto_unmount = has_fusermount3();
     let mut options = vec![
         fuser::MountOption::FSName(format!("wsfs:{}", args.workspace)),
-        fuser::MountOption::Subtype("wsfs".into()),
+        // fuser drops Subtype on a direct (root) mount; the raw option survives both mount paths.
+        fuser::MountOption::CUSTOM("subtype=wsfs".into()),
         fuser::MountOption::RO,
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoDev,

@@ -77,6 +77,10 @@ pub struct ForceReport {
     /// because paths inside a detached mount no longer start with the mount
     /// point. Empty after a clean unmount.
     pub holders_after: Vec<(i32, String)>,
+    /// Processes whose `/proc` entries could not be read in time during
+    /// either scan (see [`HolderScan::uninspectable`]): likely holders stuck
+    /// on the mount.
+    pub uninspectable: Vec<(i32, String)>,
     /// Wall time the call took.
     pub elapsed: Duration,
     /// Everything that went wrong, in order. Non-empty does not by itself
@@ -93,11 +97,8 @@ impl ForceReport {
     }
 
     fn note(&mut self, start: Instant, msg: impl AsRef<str>) {
-        self.notes.push(format!(
-            "[{:>8.1?}] {}",
-            start.elapsed(),
-            msg.as_ref()
-        ));
+        self.notes
+            .push(format!("[{:>8.1?}] {}", start.elapsed(), msg.as_ref()));
     }
 }
 
@@ -105,7 +106,8 @@ impl ForceReport {
 /// as needed, and stops its daemon if `daemon_pid` is given.
 ///
 /// Steps, each bounded by what is left of `timeout`:
-/// 1. look the mount up in mountinfo (not mounted: nothing to unmount);
+/// 1. look the mount up in mountinfo (not mounted: nothing to unmount; a
+///    mount that is not FUSE is refused and left alone);
 /// 2. scan `/proc` for processes holding it (`holders`) — before anything is
 ///    detached, because afterwards their paths no longer identify it;
 /// 3. `umount2(path, 0)`, waited on for at most 1 s (or a fifth of the
@@ -153,7 +155,7 @@ pub fn force_unmount(mountpoint: &Path, daemon_pid: Option<i32>, timeout: Durati
             r.errors
                 .push("deadline exhausted before the final holder scan".into());
         } else {
-            r.holders_after = scan_holders(&entry, false, remaining(deadline), &mut r.errors);
+            r.holders_after = scan_holders(&entry, false, remaining(deadline), &mut r);
             let msg = format!("holders after: {:?}", r.holders_after);
             r.note(start, msg);
         }
@@ -193,11 +195,15 @@ fn unmount_steps(
         ),
     );
     if !entry.is_fuse() {
+        // Forcing a lazy detach on a wrong path (say, a real disk) would do
+        // real damage; this tool is for FUSE mounts only.
         r.errors.push(format!(
-            "{} is a {} mount, not FUSE: no fusectl abort possible",
+            "{} is a {} mount, not FUSE: refusing to touch it",
             entry.mount_point.display(),
             entry.fs_type
         ));
+        r.still_mounted = true;
+        return None;
     }
     let path = match CString::new(entry.mount_point.as_os_str().as_bytes()) {
         Ok(p) => p,
@@ -210,7 +216,7 @@ fn unmount_steps(
 
     // 2. Holders, while paths still identify them.
     let scan_wait = HOLDER_SCAN_WAIT.min(remaining(deadline) / 5);
-    r.holders = scan_holders(&entry, true, scan_wait, &mut r.errors);
+    r.holders = scan_holders(&entry, true, scan_wait, r);
     let msg = format!("holders before: {:?}", r.holders);
     r.note(start, msg);
 
@@ -221,7 +227,10 @@ fn unmount_steps(
         Bounded::Done(Ok(())) => r.note(start, "umount2(0) succeeded"),
         Bounded::Done(Err(e)) => r.note(start, format!("umount2(0) failed: {e}")),
         Bounded::TimedOut(rx) => {
-            r.note(start, format!("umount2(0) still blocked after {clean_wait:?}"));
+            r.note(
+                start,
+                format!("umount2(0) still blocked after {clean_wait:?}"),
+            );
             stuck_clean = Some(rx);
         }
         Bounded::Failed(e) => r.errors.push(format!("umount2(0): {e}")),
@@ -232,7 +241,7 @@ fn unmount_steps(
     }
 
     // 4. Abort the connection: wakes every process blocked on the mount.
-    if entry.is_fuse() {
+    {
         let conn = entry.connection_id();
         let wait = STEP_WAIT.min(remaining(deadline));
         match run_bounded("fusectl-abort", wait, move || {
@@ -405,7 +414,10 @@ fn signal(pid: i32, sig: libc::c_int, r: &mut ForceReport) {
 fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant) -> bool {
     let state = proc_state(pid);
     if !pid_alive(pid) {
-        r.note(start, format!("daemon {pid} already gone (state {state:?})"));
+        r.note(
+            start,
+            format!("daemon {pid} already gone (state {state:?})"),
+        );
         return true;
     }
     let stopped = matches!(state, Some('T') | Some('t'));
@@ -443,8 +455,27 @@ fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant)
 // ---------------------------------------------------------------------------
 // Holder scan
 
-/// Lists processes that hold `entry`'s mount busy, as `(pid, comm)`, sorted
-/// by pid, scanning for at most `wait`. Safe to call on a hung mount.
+/// Longest a single process's `/proc` entries may take to read before the
+/// scan gives up on that process and moves on.
+const PER_PROCESS_WAIT: Duration = Duration::from_millis(200);
+
+/// Result of [`holder_scan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HolderScan {
+    /// Processes found holding the mount, `(pid, comm)`, sorted by pid.
+    pub holders: Vec<(i32, String)>,
+    /// Processes whose `/proc` entries could not be read within the
+    /// per-process budget. Reading `/proc/<pid>/fd*` blocks while that
+    /// process is inside `execve` holding its exec lock, which happens
+    /// exactly when it inherited a descriptor on a hung FUSE mount and is
+    /// stuck flushing it in close-on-exec; so these are likely holders.
+    pub uninspectable: Vec<(i32, String)>,
+    /// Every process was examined within the time limit.
+    pub complete: bool,
+}
+
+/// Lists processes that hold `entry`'s mount busy. Safe on a hung mount and
+/// bounded by `wait`.
 ///
 /// A process counts if one of its open files is on the mount (`mnt_id` in
 /// `/proc/<pid>/fdinfo/<fd>`), it maps a file from the mount's device
@@ -452,90 +483,180 @@ fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant)
 /// `readlink`s to a path at or below the mount point. Per-thread cwds
 /// (`unshare(CLONE_FS)`) are not examined.
 ///
-/// The scan runs on a helper thread and its findings are collected as they
-/// come, so a scan cut short (reading `maps` of a process stuck in a page
-/// fault can block) still returns what it found; that is recorded in
-/// `errors`.
+/// Why the watchdog: reading another process's `/proc` files can block (on
+/// its exec lock during `execve`, or on its mmap lock for `maps`). The scan
+/// runs on a helper thread that reports progress; a process taking longer
+/// than 200 ms is recorded as uninspectable, its helper abandoned, and a new
+/// helper continues with the next process.
+pub fn holder_scan(entry: &MountEntry, by_path: bool, wait: Duration) -> HolderScan {
+    let deadline = Instant::now() + wait;
+    let mut out = HolderScan::default();
+    let mut pids: Vec<i32> = match std::fs::read_dir("/proc") {
+        Ok(d) => d
+            .filter_map(|d| d.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return out,
+    };
+    pids.sort_unstable();
+    // Pass 1 (fds, cwd, root) for every process, then pass 2 (maps), which
+    // is the more likely to block.
+    let items: Arc<Vec<(i32, Probe)>> = Arc::new(
+        pids.iter()
+            .map(|&p| (p, Probe::Files))
+            .chain(pids.iter().map(|&p| (p, Probe::Maps)))
+            .collect(),
+    );
+    // Pids already settled (found or uninspectable): later probes skip them.
+    let settled: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let mut next = 0;
+    'helpers: while next < items.len() {
+        let (tx, rx) = mpsc::channel();
+        let (it, st, target) = (Arc::clone(&items), Arc::clone(&settled), entry.clone());
+        let first = next;
+        let spawned = std::thread::Builder::new()
+            .name("holder-scan".into())
+            .stack_size(256 * 1024)
+            .spawn(move || scan_items(&it, first, &target, by_path, &st, &tx));
+        if spawned.is_err() {
+            return out;
+        }
+        let mut current: Option<(usize, String)> = None;
+        loop {
+            let budget = PER_PROCESS_WAIT.min(remaining(deadline));
+            match rx.recv_timeout(budget) {
+                Ok(ScanMsg::Start(i, comm)) => current = Some((i, comm)),
+                Ok(ScanMsg::Hit(i, comm)) => {
+                    let pid = items[i].0;
+                    lock(&settled).push(pid);
+                    if !out.holders.iter().any(|(p, _)| *p == pid) {
+                        out.holders.push((pid, comm));
+                    }
+                }
+                Ok(ScanMsg::Done) => {
+                    out.complete = true;
+                    break 'helpers;
+                }
+                Err(RecvTimeoutError::Timeout) if remaining(deadline).is_zero() => {
+                    break 'helpers;
+                }
+                Err(_) => {
+                    // Stuck (or the helper died): skip the current process
+                    // and let a fresh helper continue after it.
+                    let (i, comm) = current.unwrap_or((first, "?".into()));
+                    let pid = items[i].0;
+                    lock(&settled).push(pid);
+                    if !out.uninspectable.iter().any(|(p, _)| *p == pid) {
+                        out.uninspectable.push((pid, comm));
+                    }
+                    next = i + 1;
+                    continue 'helpers;
+                }
+            }
+        }
+    }
+    out.holders.sort();
+    out.uninspectable.sort();
+    out
+}
+
+/// [`holder_scan`] as a plain list: holders only, with an incomplete scan
+/// and uninspectable processes (likely holders stuck on the mount) reported
+/// as messages in `errors`.
 pub fn find_holders(
     entry: &MountEntry,
     by_path: bool,
     wait: Duration,
     errors: &mut Vec<String>,
 ) -> Vec<(i32, String)> {
-    scan_holders(entry, by_path, wait, errors)
+    let scan = holder_scan(entry, by_path, wait);
+    if !scan.complete {
+        errors.push(format!(
+            "holder scan incomplete after {wait:?}; partial result reported"
+        ));
+    }
+    for (pid, comm) in &scan.uninspectable {
+        errors.push(format!(
+            "/proc of pid {pid} ({comm}) unreadable within {PER_PROCESS_WAIT:?}: probably \
+             blocked on this mount"
+        ));
+    }
+    scan.holders
 }
 
+#[derive(Clone, Copy)]
+enum Probe {
+    Files,
+    Maps,
+}
+
+enum ScanMsg {
+    /// About to probe item `i`, whose process is called `comm`.
+    Start(usize, String),
+    /// Item `i` holds the mount.
+    Hit(usize, String),
+    Done,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Body of a holder-scan helper. Stops as soon as the coordinator stops
+/// listening (it abandoned this helper).
+fn scan_items(
+    items: &[(i32, Probe)],
+    first: usize,
+    entry: &MountEntry,
+    by_path: bool,
+    settled: &Mutex<Vec<i32>>,
+    tx: &mpsc::Sender<ScanMsg>,
+) {
+    let mp = entry.mount_point.as_path();
+    // Matching every path against "/" would report every process.
+    let by_path = by_path && mp != Path::new("/");
+    for (i, &(pid, probe)) in items.iter().enumerate().skip(first) {
+        if lock(settled).contains(&pid) {
+            continue;
+        }
+        let name = comm(pid);
+        if tx.send(ScanMsg::Start(i, name.clone())).is_err() {
+            return;
+        }
+        let hit = match probe {
+            Probe::Files => holds_fd_or_dir(pid, entry, mp, by_path),
+            Probe::Maps => maps_device(pid, entry.major, entry.minor),
+        };
+        if hit && tx.send(ScanMsg::Hit(i, name)).is_err() {
+            return;
+        }
+    }
+    let _ = tx.send(ScanMsg::Done);
+}
+
+/// [`holder_scan`] for [`force_unmount`]: folds problems into the report.
 fn scan_holders(
     entry: &MountEntry,
     by_path: bool,
     wait: Duration,
-    errors: &mut Vec<String>,
+    r: &mut ForceReport,
 ) -> Vec<(i32, String)> {
-    let state: Arc<Mutex<ScanState>> = Arc::default();
-    let sink = Arc::clone(&state);
-    let target = entry.clone();
-    let outcome = run_bounded("holder-scan", wait, move || {
-        scan_proc(&target, by_path, &sink)
-    });
-    let st = state.lock().unwrap_or_else(PoisonError::into_inner);
-    match outcome {
-        Bounded::Done(Ok(())) => {}
-        Bounded::Done(Err(e)) => errors.push(format!("holder scan: {e}")),
-        Bounded::TimedOut(_) => errors.push(format!(
-            "holder scan incomplete after {wait:?} (stuck at {}); partial result reported",
-            st.current
-        )),
-        Bounded::Failed(e) => errors.push(format!("holder scan: {e}")),
+    let scan = holder_scan(entry, by_path, wait);
+    if !scan.complete {
+        r.errors.push(format!(
+            "holder scan incomplete after {wait:?}; partial result reported"
+        ));
     }
-    let mut v = st.found.clone();
-    v.sort();
-    v
-}
-
-/// Progress of a holder scan, shared with the caller so that a scan cut
-/// short still yields its findings and says where it got stuck.
-#[derive(Default)]
-struct ScanState {
-    found: Vec<(i32, String)>,
-    current: String,
-}
-
-fn scan_proc(entry: &MountEntry, by_path: bool, state: &Mutex<ScanState>) -> io::Result<()> {
-    let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
-        .filter_map(|d| d.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    let mp = entry.mount_point.as_path();
-    // Matching every path against "/" would report every process.
-    let by_path = by_path && mp != Path::new("/");
-    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
-    let add = |pid: i32| {
-        let comm = comm(pid);
-        let mut g = lock();
-        if !g.found.iter().any(|(p, _)| *p == pid) {
-            g.found.push((pid, comm));
-        }
-    };
-    let has = |pid: i32| lock().found.iter().any(|(p, _)| *p == pid);
-    let at = |what: String| lock().current = what;
-
-    // Pass 1: fds, cwd, root.
-    for &pid in &pids {
-        at(format!("/proc/{pid}/fd"));
-        if holds_fd_or_dir(pid, entry, mp, by_path) {
-            add(pid);
+    for u in scan.uninspectable {
+        if !r.uninspectable.contains(&u) {
+            r.errors.push(format!(
+                "/proc of pid {} ({}) unreadable within {PER_PROCESS_WAIT:?}: probably blocked \
+                 on this mount",
+                u.0, u.1
+            ));
+            r.uninspectable.push(u);
         }
     }
-    // Pass 2: mappings. Reading maps takes the target's mmap lock, which a
-    // process stuck in a FUSE page fault may hold; hence last.
-    for &pid in &pids {
-        at(format!("/proc/{pid}/maps"));
-        if !has(pid) && maps_device(pid, entry.major, entry.minor) {
-            add(pid);
-        }
-    }
-    at("done".into());
-    Ok(())
+    scan.holders
 }
 
 fn holds_fd_or_dir(pid: i32, entry: &MountEntry, mp: &Path, by_path: bool) -> bool {
@@ -634,7 +755,11 @@ pub fn is_wsfs_mount(e: &MountEntry) -> bool {
 /// decides (for instance from a pid file and [`pid_alive`]). Nested mounts
 /// are handled children first. Every kernel call is bounded; the whole call
 /// takes at most `timeout`.
-pub fn remove_stale<F>(entries: &[MountEntry], mut daemon_alive: F, timeout: Duration) -> Vec<StaleRemoval>
+pub fn remove_stale<F>(
+    entries: &[MountEntry],
+    mut daemon_alive: F,
+    timeout: Duration,
+) -> Vec<StaleRemoval>
 where
     F: FnMut(&MountEntry) -> bool,
 {
@@ -656,10 +781,14 @@ where
             errors: Vec::new(),
         };
         let conn = e.connection_id();
-        match run_bounded("fusectl-abort", STEP_WAIT.min(remaining(deadline)), move || {
-            fusectl::ensure_fusectl_mounted()?;
-            fusectl::abort(conn)
-        }) {
+        match run_bounded(
+            "fusectl-abort",
+            STEP_WAIT.min(remaining(deadline)),
+            move || {
+                fusectl::ensure_fusectl_mounted()?;
+                fusectl::abort(conn)
+            },
+        ) {
             Bounded::Done(Ok(())) => rep.aborted = true,
             Bounded::Done(Err(err)) | Bounded::Failed(err) => {
                 rep.errors.push(format!("fusectl abort: {err}"))
@@ -674,9 +803,7 @@ where
                     Bounded::Done(Err(err)) | Bounded::Failed(err) => {
                         rep.errors.push(format!("umount2(MNT_DETACH): {err}"))
                     }
-                    Bounded::TimedOut(_) => {
-                        rep.errors.push("umount2(MNT_DETACH) timed out".into())
-                    }
+                    Bounded::TimedOut(_) => rep.errors.push("umount2(MNT_DETACH) timed out".into()),
                 }
             }
             Err(err) => rep.errors.push(format!("mount point contains NUL: {err}")),
@@ -796,13 +923,17 @@ mod tests {
             source: "wsfs:fake".into(),
             super_options: String::new(),
         };
-        let mut errors = vec![];
-        let holders = find_holders(&entry, true, Duration::from_secs(5), &mut errors);
         let me = std::process::id() as i32;
-        assert!(holders.iter().any(|(p, _)| *p == me), "{holders:?} {errors:?}");
-        let holders = find_holders(&entry, false, Duration::from_secs(5), &mut errors);
-        assert!(!holders.iter().any(|(p, _)| *p == me), "{holders:?}");
+        let scan = holder_scan(&entry, true, Duration::from_secs(5));
+        assert!(scan.complete, "{scan:?}");
+        assert!(scan.holders.iter().any(|(p, _)| *p == me), "{scan:?}");
+        let mut errors = vec![];
+        let list = find_holders(&entry, true, Duration::from_secs(5), &mut errors);
+        assert_eq!(list, scan.holders);
         assert!(errors.is_empty(), "{errors:?}");
+        let scan = holder_scan(&entry, false, Duration::from_secs(5));
+        assert!(scan.complete, "{scan:?}");
+        assert!(!scan.holders.iter().any(|(p, _)| *p == me), "{scan:?}");
         drop(f);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -268,8 +268,8 @@ fn unescape_path(raw: &[u8]) -> PathBuf {
 }
 
 /// Finds the mount whose mount point is `path`; with stacked mounts, the
-/// topmost (last listed) one, which is the one a lookup of `path` reaches and
-/// the one `umount2(path)` removes.
+/// topmost one, which is the one a lookup of `path` reaches and the one
+/// `umount2(path)` removes.
 ///
 /// The mount point itself is never stat-ed, opened or canonicalised: on a
 /// hung FUSE mount that would block. `path` is made absolute against the
@@ -281,10 +281,13 @@ fn unescape_path(raw: &[u8]) -> PathBuf {
 /// mount, because that lookup could itself hang, possibly uninterruptibly.
 pub fn find_by_mountpoint<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
     let (abs, has_dotdot) = absolute_lexical(path)?;
-    if !has_dotdot {
-        if let Some(e) = last_at(entries, &abs) {
-            return Some(e);
-        }
+    let lexical = if has_dotdot {
+        None
+    } else {
+        last_at(entries, &abs)
+    };
+    if lexical.is_some() {
+        return lexical;
     }
     let name = abs.file_name()?.to_os_string();
     let parent = abs.parent()?.to_path_buf();
@@ -295,14 +298,27 @@ pub fn find_by_mountpoint<'a>(entries: &'a [MountEntry], path: &Path) -> Option<
     last_at(entries, &canonical_parent.join(name))
 }
 
+/// The topmost mount at `path`: the one no other mount at `path` is stacked
+/// on (a stacked mount's parent is the mount it covers). Mount order lists
+/// it last in practice; that is the tie-breaker.
 fn last_at<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    entries.iter().rev().find(|e| e.mount_point == path)
+    let at: Vec<&MountEntry> = entries.iter().filter(|e| e.mount_point == path).collect();
+    at.iter()
+        .rev()
+        .find(|c| {
+            !at.iter()
+                .any(|o| o.parent_id == c.mount_id && o.mount_id != c.mount_id)
+        })
+        .or(at.last())
+        .copied()
 }
 
 /// True if `path` (lexically) is at or below any FUSE mount point other than
 /// `/`.
 fn on_fuse_mount(entries: &[MountEntry], path: &Path) -> bool {
-    entries.iter().any(|e| e.is_fuse() && path.starts_with(&e.mount_point))
+    entries
+        .iter()
+        .any(|e| e.is_fuse() && path.starts_with(&e.mount_point))
 }
 
 /// Makes `path` absolute (against the current directory, which is only read,
@@ -459,12 +475,21 @@ mod tests {
     #[test]
     fn find_by_mountpoint_is_lexical_and_picks_topmost() {
         let entries = parse(SAMPLE).expect("parse");
-        let e = find_by_mountpoint(&entries, Path::new("/home/me/./My Drive\ttab/"))
-            .expect("found");
+        let e =
+            find_by_mountpoint(&entries, Path::new("/home/me/./My Drive\ttab/")).expect("found");
         assert_eq!(e.mount_id, 49, "stacked mount: the last one wins");
         let e = find_by_mountpoint(&entries, Path::new("//mnt//nofields")).expect("found");
         assert_eq!(e.mount_id, 48);
         assert!(find_by_mountpoint(&entries, Path::new("/mnt/nowhere")).is_none());
+
+        // Listing order does not matter: 60 is stacked on 61.
+        let swapped = parse(
+            "60 61 0:60 / /mnt/s rw - fuse.wsfs top rw\n\
+             61 1 0:61 / /mnt/s rw - fuse.wsfs bottom rw\n",
+        )
+        .expect("parse");
+        let e = find_by_mountpoint(&swapped, Path::new("/mnt/s")).expect("found");
+        assert_eq!(e.source, "top");
     }
 
     #[test]

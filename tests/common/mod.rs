@@ -1,0 +1,295 @@
+//! Shared test support: running the real `wsfs` binary, generating trees with the corner cases,
+//! comparing a mounted tree with its source, and a mount guard that always unmounts (aborting
+//! the FUSE connection if the daemon hangs) so no test leaves a mount or a process behind.
+#![allow(dead_code)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const WSFS: &str = env!("CARGO_BIN_EXE_wsfs");
+
+/// FUSE tests never skip: without root or /dev/fuse they fail and say why.
+pub fn require_fuse() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root, "FUSE tests must run as root (they mount real filesystems); run scripts/test.sh as root");
+    assert!(Path::new("/dev/fuse").exists(), "FUSE tests need /dev/fuse, which is missing on this machine");
+}
+
+/// A scratch area per test: stores, mountpoints and a private run dir for daemon records.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::Builder::new().prefix("wsfs-test-").tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn store(&self, name: &str) -> String {
+        format!("file://{}", self.path(name).display())
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.path("run")
+    }
+
+    /// Runs `wsfs` with this scratch's run dir.
+    pub fn wsfs(&self, args: &[&str]) -> Output {
+        Command::new(WSFS)
+            .args(args)
+            .env("WSFS_RUN_DIR", self.run_dir())
+            .output()
+            .expect("run wsfs")
+    }
+
+    pub fn mkdir(&self, p: &str) -> PathBuf {
+        let d = self.path(p);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "wsfs failed: {}", text(o));
+}
+
+pub fn assert_code(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "unexpected exit: {}", text(o));
+}
+
+/// A mount made by `wsfs mount` (a detached daemon). Drop tears it down without ever hanging:
+/// force_unmount aborts the connection if the daemon is stuck, and stops the daemon.
+pub struct Mounted {
+    pub mountpoint: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Mounted {
+    pub fn pid(&self) -> Option<i32> {
+        let rec = self.record_path()?;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rec).ok()?).ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    }
+
+    fn record_path(&self) -> Option<PathBuf> {
+        let dir = self.run_dir.join("mounts");
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                if v["mountpoint"].as_str() == Some(&self.mountpoint.display().to_string()) {
+                    return Some(e.path());
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !is_mounted(&self.mountpoint) {
+            return;
+        }
+        let pid = self.pid();
+        let r = wsfs::ops::force_umount::force_unmount(&self.mountpoint, pid, Duration::from_secs(5));
+        if !r.success() {
+            eprintln!("test mount guard: teardown of {} not clean: {r:?}", self.mountpoint.display());
+        }
+    }
+}
+
+/// Reads the mount table (never stats the path).
+pub fn is_mounted(p: &Path) -> bool {
+    wsfs::ops::mountinfo::read_mounts()
+        .map(|m| m.iter().any(|e| e.mount_point == p))
+        .unwrap_or(false)
+}
+
+pub fn mount_table() -> Vec<String> {
+    wsfs::ops::mountinfo::read_mounts()
+        .map(|m| m.iter().map(|e| e.mount_point.display().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Mounts through the CLI; panics with the command's output if it fails.
+pub fn mount(s: &Scratch, stores: &[String], ws: &str, layers: &[&str], mp: &Path, extra: &[&str]) -> Mounted {
+    let o = mount_cmd(s, stores, ws, layers, mp, extra);
+    assert_ok(&o);
+    assert!(is_mounted(mp), "wsfs mount returned 0 but {} is not in the mount table", mp.display());
+    Mounted { mountpoint: mp.to_path_buf(), run_dir: s.run_dir() }
+}
+
+pub fn mount_cmd(s: &Scratch, stores: &[String], ws: &str, layers: &[&str], mp: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["mount".into()];
+    for st in stores {
+        args.push("--store".into());
+        args.push(st.clone());
+    }
+    args.extend(["--workspace".into(), ws.into()]);
+    for l in layers {
+        args.extend(["--layer".into(), (*l).into()]);
+    }
+    args.extend(["--request-timeout".into(), "2s".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(mp.display().to_string());
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    s.wsfs(&refs)
+}
+
+pub fn persist(s: &Scratch, stores: &[String], ws: &str, layer: &str, root: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["persist".into()];
+    for st in stores {
+        args.push("--store".into());
+        args.push(st.clone());
+    }
+    args.extend(["--workspace".into(), ws.into(), "--layer".into(), layer.into()]);
+    args.extend(["--root".into(), root.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    s.wsfs(&refs)
+}
+
+/// Small deterministic PRNG (xorshift), so trees are reproducible without extra crates.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+fn set_mtime(p: &Path, sec: i64, nsec: u32) {
+    let t = UNIX_EPOCH + Duration::new(sec as u64, nsec);
+    let f = std::fs::File::options().write(true).open(p).or_else(|_| std::fs::File::open(p)).expect("open for mtime");
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).expect("set mtime");
+}
+
+/// A tree with the corner cases: `n` small files over nested dirs, 0-byte and 1-byte files, files
+/// spanning many chunks, names with spaces and non-ASCII, deep paths, exec bits, empty dirs,
+/// symlinks (relative, absolute, dangling, to a directory), nanosecond mtimes.
+pub fn make_tree(root: &Path, n: usize, big_mib: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    std::fs::create_dir_all(root).expect("root");
+    let dirs = ["src", "src/lib", "node_modules/pkg a/dist", "docs/ünïcødé", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p"];
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d)).expect("dir");
+    }
+    for i in 0..n {
+        let d = dirs[i % dirs.len()];
+        let size = match i % 10 {
+            0 => 0,
+            1 => 1,
+            2 => rng.below(200_000) as usize,
+            _ => rng.below(8000) as usize,
+        };
+        let p = root.join(d).join(format!("file {i}.txt"));
+        std::fs::write(&p, rng.bytes(size)).expect("write");
+        if i % 7 == 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        if i % 11 == 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        set_mtime(&p, 1_600_000_000 + i as i64, (rng.below(999_999_999)) as u32);
+    }
+    // Duplicate content (stored once) and a file spanning many chunks.
+    std::fs::write(root.join("src/dup1"), b"same bytes").expect("dup");
+    std::fs::write(root.join("src/dup2"), b"same bytes").expect("dup");
+    if big_mib > 0 {
+        std::fs::write(root.join("big.bin"), rng.bytes(big_mib << 20)).expect("big");
+    }
+    std::fs::create_dir_all(root.join("empty/nested empty")).expect("empty");
+    std::os::unix::fs::symlink("src/dup1", root.join("link-rel")).expect("link");
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("link-dangling")).expect("link");
+    std::os::unix::fs::symlink("src", root.join("link-dir")).expect("link");
+    std::fs::write(root.join("run.sh"), b"#!/bin/sh\necho hi\n").expect("script");
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    set_mtime(&root.join("src"), 1_500_000_000, 123_456_789);
+}
+
+/// Compares every entry of `src` with `mnt`: kind, mode, size, mtime (ns), symlink target, file
+/// bytes, and that both list the same names. Returns the number of entries compared.
+pub fn compare_trees(src: &Path, mnt: &Path) -> usize {
+    let list = |root: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| e.expect("walk").path().strip_prefix(root).expect("prefix").to_path_buf())
+            .collect();
+        v.sort();
+        v
+    };
+    let a = list(src);
+    let b = list(mnt);
+    assert_eq!(a.len(), b.len(), "different entry counts: source {} vs mount {}", a.len(), b.len());
+    assert_eq!(a, b, "different names");
+    for rel in &a {
+        let (x, y) = (src.join(rel), mnt.join(rel));
+        let (mx, my) = (x.symlink_metadata().expect("src meta"), y.symlink_metadata().expect("mnt meta"));
+        assert_eq!(mx.file_type(), my.file_type(), "{rel:?}: kind");
+        assert_eq!(mx.mode() & 0o7777, my.mode() & 0o7777, "{rel:?}: mode");
+        if !mx.is_dir() {
+            assert_eq!(mx.len(), my.len(), "{rel:?}: size");
+        }
+        if !mx.file_type().is_symlink() {
+            assert_eq!((mx.mtime(), mx.mtime_nsec()), (my.mtime(), my.mtime_nsec()), "{rel:?}: mtime");
+        }
+        if mx.file_type().is_symlink() {
+            assert_eq!(std::fs::read_link(&x).expect("link"), std::fs::read_link(&y).expect("link"), "{rel:?}: target");
+        } else if mx.is_file() {
+            let (bx, by) = (std::fs::read(&x).expect("read src"), std::fs::read(&y).expect("read mnt"));
+            assert!(bx == by, "{rel:?}: content differs ({} vs {} bytes)", bx.len(), by.len());
+        }
+    }
+    a.len()
+}
+
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Every chunk object under a file:// store.
+pub fn chunk_files(store_dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(store_dir.join("chunks"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
