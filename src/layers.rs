@@ -7,7 +7,7 @@
 //! wrote the same thing (same kind, mode and content). Directories merge.
 
 use crate::error::WsfsError;
-use crate::manifest::{ChunkInfo, Digest, Entry, EntryKind, Manifest};
+use crate::manifest::{ChunkInfo, Digest, Entry, EntryKind, Manifest, RootMeta};
 use crate::store::{Chain, ResolvedLayer};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -82,7 +82,8 @@ pub fn topo_order(mut layers: BTreeMap<String, ResolvedLayer>) -> Result<Vec<Res
 pub struct Merged {
     pub entries: Vec<Entry>,
     pub chunks: Vec<ChunkInfo>,
-    pub created: i64,
+    /// The root directory's metadata, from the last layer applied.
+    pub root: RootMeta,
 }
 
 fn same_content(a: &Entry, b: &Entry) -> bool {
@@ -180,6 +181,6 @@ pub fn merge(layers: &[Manifest]) -> Result<Merged, WsfsError> {
     Ok(Merged {
         entries,
         chunks,
-        created: layers.iter().map(|m| m.created).max().unwrap_or(0),
+        root: layers.last().map(|m| m.root).unwrap_or_default(),
     })
 }

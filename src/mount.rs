@@ -116,7 +116,7 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
     let layer_names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
     let merged = layers::merge(&manifests)?;
     drop(manifests);
-    let table = InodeTable::build(&merged.entries, merged.chunks, merged.created)
+    let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)
         .map_err(|e| WsfsError::Integrity(e.to_string()))?;
     drop(merged.entries);
     let disk = match &args.cache_dir {
@@ -228,12 +228,13 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
     });
     if let Some(ended) = signalled {
         tracing::info!(mountpoint = %mountpoint.display(), "signal received: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!(error = %e, "clean unmount failed; detaching lazily");
-            let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(mountpoint.as_os_str())).ok();
-            if let Some(c) = c {
-                // SAFETY: c is a valid NUL-terminated path.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        // As root, unmount directly (fuser's own unmount defers to fusermount3's auto-unmount
+        // helper, which only acts when the daemon is gone). Busy: detach lazily so the daemon can
+        // still exit; readers with open files keep them until they close.
+        if let Err(e) = unmount_path(&mountpoint) {
+            tracing::warn!(error = %e, "direct unmount failed; trying fuser's unmount");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount failed");
             }
         }
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), ended).await });
@@ -242,6 +243,24 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; daemon exiting");
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+fn unmount_path(p: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+        .map_err(std::io::Error::other)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        // SAFETY: as above.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error());
+    }
+    Err(e)
 }
 
 /// The flag the parent adds when it starts the daemon: report readiness on stdout.

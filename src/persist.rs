@@ -253,6 +253,14 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
         return Err(WsfsError::Usage(format!("--root {} is not a directory", opts.root.display())));
     }
     let globs = build_globs(&opts.paths)?;
+    let root_meta = {
+        let (sec, nsec) = mtime(&root_meta);
+        manifest::RootMeta {
+            mode: root_meta.mode() & 0o7777,
+            mtime_sec: sec,
+            mtime_nsec: nsec,
+        }
+    };
     let mut report = PersistReport::default();
     let root = opts.root.clone();
     let entries = {
@@ -302,6 +310,7 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
     let bar2 = bar.clone();
     let chunking = tokio::task::spawn_blocking(move || -> Result<(LayerBuilder, [u64; 3]), WsfsError> {
         let mut b = LayerBuilder::new();
+        b.set_root(root_meta);
         let mut counts = [0u64; 3];
         let mut sink = |c: NewChunk| -> Result<(), std::io::Error> {
             tx.blocking_send(c).map_err(|_| std::io::Error::other("uploads stopped"))

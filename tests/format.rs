@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use wsfs::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
 use wsfs::manifest::validate::{check_path, validate, MAX_CHUNK_RAW};
 use wsfs::manifest::{
-    decode, encode, ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, ManifestError,
+    decode, encode, ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, ManifestError, RootMeta,
     FORMAT_VERSION,
 };
 use wsfs::store::VerifiedChunk;
@@ -84,6 +84,11 @@ fn base() -> Manifest {
         layer: "build_2.x".into(),
         parents: vec!["checkout".into()],
         created: 1_700_000_000,
+        root: RootMeta {
+            mode: 0o1777,
+            mtime_sec: -3,
+            mtime_nsec: 7,
+        },
         chunks: vec![
             ChunkInfo {
                 hash: Digest([1; 32]),
@@ -207,9 +212,15 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
         ),
         prop::collection::vec(prop::collection::vec(component_strategy(), 1..5), 0..25),
         prop::collection::vec(raw_entry_strategy(), 1..8),
+        (0u32..=0o7777, any::<i64>(), 0u32..1_000_000_000),
     )
         .prop_map(
-            |(workspace, layer, parents, created, chunks, paths, raws)| {
+            |(workspace, layer, parents, created, chunks, paths, raws, root)| {
+                let root = RootMeta {
+                    mode: root.0,
+                    mtime_sec: root.1,
+                    mtime_nsec: root.2,
+                };
                 let chunks: Vec<ChunkInfo> = chunks
                     .into_iter()
                     .map(|(raw_len, stored_len, h)| ChunkInfo {
@@ -278,6 +289,7 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
                     layer,
                     parents,
                     created,
+                    root,
                     chunks,
                     entries,
                 }
@@ -363,6 +375,7 @@ fn roundtrip_edge_values() {
         layer: "l".into(),
         parents: vec![],
         created: 0,
+        root: RootMeta::default(),
         chunks: vec![],
         entries: vec![],
     };
@@ -740,6 +753,24 @@ fn rejects_chunk_over_the_raw_limit() {
     let mut m = base();
     m.chunks[1].raw_len = MAX_CHUNK_RAW;
     validate(&m).unwrap();
+}
+
+#[test]
+fn rejects_bad_root_metadata() {
+    let mut m = base();
+    m.root.mode = 0o040755;
+    assert_invalid(&m, "root directory metadata out of range (mode 40755");
+    let mut m = base();
+    m.root.mtime_nsec = 1_000_000_000;
+    assert_invalid(&m, "root directory metadata out of range");
+    assert_invalid(&m, "nsec 1000000000");
+    let mut m = base();
+    m.root = RootMeta {
+        mode: 0o7777,
+        mtime_sec: i64::MIN,
+        mtime_nsec: 999_999_999,
+    };
+    assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
 }
 
 #[test]
@@ -1169,12 +1200,20 @@ fn builder_tree_with_dirs_symlinks_and_files_roundtrips() {
     b.add_symlink(meta("dir/link"), b"../target with space\n".to_vec());
     b.add_file(meta("dir/file"), 3, &b"abc"[..], &mut sink)
         .unwrap();
+    b.set_root(RootMeta {
+        mode: 0o700,
+        mtime_sec: -7,
+        mtime_nsec: 8,
+    });
     b.flush(&mut sink).unwrap();
     b.set_stored_len(0, 12);
     let m = b.finish("ws".into(), "l".into(), vec!["p".into()], 0);
     let paths: Vec<&[u8]> = m.entries.iter().map(|e| e.path.as_slice()).collect();
     assert_eq!(paths, vec![&b"dir"[..], b"dir/file", b"dir/link"]);
     assert_eq!(entry(&m, "dir").mode, 0o755);
+    assert_eq!(m.root.mtime_sec, -7);
+    assert_eq!(m.root.mtime_nsec, 8);
+    assert_eq!(m.root.mode, 0o700);
     let l = entry(&m, "dir/link");
     assert_eq!(l.kind, EntryKind::Symlink);
     assert_eq!(l.size, l.target.len() as u64);

@@ -8,7 +8,7 @@
 //! * `children` of a directory are sorted by name, so readdir offsets are stable;
 //! * a file's `ext_starts[i]` is the file offset where `extents[i]` begins.
 
-use crate::manifest::{ChunkInfo, Entry, EntryKind, Extent};
+use crate::manifest::{ChunkInfo, Entry, EntryKind, Extent, RootMeta};
 use std::collections::HashMap;
 
 pub const ROOT: u64 = 1;
@@ -52,7 +52,7 @@ impl InodeTable {
     pub fn build(
         entries: &[Entry],
         chunks: Vec<ChunkInfo>,
-        root_mtime: i64,
+        root: RootMeta,
     ) -> Result<InodeTable, BuildError> {
         let mut nodes = Vec::with_capacity(entries.len() + 1);
         nodes.push(Node {
@@ -60,10 +60,10 @@ impl InodeTable {
             name: Box::from(&b""[..]),
             path: Box::from(&b""[..]),
             kind: EntryKind::Dir,
-            mode: 0o755,
+            mode: root.mode,
             size: 0,
-            mtime_sec: root_mtime,
-            mtime_nsec: 0,
+            mtime_sec: root.mtime_sec,
+            mtime_nsec: root.mtime_nsec,
             target: Box::default(),
             extents: Box::default(),
             ext_starts: Box::default(),

@@ -12,7 +12,7 @@
 //! while the walk continues. Stored (compressed) lengths are filled in afterwards with
 //! [`LayerBuilder::set_stored_len`].
 
-use super::types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest};
+use super::types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, RootMeta};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::Read;
@@ -43,6 +43,7 @@ pub struct LayerBuilder {
     pending: Vec<usize>,
     /// Small-file content digest → index of the first entry with that content.
     small_seen: HashMap<Digest, usize>,
+    root: RootMeta,
 }
 
 /// What [`LayerBuilder`] needs to know about a path besides its content.
@@ -56,6 +57,11 @@ pub struct Meta {
 impl LayerBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records the root directory's own mode and mtime.
+    pub fn set_root(&mut self, root: RootMeta) {
+        self.root = root;
     }
 
     pub fn add_dir(&mut self, meta: Meta) {
@@ -241,6 +247,7 @@ impl LayerBuilder {
             layer,
             parents,
             created,
+            root: self.root,
             chunks: self.chunks,
             entries: self.entries,
         }

@@ -10,7 +10,7 @@ pub mod validate;
 
 pub use codec::{decode, encode, FORMAT_VERSION};
 pub use layer_ref::LayerRef;
-pub use types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest};
+pub use types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, RootMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

@@ -107,8 +107,27 @@ pub struct Manifest {
     pub parents: Vec<String>,
     /// Unix seconds.
     pub created: i64,
+    /// Mode and mtime of the persisted root directory itself.
+    pub root: RootMeta,
     pub chunks: Vec<ChunkInfo>,
     pub entries: Vec<Entry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootMeta {
+    pub mode: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+}
+
+impl Default for RootMeta {
+    fn default() -> Self {
+        RootMeta {
+            mode: 0o755,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        }
+    }
 }
 
 impl Manifest {

@@ -17,6 +17,12 @@ pub fn validate(m: &Manifest) -> Result<(), ManifestError> {
     for p in &m.parents {
         validate_name("parent layer", p).map_err(ManifestError::Invalid)?;
     }
+    if m.root.mode & !0o7777 != 0 || m.root.mtime_nsec >= 1_000_000_000 {
+        return Err(ManifestError::Invalid(format!(
+            "root directory metadata out of range (mode {:o}, nsec {})",
+            m.root.mode, m.root.mtime_nsec
+        )));
+    }
     for (i, c) in m.chunks.iter().enumerate() {
         if c.raw_len > MAX_CHUNK_RAW {
             return Err(ManifestError::Invalid(format!(

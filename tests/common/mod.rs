@@ -14,8 +14,14 @@ pub const WSFS: &str = env!("CARGO_BIN_EXE_wsfs");
 pub fn require_fuse() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    assert!(root, "FUSE tests must run as root (they mount real filesystems); run scripts/test.sh as root");
-    assert!(Path::new("/dev/fuse").exists(), "FUSE tests need /dev/fuse, which is missing on this machine");
+    assert!(
+        root,
+        "FUSE tests must run as root (they mount real filesystems); run scripts/test.sh as root"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "FUSE tests need /dev/fuse, which is missing on this machine"
+    );
 }
 
 /// A scratch area per test: stores, mountpoints and a private run dir for daemon records.
@@ -25,7 +31,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { dir: tempfile::Builder::new().prefix("wsfs-test-").tempdir().expect("tempdir") }
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("wsfs-test-")
+                .tempdir()
+                .expect("tempdir"),
+        }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -91,7 +102,8 @@ impl Mounted {
         let dir = self.run_dir.join("mounts");
         for e in std::fs::read_dir(dir).ok()?.flatten() {
             if e.path().extension().is_some_and(|x| x == "json") {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
                 if v["mountpoint"].as_str() == Some(&self.mountpoint.display().to_string()) {
                     return Some(e.path());
                 }
@@ -107,9 +119,13 @@ impl Drop for Mounted {
             return;
         }
         let pid = self.pid();
-        let r = wsfs::ops::force_umount::force_unmount(&self.mountpoint, pid, Duration::from_secs(5));
+        let r =
+            wsfs::ops::force_umount::force_unmount(&self.mountpoint, pid, Duration::from_secs(5));
         if !r.success() {
-            eprintln!("test mount guard: teardown of {} not clean: {r:?}", self.mountpoint.display());
+            eprintln!(
+                "test mount guard: teardown of {} not clean: {r:?}",
+                self.mountpoint.display()
+            );
         }
     }
 }
@@ -123,19 +139,44 @@ pub fn is_mounted(p: &Path) -> bool {
 
 pub fn mount_table() -> Vec<String> {
     wsfs::ops::mountinfo::read_mounts()
-        .map(|m| m.iter().map(|e| e.mount_point.display().to_string()).collect())
+        .map(|m| {
+            m.iter()
+                .map(|e| e.mount_point.display().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Mounts through the CLI; panics with the command's output if it fails.
-pub fn mount(s: &Scratch, stores: &[String], ws: &str, layers: &[&str], mp: &Path, extra: &[&str]) -> Mounted {
+pub fn mount(
+    s: &Scratch,
+    stores: &[String],
+    ws: &str,
+    layers: &[&str],
+    mp: &Path,
+    extra: &[&str],
+) -> Mounted {
     let o = mount_cmd(s, stores, ws, layers, mp, extra);
     assert_ok(&o);
-    assert!(is_mounted(mp), "wsfs mount returned 0 but {} is not in the mount table", mp.display());
-    Mounted { mountpoint: mp.to_path_buf(), run_dir: s.run_dir() }
+    assert!(
+        is_mounted(mp),
+        "wsfs mount returned 0 but {} is not in the mount table",
+        mp.display()
+    );
+    Mounted {
+        mountpoint: mp.to_path_buf(),
+        run_dir: s.run_dir(),
+    }
 }
 
-pub fn mount_cmd(s: &Scratch, stores: &[String], ws: &str, layers: &[&str], mp: &Path, extra: &[&str]) -> Output {
+pub fn mount_cmd(
+    s: &Scratch,
+    stores: &[String],
+    ws: &str,
+    layers: &[&str],
+    mp: &Path,
+    extra: &[&str],
+) -> Output {
     let mut args: Vec<String> = vec!["mount".into()];
     for st in stores {
         args.push("--store".into());
@@ -152,13 +193,25 @@ pub fn mount_cmd(s: &Scratch, stores: &[String], ws: &str, layers: &[&str], mp: 
     s.wsfs(&refs)
 }
 
-pub fn persist(s: &Scratch, stores: &[String], ws: &str, layer: &str, root: &Path, extra: &[&str]) -> Output {
+pub fn persist(
+    s: &Scratch,
+    stores: &[String],
+    ws: &str,
+    layer: &str,
+    root: &Path,
+    extra: &[&str],
+) -> Output {
     let mut args: Vec<String> = vec!["persist".into()];
     for st in stores {
         args.push("--store".into());
         args.push(st.clone());
     }
-    args.extend(["--workspace".into(), ws.into(), "--layer".into(), layer.into()]);
+    args.extend([
+        "--workspace".into(),
+        ws.into(),
+        "--layer".into(),
+        layer.into(),
+    ]);
     args.extend(["--root".into(), root.display().to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
@@ -195,8 +248,13 @@ impl Rng {
 
 fn set_mtime(p: &Path, sec: i64, nsec: u32) {
     let t = UNIX_EPOCH + Duration::new(sec as u64, nsec);
-    let f = std::fs::File::options().write(true).open(p).or_else(|_| std::fs::File::open(p)).expect("open for mtime");
-    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).expect("set mtime");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(p)
+        .or_else(|_| std::fs::File::open(p))
+        .expect("open for mtime");
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .expect("set mtime");
 }
 
 /// A tree with the corner cases: `n` small files over nested dirs, 0-byte and 1-byte files, files
@@ -205,7 +263,13 @@ fn set_mtime(p: &Path, sec: i64, nsec: u32) {
 pub fn make_tree(root: &Path, n: usize, big_mib: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     std::fs::create_dir_all(root).expect("root");
-    let dirs = ["src", "src/lib", "node_modules/pkg a/dist", "docs/ünïcødé", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p"];
+    let dirs = [
+        "src",
+        "src/lib",
+        "node_modules/pkg a/dist",
+        "docs/ünïcødé",
+        "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p",
+    ];
     for d in dirs {
         std::fs::create_dir_all(root.join(d)).expect("dir");
     }
@@ -225,7 +289,11 @@ pub fn make_tree(root: &Path, n: usize, big_mib: usize, seed: u64) {
         if i % 11 == 0 {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
-        set_mtime(&p, 1_600_000_000 + i as i64, (rng.below(999_999_999)) as u32);
+        set_mtime(
+            &p,
+            1_600_000_000 + i as i64,
+            (rng.below(999_999_999)) as u32,
+        );
     }
     // Duplicate content (stored once) and a file spanning many chunks.
     std::fs::write(root.join("src/dup1"), b"same bytes").expect("dup");
@@ -238,7 +306,8 @@ pub fn make_tree(root: &Path, n: usize, big_mib: usize, seed: u64) {
     std::os::unix::fs::symlink("/nonexistent/target", root.join("link-dangling")).expect("link");
     std::os::unix::fs::symlink("src", root.join("link-dir")).expect("link");
     std::fs::write(root.join("run.sh"), b"#!/bin/sh\necho hi\n").expect("script");
-    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
     set_mtime(&root.join("src"), 1_500_000_000, 123_456_789);
 }
 
@@ -250,31 +319,62 @@ pub fn compare_trees(src: &Path, mnt: &Path) -> usize {
             .follow_links(false)
             .min_depth(1)
             .into_iter()
-            .map(|e| e.expect("walk").path().strip_prefix(root).expect("prefix").to_path_buf())
+            .map(|e| {
+                e.expect("walk")
+                    .path()
+                    .strip_prefix(root)
+                    .expect("prefix")
+                    .to_path_buf()
+            })
             .collect();
         v.sort();
         v
     };
     let a = list(src);
     let b = list(mnt);
-    assert_eq!(a.len(), b.len(), "different entry counts: source {} vs mount {}", a.len(), b.len());
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "different entry counts: source {} vs mount {}",
+        a.len(),
+        b.len()
+    );
     assert_eq!(a, b, "different names");
     for rel in &a {
         let (x, y) = (src.join(rel), mnt.join(rel));
-        let (mx, my) = (x.symlink_metadata().expect("src meta"), y.symlink_metadata().expect("mnt meta"));
+        let (mx, my) = (
+            x.symlink_metadata().expect("src meta"),
+            y.symlink_metadata().expect("mnt meta"),
+        );
         assert_eq!(mx.file_type(), my.file_type(), "{rel:?}: kind");
         assert_eq!(mx.mode() & 0o7777, my.mode() & 0o7777, "{rel:?}: mode");
         if !mx.is_dir() {
             assert_eq!(mx.len(), my.len(), "{rel:?}: size");
         }
         if !mx.file_type().is_symlink() {
-            assert_eq!((mx.mtime(), mx.mtime_nsec()), (my.mtime(), my.mtime_nsec()), "{rel:?}: mtime");
+            assert_eq!(
+                (mx.mtime(), mx.mtime_nsec()),
+                (my.mtime(), my.mtime_nsec()),
+                "{rel:?}: mtime"
+            );
         }
         if mx.file_type().is_symlink() {
-            assert_eq!(std::fs::read_link(&x).expect("link"), std::fs::read_link(&y).expect("link"), "{rel:?}: target");
+            assert_eq!(
+                std::fs::read_link(&x).expect("link"),
+                std::fs::read_link(&y).expect("link"),
+                "{rel:?}: target"
+            );
         } else if mx.is_file() {
-            let (bx, by) = (std::fs::read(&x).expect("read src"), std::fs::read(&y).expect("read mnt"));
-            assert!(bx == by, "{rel:?}: content differs ({} vs {} bytes)", bx.len(), by.len());
+            let (bx, by) = (
+                std::fs::read(&x).expect("read src"),
+                std::fs::read(&y).expect("read mnt"),
+            );
+            assert!(
+                bx == by,
+                "{rel:?}: content differs ({} vs {} bytes)",
+                bx.len(),
+                by.len()
+            );
         }
     }
     a.len()

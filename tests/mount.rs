@@ -1,0 +1,272 @@
+//! The lazy mount through the real binary and a real FUSE mount: fidelity, failover, EIO,
+//! refusals, concurrency and clean unmount.
+
+mod common;
+use common::*;
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+fn setup(s: &Scratch, n: usize, big_mib: usize) -> std::path::PathBuf {
+    let src = s.path("src");
+    make_tree(&src, n, big_mib, 42);
+    assert_ok(&persist(s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    src
+}
+
+fn status_json(s: &Scratch, mp: &Path) -> serde_json::Value {
+    let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    v["mounts"][0].clone()
+}
+
+#[test]
+fn mounted_tree_is_identical_to_its_source() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = setup(&s, 3000, 12);
+    let mp = s.mkdir("mnt");
+    let m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
+    let n = compare_trees(&src, &mp);
+    assert!(n > 3000, "compared {n} entries");
+    // rsync agrees: no differences in content, links, perms, times.
+    let o = Command::new("rsync")
+        .args(["-rlptDnc", "--delete", "-i"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", mp.display()))
+        .output();
+    if let Ok(o) = o {
+        assert!(o.status.success(), "rsync failed: {}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "", "rsync lists differences");
+    }
+    // Inode numbers are stable for the life of the mount.
+    let i1 = std::fs::metadata(mp.join("src/dup1")).unwrap().ino();
+    let i2 = std::fs::metadata(mp.join("src/dup1")).unwrap().ino();
+    assert_eq!(i1, i2);
+    // The tree is read-only.
+    let e = std::fs::write(mp.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // Mount options and names.
+    let entry = wsfs::ops::mountinfo::read_mounts()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.mount_point == mp)
+        .expect("in mount table");
+    assert_eq!(entry.fs_type, "fuse.wsfs");
+    assert_eq!(entry.source, "wsfs:ws");
+    for opt in ["ro", "nosuid", "nodev"] {
+        assert!(entry.options.split(',').any(|o| o == opt), "{opt} in {}", entry.options);
+    }
+    // Clean unmount: the daemon exits, the mount table is as before.
+    let pid = m.pid().expect("daemon pid in runtime record");
+    assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
+    assert!(!is_mounted(&mp));
+    assert!(!wsfs::ops::runtime::pid_alive(pid), "daemon {pid} still running after umount");
+    let ours = s.dir.path().display().to_string();
+    assert!(!mount_table().iter().any(|m| m.starts_with(&ours)), "nothing of this test is left mounted");
+}
+
+#[test]
+fn every_chunk_missing_on_the_primary_is_served_by_the_secondary() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = setup(&s, 500, 6);
+    let chunks = chunk_files(&s.path("s1"));
+    for c in &chunks {
+        std::fs::remove_file(c).unwrap();
+    }
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
+    compare_trees(&src, &mp);
+    let st = status_json(&s, &mp);
+    assert_eq!(st["failovers"].as_u64(), Some(chunks.len() as u64), "one failover per distinct chunk: {st}");
+    assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["stores"][0]["requests"]["not_found"].as_u64(), Some(chunks.len() as u64), "{st}");
+}
+
+#[test]
+fn all_providers_missing_a_chunk_is_eio_never_bad_data() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("zero"), b"").unwrap();
+    let big = Rng::new(5).bytes(5 << 20);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::fs::write(src.join("small.txt"), b"hello").unwrap();
+    assert_ok(&persist(&s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    for st in ["s1", "s2"] {
+        for c in chunk_files(&s.path(st)) {
+            std::fs::remove_file(c).unwrap();
+        }
+    }
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
+    // cat fails with "Input/output error" and exit 1.
+    let o = Command::new("cat").arg(mp.join("small.txt")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Input/output error"), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "no bytes reach the reader");
+    // pread in the middle of a file.
+    let f = std::fs::File::open(mp.join("big.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let e = f.read_at(&mut buf, 3 << 20).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // Metadata is local: stat and ls still work, sizes are right, empty files read empty.
+    assert_eq!(std::fs::metadata(mp.join("big.bin")).unwrap().len(), big.len() as u64);
+    assert_eq!(std::fs::read(mp.join("zero")).unwrap(), b"");
+    let names: Vec<_> = std::fs::read_dir(&mp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 3);
+    // The failure is counted and in the ledger with every provider's outcome.
+    let st = status_json(&s, &mp);
+    assert!(st["eio"].as_u64().unwrap() >= 2, "{st}");
+    let f0 = &st["failures"][0];
+    assert!(f0["path"].as_str().unwrap().ends_with(".txt") || f0["path"].as_str().unwrap().ends_with(".bin"), "{st}");
+    assert_eq!(f0["providers"].as_array().unwrap().len(), 2, "{st}");
+    assert!(f0["providers"][0].as_str().unwrap().contains("not found"), "{st}");
+}
+
+#[test]
+fn corrupt_chunk_on_primary_is_never_served() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = Rng::new(3).bytes(3 << 20);
+    std::fs::write(src.join("f.bin"), &data).unwrap();
+    assert_ok(&persist(&s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    // Same length, wrong bytes on the primary; truncated on... nothing else.
+    for c in chunk_files(&s.path("s1")) {
+        let mut b = std::fs::read(&c).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&c, b).unwrap();
+    }
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
+    assert!(std::fs::read(mp.join("f.bin")).unwrap() == data);
+    let st = status_json(&s, &mp);
+    assert!(st["stores"][0]["requests"]["corrupt"].as_u64().unwrap() >= 1, "{st}");
+}
+
+#[test]
+fn unknown_workspace_or_layer_is_refused_with_exit_3() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s, 10, 0);
+    let mp = s.mkdir("mnt");
+    for (ws, layer) in [("ws", "nope"), ("other", "l1")] {
+        let o = mount_cmd(&s, &[s.store("s1"), s.store("s2")], ws, &[layer], &mp, &[]);
+        assert_code(&o, 3);
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(e.contains("missed on every provider"), "{e}");
+        assert!(e.contains("/s1: not found") && e.contains("/s2: not found"), "each provider's outcome: {e}");
+        assert!(!is_mounted(&mp), "nothing mounted");
+    }
+    // The mountpoint is untouched.
+    assert_eq!(std::fs::read_dir(&mp).unwrap().count(), 0);
+}
+
+#[test]
+fn unusable_mountpoints_are_refused_with_exit_6() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s, 10, 0);
+    let st = [s.store("s1")];
+    // Missing.
+    let o = mount_cmd(&s, &st, "ws", &["l1"], &s.path("missing"), &[]);
+    assert_code(&o, 6);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("create the directory"), "{}", text(&o));
+    // A file, not a directory.
+    std::fs::write(s.path("file"), b"").unwrap();
+    assert_code(&mount_cmd(&s, &st, "ws", &["l1"], &s.path("file"), &[]), 6);
+    // Already a mount.
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &st, "ws", &["l1"], &mp, &[]);
+    let o = mount_cmd(&s, &st, "ws", &["l1"], &mp, &[]);
+    assert_code(&o, 6);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already a mount point"), "{}", text(&o));
+}
+
+#[test]
+fn sixteen_threads_reading_random_ranges_all_match() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = setup(&s, 400, 20);
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &["--memory-cache", "8M"]);
+    let files: Vec<std::path::PathBuf> = walkdir::WalkDir::new(&src)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(&src).unwrap().to_path_buf())
+        .collect();
+    let files = std::sync::Arc::new(files);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let files = files.clone();
+            let (src, mp) = (src.clone(), mp.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(1000 + t);
+                for _ in 0..150 {
+                    let rel = if rng.below(4) == 0 {
+                        std::path::PathBuf::from("big.bin")
+                    } else {
+                        files[rng.below(files.len() as u64) as usize].clone()
+                    };
+                    let want = std::fs::read(src.join(&rel)).unwrap();
+                    let f = std::fs::File::open(mp.join(&rel)).unwrap();
+                    let off = rng.below(want.len() as u64 + 1);
+                    let len = rng.below(300_000) as usize;
+                    let mut buf = vec![0u8; len];
+                    let mut got = 0;
+                    while got < len {
+                        let n = f.read_at(&mut buf[got..], off + got as u64).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
+                    }
+                    let end = (off as usize + len).min(want.len());
+                    assert_eq!(got, end - off as usize, "{rel:?} at {off}: short read");
+                    assert!(buf[..got] == want[off as usize..end], "{rel:?} at {off}+{len}: bytes differ");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("reader thread");
+    }
+}
+
+#[test]
+fn sigterm_unmounts_cleanly_and_disk_cache_serves_a_second_mount() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = setup(&s, 100, 4);
+    let mp = s.mkdir("mnt");
+    let cache = s.path("cache");
+    let args = ["--cache-dir", cache.to_str().unwrap()];
+    let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &args);
+    compare_trees(&src, &mp);
+    let pid = m.pid().unwrap();
+    // SAFETY: signalling our own test daemon.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = std::time::Instant::now();
+    while is_mounted(&mp) && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mp), "SIGTERM unmounts");
+    drop(m);
+    // With every chunk gone from the store, a new mount still reads from the disk cache.
+    for c in chunk_files(&s.path("s1")) {
+        std::fs::remove_file(c).unwrap();
+    }
+    let _m2 = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &args);
+    compare_trees(&src, &mp);
+    let st = status_json(&s, &mp);
+    assert!(st["cache"]["disk_hits"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
+}
