@@ -37,7 +37,8 @@ pub struct StoreArgs {
 }
 
 pub fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
-    crate::store::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (try 5s or 500ms)"))
+    crate::store::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (try 5s or 500ms)"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -64,6 +64,10 @@ impl WsfsError {
 
     /// The exit code as a single line `ERROR <code> <message>` (the daemon's readiness protocol).
     pub fn code_line(&self) -> String {
-        format!("ERROR {} {}", self.exit_code(), self.to_string().replace('\n', " "))
+        format!(
+            "ERROR {} {}",
+            self.exit_code(),
+            self.to_string().replace('\n', " ")
+        )
     }
 }

@@ -18,7 +18,9 @@ pub async fn resolve_closure(
     requested: &[String],
 ) -> Result<Vec<ResolvedLayer>, WsfsError> {
     if requested.is_empty() {
-        return Err(WsfsError::Usage("no --layer given: name at least one layer".into()));
+        return Err(WsfsError::Usage(
+            "no --layer given: name at least one layer".into(),
+        ));
     }
     let mut found: BTreeMap<String, ResolvedLayer> = BTreeMap::new();
     let mut queue: Vec<String> = requested.to_vec();
@@ -42,10 +44,17 @@ pub async fn resolve_closure(
 
 /// Kahn's algorithm over the closure; among layers ready at the same time the smallest name
 /// goes first.
-pub fn topo_order(mut layers: BTreeMap<String, ResolvedLayer>) -> Result<Vec<ResolvedLayer>, WsfsError> {
+pub fn topo_order(
+    mut layers: BTreeMap<String, ResolvedLayer>,
+) -> Result<Vec<ResolvedLayer>, WsfsError> {
     let mut pending: BTreeMap<String, usize> = layers
         .iter()
-        .map(|(n, l)| (n.clone(), l.manifest.parents.iter().collect::<BTreeSet<_>>().len()))
+        .map(|(n, l)| {
+            (
+                n.clone(),
+                l.manifest.parents.iter().collect::<BTreeSet<_>>().len(),
+            )
+        })
         .collect();
     let mut children: HashMap<String, Vec<String>> = HashMap::new();
     for (n, l) in &layers {
@@ -53,7 +62,11 @@ pub fn topo_order(mut layers: BTreeMap<String, ResolvedLayer>) -> Result<Vec<Res
             children.entry(p.clone()).or_default().push(n.clone());
         }
     }
-    let mut ready: BTreeSet<String> = pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| n.clone()).collect();
+    let mut ready: BTreeSet<String> = pending
+        .iter()
+        .filter(|(_, c)| **c == 0)
+        .map(|(n, _)| n.clone())
+        .collect();
     let mut out = Vec::with_capacity(layers.len());
     while let Some(n) = ready.pop_first() {
         pending.remove(&n);

@@ -14,7 +14,9 @@ fn init_logging(cli: &Cli, default: &str) {
         .unwrap_or_else(|| default.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_format == "json" {
         b.json().init();
     } else {
@@ -35,7 +37,8 @@ fn specs(s: &StoreArgs) -> Result<Vec<wsfs::store::StoreSpec>, WsfsError> {
 }
 
 fn providers(s: &StoreArgs) -> Result<Vec<Arc<Provider>>, WsfsError> {
-    let chain = Chain::from_specs(&specs(s)?, limits(s)).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    let chain =
+        Chain::from_specs(&specs(s)?, limits(s)).map_err(|e| WsfsError::Usage(e.to_string()))?;
     Ok(chain.providers().to_vec())
 }
 
@@ -119,7 +122,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             if !foreground {
                 return wsfs::mount::spawn_daemon(&mountpoint, ready_timeout);
             }
-            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+            let cpus = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
             let args = wsfs::mount::MountArgs {
                 specs,
                 limits: limits(&store),
@@ -145,7 +150,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 if notify_ready {
                     wsfs::mount::notify_parent(r);
                 } else if r.is_ok() {
-                    eprintln!("wsfs: mounted; serving in the foreground (Ctrl-C or wsfs umount to stop)");
+                    eprintln!(
+                        "wsfs: mounted; serving in the foreground (Ctrl-C or wsfs umount to stop)"
+                    );
                 }
             };
             wsfs::mount::run_daemon(args, &mut ready)
@@ -159,7 +166,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             timeout,
             all_stale,
         } => wsfs::ops::umount::run(mountpoint.as_deref(), force, timeout, all_stale),
-        Command::Status { mountpoint, json } => wsfs::ops::status::print(mountpoint.as_deref(), json),
+        Command::Status { mountpoint, json } => {
+            wsfs::ops::status::print(mountpoint.as_deref(), json)
+        }
     }
 }
 

@@ -43,7 +43,10 @@ pub struct MountArgs {
 /// is consulted first. Returns the absolute path.
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf, WsfsError> {
     let (abs, _) = mountinfo::absolute_lexical(p).ok_or_else(|| {
-        WsfsError::Mount(format!("mountpoint {}: cannot make the path absolute", p.display()))
+        WsfsError::Mount(format!(
+            "mountpoint {}: cannot make the path absolute",
+            p.display()
+        ))
     })?;
     let mounts = mountinfo::read_mounts()
         .map_err(|e| WsfsError::Mount(format!("cannot read /proc/self/mountinfo: {e}")))?;
@@ -56,7 +59,10 @@ pub fn check_mountpoint(p: &Path) -> Result<PathBuf, WsfsError> {
     match std::fs::metadata(&abs) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(WsfsError::Mount(format!("mountpoint {} is not a directory", abs.display())))
+            return Err(WsfsError::Mount(format!(
+                "mountpoint {} is not a directory",
+                abs.display()
+            )))
         }
         Err(e) => {
             return Err(WsfsError::Mount(format!(
@@ -88,7 +94,10 @@ fn now_secs() -> i64 {
 
 /// Runs the mount in this process until it is unmounted or the process is signalled.
 /// `ready` is called exactly once: with `Ok` when the mount serves requests, or with the error.
-pub fn run_daemon(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError>)) -> Result<(), WsfsError> {
+pub fn run_daemon(
+    args: MountArgs,
+    ready: &mut dyn FnMut(Result<(), &WsfsError>),
+) -> Result<(), WsfsError> {
     let r = run_daemon_inner(args, ready);
     if let Err(e) = &r {
         ready(Err(e));
@@ -96,7 +105,10 @@ pub fn run_daemon(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError>)
     r
 }
 
-fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError>)) -> Result<(), WsfsError> {
+fn run_daemon_inner(
+    args: MountArgs,
+    ready: &mut dyn FnMut(Result<(), &WsfsError>),
+) -> Result<(), WsfsError> {
     let started = Instant::now();
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,12 +118,17 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
         .build()
         .map_err(|e| WsfsError::Failed(format!("cannot start runtime: {e}")))?;
     let _guard = rt.enter();
-    let mut chain = Chain::from_specs(&args.specs, args.limits).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    let mut chain =
+        Chain::from_specs(&args.specs, args.limits).map_err(|e| WsfsError::Usage(e.to_string()))?;
     if args.repair {
         chain.enable_repair();
     }
     let chain = Arc::new(chain);
-    let resolved = rt.block_on(layers::resolve_closure(&chain, &args.workspace, &args.layers))?;
+    let resolved = rt.block_on(layers::resolve_closure(
+        &chain,
+        &args.workspace,
+        &args.layers,
+    ))?;
     let manifests: Vec<_> = resolved.into_iter().map(|l| l.manifest).collect();
     let layer_names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
     let merged = layers::merge(&manifests)?;
@@ -120,15 +137,26 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
         .map_err(|e| WsfsError::Integrity(e.to_string()))?;
     drop(merged.entries);
     let disk = match &args.cache_dir {
-        Some(d) => Some(Arc::new(DiskCache::open(d, args.disk_cache_bytes).map_err(|e| {
-            WsfsError::Usage(format!("cache directory {}: {e}", d.display()))
-        })?)),
+        Some(d) => Some(Arc::new(
+            DiskCache::open(d, args.disk_cache_bytes)
+                .map_err(|e| WsfsError::Usage(format!("cache directory {}: {e}", d.display())))?,
+        )),
         None => None,
     };
-    let fetcher = Fetcher::new(chain.clone(), args.memory_cache_bytes, disk, args.read_deadline);
+    let fetcher = Fetcher::new(
+        chain.clone(),
+        args.memory_cache_bytes,
+        disk,
+        args.read_deadline,
+    );
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = Arc::new(WsFs::new(table, fetcher, args.uid.unwrap_or(uid), args.gid.unwrap_or(gid)));
+    let fs = Arc::new(WsFs::new(
+        table,
+        fetcher,
+        args.uid.unwrap_or(uid),
+        args.gid.unwrap_or(gid),
+    ));
     let entries = fs.table().len();
 
     let auto_unmount = has_fusermount3();
@@ -194,7 +222,9 @@ fn run_daemon_inner(args: MountArgs, ready: &mut dyn FnMut(Result<(), &WsfsError
             ..Default::default()
         },
     });
-    if let Err(e) = status::serve(&record.socket, source).and_then(|_| runtime::write_record(&record)) {
+    if let Err(e) =
+        status::serve(&record.socket, source).and_then(|_| runtime::write_record(&record))
+    {
         tracing::warn!(error = %e, "cannot write the runtime record; wsfs status will not see this mount");
     }
     tracing::info!(
@@ -270,10 +300,12 @@ pub const NOTIFY_FLAG: &str = "--notify-ready";
 /// --notify-ready`) and waits until it reports the mount ready or failed.
 pub fn spawn_daemon(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsError> {
     let abs = check_mountpoint(mountpoint)?;
-    let exe = std::env::current_exe().map_err(|e| WsfsError::Failed(format!("cannot find own executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| WsfsError::Failed(format!("cannot find own executable: {e}")))?;
     let log = runtime::log_path(&abs);
     if let Some(d) = log.parent() {
-        std::fs::create_dir_all(d).map_err(|e| WsfsError::Failed(format!("cannot create {}: {e}", d.display())))?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| WsfsError::Failed(format!("cannot create {}: {e}", d.display())))?;
     }
     let logf = std::fs::OpenOptions::new()
         .create(true)
@@ -296,8 +328,13 @@ pub fn spawn_daemon(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsErro
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| WsfsError::Failed(format!("cannot start the daemon: {e}")))?;
-    let stdout = child.stdout.take().ok_or_else(|| WsfsError::Failed("no pipe to the daemon".into()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| WsfsError::Failed(format!("cannot start the daemon: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| WsfsError::Failed("no pipe to the daemon".into()))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -306,7 +343,11 @@ pub fn spawn_daemon(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsErro
     });
     let line = match rx.recv_timeout(timeout) {
         Ok(Ok(l)) => l,
-        Ok(Err(e)) => return Err(WsfsError::Failed(format!("cannot read from the daemon: {e}"))),
+        Ok(Err(e)) => {
+            return Err(WsfsError::Failed(format!(
+                "cannot read from the daemon: {e}"
+            )))
+        }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -319,7 +360,12 @@ pub fn spawn_daemon(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsErro
     };
     let line = line.trim_end();
     if line == "READY" {
-        eprintln!("wsfs: mounted at {} (daemon pid {}, log {})", abs.display(), child.id(), log.display());
+        eprintln!(
+            "wsfs: mounted at {} (daemon pid {}, log {})",
+            abs.display(),
+            child.id(),
+            log.display()
+        );
         return Ok(());
     }
     let status = child.wait().ok();
@@ -337,11 +383,22 @@ pub fn spawn_daemon(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsErro
         });
     }
     let tail = std::fs::read_to_string(&log)
-        .map(|s| s.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+        .map(|s| {
+            s.lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .unwrap_or_default();
     Err(WsfsError::Mount(format!(
         "the daemon exited ({}) before the mount was ready; last log lines:\n{tail}",
-        status.map(|s| s.to_string()).unwrap_or_else(|| "unknown status".into())
+        status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown status".into())
     )))
 }
 

@@ -98,8 +98,15 @@ impl PersistReport {
                 st.new_chunks,
                 st.present_chunks,
                 st.bytes_written,
-                if st.committed { "committed" } else { "NOT committed" },
-                st.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                if st.committed {
+                    "committed"
+                } else {
+                    "NOT committed"
+                },
+                st.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
             ));
         }
         s
@@ -128,17 +135,29 @@ fn build_globs(paths: &[String]) -> Result<Option<GlobSet>, WsfsError> {
                 "path {p:?} must be relative to --root and must not contain '..'"
             )));
         }
-        let g = Glob::new(p).map_err(|e| WsfsError::Usage(format!("bad path pattern {p:?}: {e}")))?;
+        let g =
+            Glob::new(p).map_err(|e| WsfsError::Usage(format!("bad path pattern {p:?}: {e}")))?;
         b.add(g);
     }
-    Ok(Some(b.build().map_err(|e| WsfsError::Usage(e.to_string()))?))
+    Ok(Some(
+        b.build().map_err(|e| WsfsError::Usage(e.to_string()))?,
+    ))
 }
 
 /// Walks `root` (never following symlinks) and returns the entries to persist, sorted by path.
-fn walk(root: &Path, globs: Option<&GlobSet>, skipped: &mut Vec<String>) -> Result<Vec<Walked>, WsfsError> {
+fn walk(
+    root: &Path,
+    globs: Option<&GlobSet>,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Walked>, WsfsError> {
     let mut all = Vec::new();
-    for item in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1) {
-        let item = item.map_err(|e| WsfsError::Failed(format!("cannot walk {}: {e}", root.display())))?;
+    for item in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
+        let item =
+            item.map_err(|e| WsfsError::Failed(format!("cannot walk {}: {e}", root.display())))?;
         let rel = item
             .path()
             .strip_prefix(root)
@@ -146,10 +165,9 @@ fn walk(root: &Path, globs: Option<&GlobSet>, skipped: &mut Vec<String>) -> Resu
             .as_os_str()
             .as_bytes()
             .to_vec();
-        let meta = item
-            .path()
-            .symlink_metadata()
-            .map_err(|e| WsfsError::Failed(format!("cannot stat {}: {e}", item.path().display())))?;
+        let meta = item.path().symlink_metadata().map_err(|e| {
+            WsfsError::Failed(format!("cannot stat {}: {e}", item.path().display()))
+        })?;
         let ft = meta.file_type();
         if ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device() {
             skipped.push(item.path().display().to_string());
@@ -229,14 +247,19 @@ async fn upload_to(p: &Provider, st: &StoreState, key: &str, body: Bytes) {
     }
 }
 
-pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Result<PersistReport, WsfsError> {
+pub async fn persist(
+    providers: &[Arc<Provider>],
+    opts: PersistOptions,
+) -> Result<PersistReport, WsfsError> {
     let started = std::time::Instant::now();
     validate_name("workspace", &opts.workspace).map_err(WsfsError::Usage)?;
     validate_name("layer", &opts.layer).map_err(WsfsError::Usage)?;
     for p in &opts.parents {
         validate_name("parent layer", p).map_err(WsfsError::Usage)?;
         if p == &opts.layer {
-            return Err(WsfsError::Usage(format!("layer {p:?} cannot be its own parent")));
+            return Err(WsfsError::Usage(format!(
+                "layer {p:?} cannot be its own parent"
+            )));
         }
     }
     if let Require::AtLeast(n) = opts.require {
@@ -250,7 +273,10 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
     let root_meta = std::fs::metadata(&opts.root)
         .map_err(|e| WsfsError::Usage(format!("--root {}: {e}", opts.root.display())))?;
     if !root_meta.is_dir() {
-        return Err(WsfsError::Usage(format!("--root {} is not a directory", opts.root.display())));
+        return Err(WsfsError::Usage(format!(
+            "--root {} is not a directory",
+            opts.root.display()
+        )));
     }
     let globs = build_globs(&opts.paths)?;
     let root_meta = {
@@ -280,12 +306,18 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
     if let Some(w) = entries.iter().find(|w| w.rel.contains(&b'\n')) {
         tracing::warn!(path = %w.abs.display(), "file name contains a newline");
     }
-    let total_bytes: u64 = entries.iter().filter(|w| w.meta.is_file()).map(|w| w.meta.len()).sum();
+    let total_bytes: u64 = entries
+        .iter()
+        .filter(|w| w.meta.is_file())
+        .map(|w| w.meta.len())
+        .sum();
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(total_bytes);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
@@ -308,45 +340,56 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
     // channel, so memory stays bounded however large the tree is.
     let (tx, rx) = tokio::sync::mpsc::channel::<NewChunk>(opts.concurrency.max(1) * 2);
     let bar2 = bar.clone();
-    let chunking = tokio::task::spawn_blocking(move || -> Result<(LayerBuilder, [u64; 3]), WsfsError> {
-        let mut b = LayerBuilder::new();
-        b.set_root(root_meta);
-        let mut counts = [0u64; 3];
-        let mut sink = |c: NewChunk| -> Result<(), std::io::Error> {
-            tx.blocking_send(c).map_err(|_| std::io::Error::other("uploads stopped"))
-        };
-        for w in entries {
-            let (sec, nsec) = mtime(&w.meta);
-            let meta = Meta {
-                path: w.rel.clone(),
-                mode: w.meta.mode(),
-                mtime_sec: sec,
-                mtime_nsec: nsec,
+    let chunking =
+        tokio::task::spawn_blocking(move || -> Result<(LayerBuilder, [u64; 3]), WsfsError> {
+            let mut b = LayerBuilder::new();
+            b.set_root(root_meta);
+            let mut counts = [0u64; 3];
+            let mut sink = |c: NewChunk| -> Result<(), std::io::Error> {
+                tx.blocking_send(c)
+                    .map_err(|_| std::io::Error::other("uploads stopped"))
             };
-            let ft = w.meta.file_type();
-            if ft.is_dir() {
-                counts[1] += 1;
-                b.add_dir(meta);
-            } else if ft.is_symlink() {
-                counts[2] += 1;
-                let t = std::fs::read_link(&w.abs)
-                    .map_err(|e| WsfsError::Failed(format!("cannot read link {}: {e}", w.abs.display())))?;
-                b.add_symlink(meta, t.as_os_str().as_bytes().to_vec());
-            } else {
-                counts[0] += 1;
-                let f = std::fs::File::open(&w.abs)
-                    .map_err(|e| WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display())))?;
-                b.add_file(meta, w.meta.len(), std::io::BufReader::with_capacity(1 << 20, f), &mut sink)
-                    .map_err(|e| WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display())))?;
-                if let Some(bar) = &bar2 {
-                    bar.inc(w.meta.len());
+            for w in entries {
+                let (sec, nsec) = mtime(&w.meta);
+                let meta = Meta {
+                    path: w.rel.clone(),
+                    mode: w.meta.mode(),
+                    mtime_sec: sec,
+                    mtime_nsec: nsec,
+                };
+                let ft = w.meta.file_type();
+                if ft.is_dir() {
+                    counts[1] += 1;
+                    b.add_dir(meta);
+                } else if ft.is_symlink() {
+                    counts[2] += 1;
+                    let t = std::fs::read_link(&w.abs).map_err(|e| {
+                        WsfsError::Failed(format!("cannot read link {}: {e}", w.abs.display()))
+                    })?;
+                    b.add_symlink(meta, t.as_os_str().as_bytes().to_vec());
+                } else {
+                    counts[0] += 1;
+                    let f = std::fs::File::open(&w.abs).map_err(|e| {
+                        WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display()))
+                    })?;
+                    b.add_file(
+                        meta,
+                        w.meta.len(),
+                        std::io::BufReader::with_capacity(1 << 20, f),
+                        &mut sink,
+                    )
+                    .map_err(|e| {
+                        WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display()))
+                    })?;
+                    if let Some(bar) = &bar2 {
+                        bar.inc(w.meta.len());
+                    }
                 }
             }
-        }
-        b.flush(&mut sink)
-            .map_err(|e| WsfsError::Failed(format!("chunking failed: {e}")))?;
-        Ok((b, counts))
-    });
+            b.flush(&mut sink)
+                .map_err(|e| WsfsError::Failed(format!("chunking failed: {e}")))?;
+            Ok((b, counts))
+        });
 
     let provs: Vec<Arc<Provider>> = providers.to_vec();
     let stored_lens: Vec<(u32, u32)> = tokio_stream_of(rx)
@@ -374,7 +417,9 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let (mut builder, counts) = chunking.await.map_err(|e| WsfsError::Failed(e.to_string()))??;
+    let (mut builder, counts) = chunking
+        .await
+        .map_err(|e| WsfsError::Failed(e.to_string()))??;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -390,7 +435,12 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let m = builder.finish(opts.workspace.clone(), opts.layer.clone(), opts.parents.clone(), created);
+    let m = builder.finish(
+        opts.workspace.clone(),
+        opts.layer.clone(),
+        opts.parents.clone(),
+        created,
+    );
     report.bytes = m.total_file_bytes();
     let encoded = manifest::encode(&m).map_err(|e| WsfsError::Integrity(e.to_string()))?;
     let digest = Digest::of(&encoded);
@@ -405,7 +455,11 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
         let ws = opts.workspace.clone();
         let layer = opts.layer.clone();
         async move {
-            let failed = st.error.lock().map(|e| e.clone()).unwrap_or(Some("poisoned".into()));
+            let failed = st
+                .error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or(Some("poisoned".into()));
             if let Some(e) = failed {
                 return (false, Some(e));
             }
@@ -446,6 +500,8 @@ pub async fn persist(providers: &[Arc<Provider>], opts: PersistOptions) -> Resul
     Ok(report)
 }
 
-fn tokio_stream_of<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

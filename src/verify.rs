@@ -11,8 +11,14 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub enum LayerState {
-    Complete { chunks: usize },
-    Incomplete { chunks: usize, missing: Vec<Digest>, problems: Vec<String> },
+    Complete {
+        chunks: usize,
+    },
+    Incomplete {
+        chunks: usize,
+        missing: Vec<Digest>,
+        problems: Vec<String>,
+    },
     NoRef(Outcome),
     BadManifest(String),
 }
@@ -25,18 +31,24 @@ pub struct StoreReport {
 
 impl StoreReport {
     pub fn complete(&self) -> bool {
-        self.layers.iter().all(|(_, s)| matches!(s, LayerState::Complete { .. }))
+        self.layers
+            .iter()
+            .all(|(_, s)| matches!(s, LayerState::Complete { .. }))
     }
 }
 
 async fn manifest_on(p: &Provider, ws: &str, layer: &str) -> Result<Manifest, LayerState> {
-    let r = p.get(&keys::layer_ref(ws, layer)).await.map_err(LayerState::NoRef)?;
+    let r = p
+        .get(&keys::layer_ref(ws, layer))
+        .await
+        .map_err(LayerState::NoRef)?;
     let (_, digest) = LayerRef::parse(&r).map_err(|e| LayerState::BadManifest(e.to_string()))?;
     let body = p
         .get(&keys::manifest(&digest))
         .await
         .map_err(|o| LayerState::BadManifest(format!("manifest {}: {o}", digest.short())))?;
-    verify_blob(&digest, &body).map_err(|o| LayerState::BadManifest(format!("manifest {}: {o}", digest.short())))?;
+    verify_blob(&digest, &body)
+        .map_err(|o| LayerState::BadManifest(format!("manifest {}: {o}", digest.short())))?;
     manifest::decode(&body).map_err(|e| LayerState::BadManifest(e.to_string()))
 }
 
@@ -50,7 +62,9 @@ async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerS
             let key = keys::chunk(&c.hash);
             let r = if deep {
                 match p.get(&key).await {
-                    Ok(b) => VerifiedChunk::from_stored(c, &b).map(|_| ()).map_err(|o| o.to_string()),
+                    Ok(b) => VerifiedChunk::from_stored(c, &b)
+                        .map(|_| ())
+                        .map_err(|o| o.to_string()),
                     Err(o) => Err(o.to_string()),
                 }
             } else {
@@ -77,20 +91,34 @@ async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerS
     }
     let parents = m.parents.clone();
     let state = if missing.is_empty() {
-        LayerState::Complete { chunks: m.chunks.len() }
+        LayerState::Complete {
+            chunks: m.chunks.len(),
+        }
     } else {
-        LayerState::Incomplete { chunks: m.chunks.len(), missing, problems }
+        LayerState::Incomplete {
+            chunks: m.chunks.len(),
+            missing,
+            problems,
+        }
     };
     (state, parents)
 }
 
 /// Verifies the requested layers and their ancestors on every store, independently.
-pub async fn verify(providers: &[Arc<Provider>], ws: &str, layers: &[String], deep: bool) -> Vec<StoreReport> {
+pub async fn verify(
+    providers: &[Arc<Provider>],
+    ws: &str,
+    layers: &[String],
+    deep: bool,
+) -> Vec<StoreReport> {
     let mut out = Vec::new();
     for p in providers {
         let mut seen = BTreeSet::new();
         let mut queue: Vec<String> = layers.to_vec();
-        let mut rep = StoreReport { store: p.name.clone(), layers: Vec::new() };
+        let mut rep = StoreReport {
+            store: p.name.clone(),
+            layers: Vec::new(),
+        };
         while let Some(l) = queue.pop() {
             if !seen.insert(l.clone()) {
                 continue;
@@ -111,12 +139,24 @@ pub fn judge(reports: &[StoreReport], all: bool) -> (String, Result<(), WsfsErro
     let mut text = String::new();
     let mut layer_names: BTreeSet<&str> = BTreeSet::new();
     for r in reports {
-        text.push_str(&format!("{}: {}\n", r.store, if r.complete() { "complete" } else { "INCOMPLETE" }));
+        text.push_str(&format!(
+            "{}: {}\n",
+            r.store,
+            if r.complete() {
+                "complete"
+            } else {
+                "INCOMPLETE"
+            }
+        ));
         for (l, s) in &r.layers {
             layer_names.insert(l);
             let line = match s {
                 LayerState::Complete { chunks } => format!("complete ({chunks} chunks)"),
-                LayerState::Incomplete { chunks, missing, problems } => format!(
+                LayerState::Incomplete {
+                    chunks,
+                    missing,
+                    problems,
+                } => format!(
                     "incomplete: {} of {chunks} chunks missing or bad [{}]",
                     missing.len(),
                     problems.join("; ")
@@ -138,10 +178,16 @@ pub fn judge(reports: &[StoreReport], all: bool) -> (String, Result<(), WsfsErro
         if reports.iter().all(|r| r.complete()) {
             Ok(())
         } else {
-            Err(WsfsError::Missing("not every store is complete (--all)".into()))
+            Err(WsfsError::Missing(
+                "not every store is complete (--all)".into(),
+            ))
         }
     } else {
-        let bad: Vec<&str> = layer_names.iter().copied().filter(|l| !complete_somewhere(l)).collect();
+        let bad: Vec<&str> = layer_names
+            .iter()
+            .copied()
+            .filter(|l| !complete_somewhere(l))
+            .collect();
         if bad.is_empty() && !layer_names.is_empty() {
             Ok(())
         } else {

@@ -38,7 +38,14 @@ fn persist_then_verify_across_store_damage() {
     // Complete on both.
     let v = verify(&s, &st, &["l1"], &[]);
     assert_ok(&v);
-    assert_eq!(String::from_utf8_lossy(&v.stdout).matches(": complete").count(), 2, "{}", text(&v));
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout)
+            .matches(": complete")
+            .count(),
+        2,
+        "{}",
+        text(&v)
+    );
     assert_ok(&verify(&s, &st, &["l1"], &["--deep", "--all"]));
 
     // Every chunk gone from the first store: still mountable, first store reported incomplete.
@@ -51,7 +58,14 @@ fn persist_then_verify_across_store_damage() {
     assert_ok(&v);
     let t = String::from_utf8_lossy(&v.stdout).to_string();
     assert!(t.contains("s1: INCOMPLETE"), "{t}");
-    assert!(t.contains(&format!("{} of {} chunks missing", s1_chunks.len(), s1_chunks.len())), "{t}");
+    assert!(
+        t.contains(&format!(
+            "{} of {} chunks missing",
+            s1_chunks.len(),
+            s1_chunks.len()
+        )),
+        "{t}"
+    );
     // --all requires every store complete.
     assert_code(&verify(&s, &st, &["l1"], &["--all"]), 3);
 
@@ -60,7 +74,12 @@ fn persist_then_verify_across_store_damage() {
     std::fs::remove_file(&victim).unwrap();
     let v = verify(&s, &st, &["l1"], &[]);
     assert_code(&v, 3);
-    assert!(String::from_utf8_lossy(&v.stderr).contains("no store holds a complete copy of layer(s): l1"), "{}", text(&v));
+    assert!(
+        String::from_utf8_lossy(&v.stderr)
+            .contains("no store holds a complete copy of layer(s): l1"),
+        "{}",
+        text(&v)
+    );
 
     // A layer nobody has.
     assert_code(&verify(&s, &st, &["nope"], &[]), 3);
@@ -76,7 +95,10 @@ fn persist_skips_chunks_a_store_already_has() {
     let o = persist(&s, &st, "ws", "b", &src, &[]);
     assert_ok(&o);
     let t = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(t.contains(" 0 new chunks"), "second persist of the same tree uploads nothing new: {t}");
+    assert!(
+        t.contains(" 0 new chunks"),
+        "second persist of the same tree uploads nothing new: {t}"
+    );
 }
 
 #[test]
@@ -119,7 +141,11 @@ fn persist_selected_paths_and_special_files() {
     assert!(t.contains("persisted 2 files, 2 dirs"), "{t}");
     let o = persist(&s, &st, "ws", "all", &src, &[]);
     assert_ok(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("skipped special file"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("skipped special file"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -129,21 +155,52 @@ fn bad_input_is_a_clear_usage_error() {
     // Bad names.
     let o = persist(&s, &[s.store("s")], "../etc", "l", &src, &[]);
     assert_code(&o, 2);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("workspace name"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("workspace name"),
+        "{}",
+        text(&o)
+    );
     // Missing root.
-    assert_code(&persist(&s, &[s.store("s")], "ws", "l", &s.path("nope"), &[]), 2);
+    assert_code(
+        &persist(&s, &[s.store("s")], "ws", "l", &s.path("nope"), &[]),
+        2,
+    );
     // No stores.
-    let o = s.wsfs(&["persist", "--workspace", "ws", "--layer", "l", "--root", src.to_str().unwrap()]);
+    let o = s.wsfs(&[
+        "persist",
+        "--workspace",
+        "ws",
+        "--layer",
+        "l",
+        "--root",
+        src.to_str().unwrap(),
+    ]);
     assert_code(&o, 2);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no stores given"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no stores given"),
+        "{}",
+        text(&o)
+    );
     // Not a URL.
     assert_code(&persist(&s, &["not a url".into()], "ws", "l", &src, &[]), 2);
     // A malformed config file.
     let cfg = s.path("bad.toml");
     std::fs::write(&cfg, "[[store]]\nurl = 42\n").unwrap();
-    let o = s.wsfs(&["verify", "--config", cfg.to_str().unwrap(), "--workspace", "ws", "--layer", "l"]);
+    let o = s.wsfs(&[
+        "verify",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--workspace",
+        "ws",
+        "--layer",
+        "l",
+    ]);
     assert_code(&o, 2);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is not valid"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not valid"),
+        "{}",
+        text(&o)
+    );
     // Escaping paths.
     assert_code(&persist(&s, &[s.store("s")], "ws", "l", &src, &["../x"]), 2);
     // Unknown flag: clap's usage exit.
@@ -158,12 +215,24 @@ fn config_file_orders_the_chain_before_flags() {
     let cfg = s.path("c.toml");
     std::fs::write(
         &cfg,
-        format!("[[store]]\nurl = \"{}\"\noptions = {{ wsfs_request_timeout = \"1s\" }}\n", s.store("cfg")),
+        format!(
+            "[[store]]\nurl = \"{}\"\noptions = {{ wsfs_request_timeout = \"1s\" }}\n",
+            s.store("cfg")
+        ),
     )
     .unwrap();
     let o = s.wsfs(&[
-        "persist", "--config", cfg.to_str().unwrap(), "--store", &s.store("flag"), "--workspace", "ws", "--layer", "l",
-        "--root", src.to_str().unwrap(),
+        "persist",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--store",
+        &s.store("flag"),
+        "--workspace",
+        "ws",
+        "--layer",
+        "l",
+        "--root",
+        src.to_str().unwrap(),
     ]);
     assert_ok(&o);
     let t = String::from_utf8_lossy(&o.stdout).to_string();

@@ -11,7 +11,14 @@ use std::process::Command;
 fn setup(s: &Scratch, n: usize, big_mib: usize) -> std::path::PathBuf {
     let src = s.path("src");
     make_tree(&src, n, big_mib, 42);
-    assert_ok(&persist(s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    assert_ok(&persist(
+        s,
+        &[s.store("s1"), s.store("s2")],
+        "ws",
+        "l1",
+        &src,
+        &[],
+    ));
     src
 }
 
@@ -39,7 +46,11 @@ fn mounted_tree_is_identical_to_its_source() {
         .output();
     if let Ok(o) = o {
         assert!(o.status.success(), "rsync failed: {}", text(&o));
-        assert_eq!(String::from_utf8_lossy(&o.stdout), "", "rsync lists differences");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "",
+            "rsync lists differences"
+        );
     }
     // Inode numbers are stable for the life of the mount.
     let i1 = std::fs::metadata(mp.join("src/dup1")).unwrap().ino();
@@ -57,15 +68,25 @@ fn mounted_tree_is_identical_to_its_source() {
     assert_eq!(entry.fs_type, "fuse.wsfs");
     assert_eq!(entry.source, "wsfs:ws");
     for opt in ["ro", "nosuid", "nodev"] {
-        assert!(entry.options.split(',').any(|o| o == opt), "{opt} in {}", entry.options);
+        assert!(
+            entry.options.split(',').any(|o| o == opt),
+            "{opt} in {}",
+            entry.options
+        );
     }
     // Clean unmount: the daemon exits, the mount table is as before.
     let pid = m.pid().expect("daemon pid in runtime record");
     assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
     assert!(!is_mounted(&mp));
-    assert!(!wsfs::ops::runtime::pid_alive(pid), "daemon {pid} still running after umount");
+    assert!(
+        !wsfs::ops::runtime::pid_alive(pid),
+        "daemon {pid} still running after umount"
+    );
     let ours = s.dir.path().display().to_string();
-    assert!(!mount_table().iter().any(|m| m.starts_with(&ours)), "nothing of this test is left mounted");
+    assert!(
+        !mount_table().iter().any(|m| m.starts_with(&ours)),
+        "nothing of this test is left mounted"
+    );
 }
 
 #[test]
@@ -81,9 +102,17 @@ fn every_chunk_missing_on_the_primary_is_served_by_the_secondary() {
     let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
     compare_trees(&src, &mp);
     let st = status_json(&s, &mp);
-    assert_eq!(st["failovers"].as_u64(), Some(chunks.len() as u64), "one failover per distinct chunk: {st}");
+    assert_eq!(
+        st["failovers"].as_u64(),
+        Some(chunks.len() as u64),
+        "one failover per distinct chunk: {st}"
+    );
     assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
-    assert_eq!(st["stores"][0]["requests"]["not_found"].as_u64(), Some(chunks.len() as u64), "{st}");
+    assert_eq!(
+        st["stores"][0]["requests"]["not_found"].as_u64(),
+        Some(chunks.len() as u64),
+        "{st}"
+    );
 }
 
 #[test]
@@ -96,7 +125,14 @@ fn all_providers_missing_a_chunk_is_eio_never_bad_data() {
     let big = Rng::new(5).bytes(5 << 20);
     std::fs::write(src.join("big.bin"), &big).unwrap();
     std::fs::write(src.join("small.txt"), b"hello").unwrap();
-    assert_ok(&persist(&s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    assert_ok(&persist(
+        &s,
+        &[s.store("s1"), s.store("s2")],
+        "ws",
+        "l1",
+        &src,
+        &[],
+    ));
     for st in ["s1", "s2"] {
         for c in chunk_files(&s.path(st)) {
             std::fs::remove_file(c).unwrap();
@@ -105,9 +141,16 @@ fn all_providers_missing_a_chunk_is_eio_never_bad_data() {
     let mp = s.mkdir("mnt");
     let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
     // cat fails with "Input/output error" and exit 1.
-    let o = Command::new("cat").arg(mp.join("small.txt")).output().unwrap();
+    let o = Command::new("cat")
+        .arg(mp.join("small.txt"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Input/output error"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Input/output error"),
+        "{}",
+        text(&o)
+    );
     assert!(o.stdout.is_empty(), "no bytes reach the reader");
     // pread in the middle of a file.
     let f = std::fs::File::open(mp.join("big.bin")).unwrap();
@@ -115,17 +158,30 @@ fn all_providers_missing_a_chunk_is_eio_never_bad_data() {
     let e = f.read_at(&mut buf, 3 << 20).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     // Metadata is local: stat and ls still work, sizes are right, empty files read empty.
-    assert_eq!(std::fs::metadata(mp.join("big.bin")).unwrap().len(), big.len() as u64);
+    assert_eq!(
+        std::fs::metadata(mp.join("big.bin")).unwrap().len(),
+        big.len() as u64
+    );
     assert_eq!(std::fs::read(mp.join("zero")).unwrap(), b"");
-    let names: Vec<_> = std::fs::read_dir(&mp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 3);
     // The failure is counted and in the ledger with every provider's outcome.
     let st = status_json(&s, &mp);
     assert!(st["eio"].as_u64().unwrap() >= 2, "{st}");
     let f0 = &st["failures"][0];
-    assert!(f0["path"].as_str().unwrap().ends_with(".txt") || f0["path"].as_str().unwrap().ends_with(".bin"), "{st}");
+    assert!(
+        f0["path"].as_str().unwrap().ends_with(".txt")
+            || f0["path"].as_str().unwrap().ends_with(".bin"),
+        "{st}"
+    );
     assert_eq!(f0["providers"].as_array().unwrap().len(), 2, "{st}");
-    assert!(f0["providers"][0].as_str().unwrap().contains("not found"), "{st}");
+    assert!(
+        f0["providers"][0].as_str().unwrap().contains("not found"),
+        "{st}"
+    );
 }
 
 #[test]
@@ -136,7 +192,14 @@ fn corrupt_chunk_on_primary_is_never_served() {
     std::fs::create_dir_all(&src).unwrap();
     let data = Rng::new(3).bytes(3 << 20);
     std::fs::write(src.join("f.bin"), &data).unwrap();
-    assert_ok(&persist(&s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    assert_ok(&persist(
+        &s,
+        &[s.store("s1"), s.store("s2")],
+        "ws",
+        "l1",
+        &src,
+        &[],
+    ));
     // Same length, wrong bytes on the primary; truncated on... nothing else.
     for c in chunk_files(&s.path("s1")) {
         let mut b = std::fs::read(&c).unwrap();
@@ -148,7 +211,10 @@ fn corrupt_chunk_on_primary_is_never_served() {
     let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
     assert!(std::fs::read(mp.join("f.bin")).unwrap() == data);
     let st = status_json(&s, &mp);
-    assert!(st["stores"][0]["requests"]["corrupt"].as_u64().unwrap() >= 1, "{st}");
+    assert!(
+        st["stores"][0]["requests"]["corrupt"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
 }
 
 #[test]
@@ -162,7 +228,10 @@ fn unknown_workspace_or_layer_is_refused_with_exit_3() {
         assert_code(&o, 3);
         let e = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(e.contains("missed on every provider"), "{e}");
-        assert!(e.contains("/s1: not found") && e.contains("/s2: not found"), "each provider's outcome: {e}");
+        assert!(
+            e.contains("/s1: not found") && e.contains("/s2: not found"),
+            "each provider's outcome: {e}"
+        );
         assert!(!is_mounted(&mp), "nothing mounted");
     }
     // The mountpoint is untouched.
@@ -178,7 +247,11 @@ fn unusable_mountpoints_are_refused_with_exit_6() {
     // Missing.
     let o = mount_cmd(&s, &st, "ws", &["l1"], &s.path("missing"), &[]);
     assert_code(&o, 6);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("create the directory"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("create the directory"),
+        "{}",
+        text(&o)
+    );
     // A file, not a directory.
     std::fs::write(s.path("file"), b"").unwrap();
     assert_code(&mount_cmd(&s, &st, "ws", &["l1"], &s.path("file"), &[]), 6);
@@ -187,7 +260,11 @@ fn unusable_mountpoints_are_refused_with_exit_6() {
     let _m = mount(&s, &st, "ws", &["l1"], &mp, &[]);
     let o = mount_cmd(&s, &st, "ws", &["l1"], &mp, &[]);
     assert_code(&o, 6);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already a mount point"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already a mount point"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -196,7 +273,14 @@ fn sixteen_threads_reading_random_ranges_all_match() {
     let s = Scratch::new();
     let src = setup(&s, 400, 20);
     let mp = s.mkdir("mnt");
-    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &["--memory-cache", "8M"]);
+    let _m = mount(
+        &s,
+        &[s.store("s1"), s.store("s2")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--memory-cache", "8M"],
+    );
     let files: Vec<std::path::PathBuf> = walkdir::WalkDir::new(&src)
         .into_iter()
         .filter_map(|e| e.ok())
@@ -231,7 +315,10 @@ fn sixteen_threads_reading_random_ranges_all_match() {
                     }
                     let end = (off as usize + len).min(want.len());
                     assert_eq!(got, end - off as usize, "{rel:?} at {off}: short read");
-                    assert!(buf[..got] == want[off as usize..end], "{rel:?} at {off}+{len}: bytes differ");
+                    assert!(
+                        buf[..got] == want[off as usize..end],
+                        "{rel:?} at {off}+{len}: bytes differ"
+                    );
                 }
             })
         })

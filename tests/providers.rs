@@ -703,6 +703,12 @@ fn run_case(
     let m = match m {
         Err(o) => {
             let code = o.status.code().unwrap_or(-1);
+            let why = String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
+            eprintln!("  [{fault:?} / first={faulty_first} / {target}] mount exit {code}: {why}");
             return Ok((format!("exit {code}"), t.elapsed(), mount_took));
         }
         Ok(m) => m,
@@ -817,10 +823,20 @@ fn conformance_matrix_matches_the_failure_model_doc() {
         full: world_dir.store("full"),
     };
 
+    // WSFS_MATRIX_ONLY=text runs only the cases whose "fault / faulty position / target" label
+    // contains it (for debugging one case); the full run is the test.
+    let only = std::env::var("WSFS_MATRIX_ONLY").ok();
     let mut cases = Vec::new();
     for (name, f) in faults() {
         for (target, pat) in TARGETS {
             for first in [true, false] {
+                let label = format!(
+                    "{name} / faulty {} / {target}",
+                    if first { "first" } else { "second" }
+                );
+                if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+                    continue;
+                }
                 cases.push((name, f.clone(), first, target, pat));
             }
         }

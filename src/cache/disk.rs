@@ -131,7 +131,8 @@ impl DiskCache {
         {
             let mut g = self.lock();
             g.bytes += c.len() as u64;
-            g.entries.insert(c.hash(), (c.len() as u64, SystemTime::now()));
+            g.entries
+                .insert(c.hash(), (c.len() as u64, SystemTime::now()));
         }
         self.evict();
         Ok(())
@@ -142,8 +143,11 @@ impl DiskCache {
         if g.bytes <= self.capacity {
             return;
         }
-        let mut by_age: Vec<(SystemTime, Digest, u64)> =
-            g.entries.iter().map(|(d, (len, t))| (*t, *d, *len)).collect();
+        let mut by_age: Vec<(SystemTime, Digest, u64)> = g
+            .entries
+            .iter()
+            .map(|(d, (len, t))| (*t, *d, *len))
+            .collect();
         by_age.sort();
         for (_, d, len) in by_age {
             if g.bytes <= self.capacity {
@@ -169,6 +173,9 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         N.fetch_add(1, Ordering::Relaxed)
     );
     let p = dir.join(name);
-    let f = std::fs::File::options().write(true).create_new(true).open(&p)?;
+    let f = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(&p)?;
     Ok((p, f))
 }

@@ -93,7 +93,11 @@ impl WsFs {
                 2 + n
                     .children
                     .iter()
-                    .filter(|c| self.table.get(**c).is_some_and(|c| c.kind == EntryKind::Dir))
+                    .filter(|c| {
+                        self.table
+                            .get(**c)
+                            .is_some_and(|c| c.kind == EntryKind::Dir)
+                    })
                     .count() as u32
             }
             _ => 1,
@@ -194,7 +198,10 @@ impl WsFs {
         }
         let end = n.size.min(offset + u64::from(size));
         // First extent that ends after `offset`.
-        let first = n.ext_starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let first = n
+            .ext_starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let mut pieces: Vec<(usize, u64, u64)> = Vec::new(); // (extent, from, to) within extent
         let mut i = first;
         while i < n.extents.len() && n.ext_starts[i] < end {
@@ -210,7 +217,11 @@ impl WsFs {
             .filter_map(|(e, _, _)| self.table.chunk(n.extents[*e].chunk).copied())
             .collect();
         if infos.len() != pieces.len() {
-            return Err(self.eio(n, None, FetchError::Internal("extent names an unknown chunk".into())));
+            return Err(self.eio(
+                n,
+                None,
+                FetchError::Internal("extent names an unknown chunk".into()),
+            ));
         }
         // Read-ahead: start the next extents' chunks now, so a sequential reader finds them ready.
         for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {

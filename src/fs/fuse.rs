@@ -110,8 +110,8 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("open", ino = ino.0).entered();
-        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
-            || flags.0 & libc::O_TRUNC != 0;
+        let write =
+            !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
@@ -149,24 +149,46 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("opendir", ino = ino.0).entered();
         match self.fs.opendir(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let _s = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
         match self.fs.readdir(ino.0, offset) {
             Ok(items) => {
                 for it in items {
-                    if reply.add(INodeNo(it.ino), it.next, file_type(it.kind), OsStr::from_bytes(it.name)) {
+                    if reply.add(
+                        INodeNo(it.ino),
+                        it.next,
+                        file_type(it.kind),
+                        OsStr::from_bytes(it.name),
+                    ) {
                         break;
                     }
                 }
@@ -188,8 +210,17 @@ impl fuser::Filesystem for FuseAdapter {
         match self.fs.readdir(ino.0, offset) {
             Ok(items) => {
                 for it in items {
-                    let Ok(a) = self.fs.attr(it.ino) else { continue };
-                    if reply.add(INodeNo(it.ino), it.next, OsStr::from_bytes(it.name), &TTL, &to_fuse(&a), GENERATION) {
+                    let Ok(a) = self.fs.attr(it.ino) else {
+                        continue;
+                    };
+                    if reply.add(
+                        INodeNo(it.ino),
+                        it.next,
+                        OsStr::from_bytes(it.name),
+                        &TTL,
+                        &to_fuse(&a),
+                        GENERATION,
+                    ) {
                         break;
                     }
                 }
@@ -199,7 +230,14 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -209,7 +247,14 @@ impl fuser::Filesystem for FuseAdapter {
         reply.statfs(blocks, 0, 0, t.len() as u64, 0, 4096, 255, 4096);
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(errno(&FsError::NoAttr));
     }
 

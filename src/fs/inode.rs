@@ -83,14 +83,20 @@ impl InodeTable {
                 None => (ROOT, &e.path[..]),
             };
             if nodes[(parent - 1) as usize].kind != EntryKind::Dir {
-                return Err(BuildError(format!("parent of {:?} is not a directory", e.path_lossy())));
+                return Err(BuildError(format!(
+                    "parent of {:?} is not a directory",
+                    e.path_lossy()
+                )));
             }
             let ino = nodes.len() as u64 + 1;
             let mut starts = Vec::with_capacity(e.extents.len());
             let mut at = 0u64;
             for x in &e.extents {
                 if x.chunk as usize >= chunks.len() {
-                    return Err(BuildError(format!("{:?} names a chunk outside the table", e.path_lossy())));
+                    return Err(BuildError(format!(
+                        "{:?} names a chunk outside the table",
+                        e.path_lossy()
+                    )));
                 }
                 starts.push(at);
                 at += u64::from(x.len);
@@ -163,6 +169,9 @@ impl InodeTable {
 
     /// Iterates every node with its inode number.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Node)> {
-        self.nodes.iter().enumerate().map(|(i, n)| (i as u64 + 1, n))
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u64 + 1, n))
     }
 }

@@ -65,12 +65,26 @@ impl LayerBuilder {
     }
 
     pub fn add_dir(&mut self, meta: Meta) {
-        self.push(meta, EntryKind::Dir, 0, Vec::new(), Vec::new(), Digest([0; 32]));
+        self.push(
+            meta,
+            EntryKind::Dir,
+            0,
+            Vec::new(),
+            Vec::new(),
+            Digest([0; 32]),
+        );
     }
 
     pub fn add_symlink(&mut self, meta: Meta, target: Vec<u8>) {
         let size = target.len() as u64;
-        self.push(meta, EntryKind::Symlink, size, target, Vec::new(), Digest([0; 32]));
+        self.push(
+            meta,
+            EntryKind::Symlink,
+            size,
+            target,
+            Vec::new(),
+            Digest([0; 32]),
+        );
     }
 
     /// Adds a regular file, reading its content from `reader` to the end. The recorded size is

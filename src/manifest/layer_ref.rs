@@ -27,7 +27,9 @@ impl LayerRef {
 
     pub fn parse(bytes: &[u8]) -> Result<(LayerRef, Digest), ManifestError> {
         if bytes.len() > 4096 {
-            return Err(ManifestError::Corrupt("layer ref is larger than 4 KiB".into()));
+            return Err(ManifestError::Corrupt(
+                "layer ref is larger than 4 KiB".into(),
+            ));
         }
         let r: LayerRef = serde_json::from_slice(bytes)
             .map_err(|e| ManifestError::Corrupt(format!("layer ref is not valid JSON: {e}")))?;

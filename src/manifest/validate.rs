@@ -65,7 +65,10 @@ pub fn validate(m: &Manifest) -> Result<(), ManifestError> {
             return Err(bad(format!("mode {:o} has bits outside 0o7777", e.mode)));
         }
         if e.mtime_nsec >= 1_000_000_000 {
-            return Err(bad(format!("mtime nanoseconds {} out of range", e.mtime_nsec)));
+            return Err(bad(format!(
+                "mtime nanoseconds {} out of range",
+                e.mtime_nsec
+            )));
         }
         match e.kind {
             EntryKind::Dir => {

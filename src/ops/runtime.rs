@@ -56,7 +56,9 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 }
 
 pub fn log_path(mountpoint: &Path) -> PathBuf {
-    run_dir().join("logs").join(format!("{}.log", mount_id(mountpoint)))
+    run_dir()
+        .join("logs")
+        .join(format!("{}.log", mount_id(mountpoint)))
 }
 
 pub fn write_record(r: &MountRecord) -> std::io::Result<()> {
@@ -64,7 +66,10 @@ pub fn write_record(r: &MountRecord) -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let p = record_path(&r.mountpoint);
     let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(tmp, p)
 }
 

@@ -129,10 +129,13 @@ pub fn serve(socket: &Path, source: Arc<StatusSource>) -> std::io::Result<()> {
 
 /// Asks a daemon for its status, bounded in time.
 pub fn query(socket: &Path, timeout: Duration) -> Result<MountStatus, String> {
-    let mut c = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("cannot reach daemon at {}: {e}", socket.display()))?;
-    c.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut c = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach daemon at {}: {e}", socket.display()))?;
+    c.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    c.read_to_end(&mut buf).map_err(|e| format!("daemon did not answer: {e}"))?;
+    c.read_to_end(&mut buf)
+        .map_err(|e| format!("daemon did not answer: {e}"))?;
     serde_json::from_slice(&buf).map_err(|e| format!("bad status from daemon: {e}"))
 }
 
@@ -143,7 +146,9 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
         Some(p) => Some(
             mountinfo::absolute_lexical(p)
                 .map(|(a, _)| a)
-                .ok_or_else(|| crate::error::WsfsError::Usage(format!("{}: bad path", p.display())))?,
+                .ok_or_else(|| {
+                    crate::error::WsfsError::Usage(format!("{}: bad path", p.display()))
+                })?,
         ),
         None => None,
     };
@@ -163,7 +168,10 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
     if let Some(w) = &want {
         points.retain(|p| p == w);
         if points.is_empty() {
-            return Err(crate::error::WsfsError::Failed(format!("{} is not a wsfs mount", w.display())));
+            return Err(crate::error::WsfsError::Failed(format!(
+                "{} is not a wsfs mount",
+                w.display()
+            )));
         }
     }
     let mut mounts = Vec::new();
@@ -171,12 +179,13 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
         let entry = entries.iter().find(|e| e.mount_point == p);
         let rec = runtime::read_record(&p);
         let mut st = match &rec {
-            Some(r) if runtime::pid_alive(r.pid) => query(&r.socket, Duration::from_secs(2)).unwrap_or_else(|e| MountStatus {
-                problem: Some(e),
-                pid: r.pid,
-                alive: true,
-                ..Default::default()
-            }),
+            Some(r) if runtime::pid_alive(r.pid) => query(&r.socket, Duration::from_secs(2))
+                .unwrap_or_else(|e| MountStatus {
+                    problem: Some(e),
+                    pid: r.pid,
+                    alive: true,
+                    ..Default::default()
+                }),
             Some(r) => MountStatus {
                 pid: r.pid,
                 problem: Some("daemon is gone (stale mount): run wsfs umount --all-stale".into()),
@@ -218,7 +227,9 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
             m.pid,
             m.alive,
             m.uptime_secs,
-            m.fuse_waiting.map(|w| w.to_string()).unwrap_or_else(|| "-".into())
+            m.fuse_waiting
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "-".into())
         );
         if let Some(p) = &m.problem {
             println!("  PROBLEM: {p}");
@@ -228,11 +239,28 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
             m.reads, m.bytes_served, m.failovers, m.eio, m.repairs, m.cache.memory_hits, m.cache.disk_hits, m.cache.fetched
         );
         for s in &m.stores {
-            let reqs: Vec<String> = s.requests.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
-            println!("  store {} breaker={} served={} bytes={} [{}]", s.name, s.breaker, s.served, s.bytes, reqs.join(" "));
+            let reqs: Vec<String> = s
+                .requests
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!(
+                "  store {} breaker={} served={} bytes={} [{}]",
+                s.name,
+                s.breaker,
+                s.served,
+                s.bytes,
+                reqs.join(" ")
+            );
         }
         for f in &m.failures {
-            println!("  EIO {} chunk {}: {}", f.path, f.chunk, f.providers.join("; "));
+            println!(
+                "  EIO {} chunk {}: {}",
+                f.path,
+                f.chunk,
+                f.providers.join("; ")
+            );
         }
     }
     Ok(())

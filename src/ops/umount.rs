@@ -9,7 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn holders_text(h: &[(i32, String)]) -> String {
-    h.iter().map(|(p, c)| format!("{p} ({c})")).collect::<Vec<_>>().join(", ")
+    h.iter()
+        .map(|(p, c)| format!("{p} ({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether the daemon serving a mount is alive, judged by its runtime record.
@@ -17,9 +20,15 @@ fn daemon_alive(e: &MountEntry) -> bool {
     runtime::read_record(&e.mount_point).is_some_and(|r| runtime::pid_alive(r.pid))
 }
 
-pub fn run(mountpoint: Option<&Path>, force: bool, timeout: Duration, all_stale: bool) -> Result<(), WsfsError> {
+pub fn run(
+    mountpoint: Option<&Path>,
+    force: bool,
+    timeout: Duration,
+    all_stale: bool,
+) -> Result<(), WsfsError> {
     if all_stale {
-        let entries = mountinfo::read_mounts().map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
+        let entries = mountinfo::read_mounts()
+            .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
         let removed = remove_stale(&entries, daemon_alive, timeout);
         for r in &removed {
             runtime::remove_record(&r.mount_point);
@@ -27,12 +36,18 @@ pub fn run(mountpoint: Option<&Path>, force: bool, timeout: Duration, all_stale:
                 "{}: {}{}",
                 r.mount_point.display(),
                 if r.gone { "removed" } else { "NOT removed" },
-                if r.errors.is_empty() { String::new() } else { format!(" ({})", r.errors.join("; ")) }
+                if r.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.errors.join("; "))
+                }
             );
         }
         // Records whose daemon died and whose mount is already gone.
         for rec in runtime::all_records() {
-            if !runtime::pid_alive(rec.pid) && !entries.iter().any(|e| e.mount_point == rec.mountpoint) {
+            if !runtime::pid_alive(rec.pid)
+                && !entries.iter().any(|e| e.mount_point == rec.mountpoint)
+            {
                 runtime::remove_record(&rec.mountpoint);
             }
         }
@@ -42,18 +57,25 @@ pub fn run(mountpoint: Option<&Path>, force: bool, timeout: Duration, all_stale:
         return if removed.iter().all(|r| r.gone) {
             Ok(())
         } else {
-            Err(WsfsError::Failed("some stale mounts could not be removed".into()))
+            Err(WsfsError::Failed(
+                "some stale mounts could not be removed".into(),
+            ))
         };
     }
     let Some(mp) = mountpoint else {
         return Err(WsfsError::Usage("give a MOUNTPOINT, or --all-stale".into()));
     };
-    let (abs, _) = mountinfo::absolute_lexical(mp)
-        .ok_or_else(|| WsfsError::Usage(format!("{}: cannot make the path absolute", mp.display())))?;
-    let entries = mountinfo::read_mounts().map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
+    let (abs, _) = mountinfo::absolute_lexical(mp).ok_or_else(|| {
+        WsfsError::Usage(format!("{}: cannot make the path absolute", mp.display()))
+    })?;
+    let entries = mountinfo::read_mounts()
+        .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
     let Some(entry) = mountinfo::find_by_mountpoint(&entries, &abs).cloned() else {
         runtime::remove_record(&abs);
-        return Err(WsfsError::Failed(format!("{} is not mounted", abs.display())));
+        return Err(WsfsError::Failed(format!(
+            "{} is not mounted",
+            abs.display()
+        )));
     };
     if !force_umount::is_wsfs_mount(&entry) {
         return Err(WsfsError::Usage(format!(
@@ -73,13 +95,23 @@ pub fn run(mountpoint: Option<&Path>, force: bool, timeout: Duration, all_stale:
             rep.lazily_detached,
             rep.daemon_stopped,
             rep.elapsed.as_secs_f64(),
-            if rep.holders.is_empty() { String::new() } else { format!("; processes that held files: {}", holders_text(&rep.holders)) }
+            if rep.holders.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; processes that held files: {}",
+                    holders_text(&rep.holders)
+                )
+            }
         );
         runtime::remove_record(&abs);
         return if rep.success() {
             Ok(())
         } else {
-            Err(WsfsError::Timeout(format!("force unmount incomplete: {}", rep.errors.join("; "))))
+            Err(WsfsError::Timeout(format!(
+                "force unmount incomplete: {}",
+                rep.errors.join("; ")
+            )))
         };
     }
     let started = Instant::now();
@@ -91,7 +123,11 @@ pub fn run(mountpoint: Option<&Path>, force: bool, timeout: Duration, all_stale:
             return Err(WsfsError::Mount(format!(
                 "{} is busy{}; close them, or use wsfs umount --force",
                 abs.display(),
-                if h.is_empty() { String::new() } else { format!(": held by {}", holders_text(&h)) }
+                if h.is_empty() {
+                    String::new()
+                } else {
+                    format!(": held by {}", holders_text(&h))
+                }
             )));
         }
         Err(e) if e == libc::EPERM => {
@@ -99,9 +135,14 @@ pub fn run(mountpoint: Option<&Path>, force: bool, timeout: Duration, all_stale:
                 .arg("-u")
                 .arg(&abs)
                 .status()
-                .map_err(|e| WsfsError::Mount(format!("not root and fusermount3 failed to start: {e}")))?;
+                .map_err(|e| {
+                    WsfsError::Mount(format!("not root and fusermount3 failed to start: {e}"))
+                })?;
             if !st.success() {
-                return Err(WsfsError::Mount(format!("fusermount3 -u {} failed ({st})", abs.display())));
+                return Err(WsfsError::Mount(format!(
+                    "fusermount3 -u {} failed ({st})",
+                    abs.display()
+                )));
             }
         }
         Err(libc::ETIMEDOUT) => {

@@ -103,7 +103,11 @@ impl Chain {
         let mut missed_here = Vec::new();
         let order: Vec<usize> = (0..self.providers.len()).collect();
         for pass in 0..2 {
-            let candidates: Vec<usize> = if pass == 0 { order.clone() } else { std::mem::take(&mut skipped) };
+            let candidates: Vec<usize> = if pass == 0 {
+                order.clone()
+            } else {
+                std::mem::take(&mut skipped)
+            };
             for i in candidates {
                 let p = &self.providers[i];
                 if pass == 0 && !p.breaker.allow() {
@@ -222,9 +226,11 @@ impl Chain {
     ) -> Result<ResolvedLayer, AllMissed> {
         let what = format!("layer {layer:?} of workspace {workspace:?}");
         let r = self
-            .fetch(&format!("ref of {what}"), &keys::layer_ref(workspace, layer), |b| {
-                LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))
-            })
+            .fetch(
+                &format!("ref of {what}"),
+                &keys::layer_ref(workspace, layer),
+                |b| LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string())),
+            )
             .await?;
         let (layer_ref, digest) = r.value;
         let m = self.fetch_manifest(&digest).await.map_err(|mut e| {

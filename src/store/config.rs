@@ -91,7 +91,10 @@ pub fn chain_specs(config: Option<&Path>, flags: &[String]) -> Result<Vec<StoreS
 }
 
 /// Splits wsfs's own `wsfs_*` options out of a spec and applies them over `base`.
-pub fn limits_for(spec: &StoreSpec, base: Limits) -> Result<(Limits, BTreeMap<String, String>), ConfigError> {
+pub fn limits_for(
+    spec: &StoreSpec,
+    base: Limits,
+) -> Result<(Limits, BTreeMap<String, String>), ConfigError> {
     let mut limits = base;
     let mut rest = BTreeMap::new();
     for (k, v) in &spec.options {

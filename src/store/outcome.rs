@@ -80,9 +80,7 @@ pub struct AllMissed {
 impl AllMissed {
     /// True when every provider positively said "not found" (as opposed to failing to answer).
     pub fn all_not_found(&self) -> bool {
-        self.attempts
-            .iter()
-            .all(|a| a.outcome == Outcome::NotFound)
+        self.attempts.iter().all(|a| a.outcome == Outcome::NotFound)
     }
 }
 

@@ -56,14 +56,15 @@ impl Provider {
         let (limits, options) = limits_for(spec, base)?;
         let url = url::Url::parse(&spec.url).map_err(|e| ProviderBuildError::BadUrl {
             url: spec.url.clone(),
-            why: format!("{e} (expected e.g. file:///abs/dir, s3://bucket/prefix, gs://bucket/prefix)"),
+            why: format!(
+                "{e} (expected e.g. file:///abs/dir, s3://bucket/prefix, gs://bucket/prefix)"
+            ),
         })?;
-        let (store, prefix) = build_store(&url, &options, &limits).map_err(|why| {
-            ProviderBuildError::Build {
+        let (store, prefix) =
+            build_store(&url, &options, &limits).map_err(|why| ProviderBuildError::Build {
                 url: display_name(&url),
                 why,
-            }
-        })?;
+            })?;
         Ok(Provider {
             name: display_name(&url),
             store,
@@ -108,15 +109,23 @@ impl Provider {
     /// HEAD: the stored size of an object.
     pub async fn head(&self, key: &str) -> Result<u64, Outcome> {
         let path = self.path(key);
-        self.bounded(async { self.store.head(&path).await.map(|m| m.size).map_err(classify) })
-            .await
+        self.bounded(async {
+            self.store
+                .head(&path)
+                .await
+                .map(|m| m.size)
+                .map_err(classify)
+        })
+        .await
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Outcome> {
         let path = self.path(key);
         // Uploads carry up to 4 MiB: allow them a few request timeouts.
         let limit = self.limits.request_timeout * 4;
-        match tokio::time::timeout(limit, self.store.put(&path, PutPayload::from_bytes(bytes))).await {
+        match tokio::time::timeout(limit, self.store.put(&path, PutPayload::from_bytes(bytes)))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(Outcome::Timeout(limit)),
@@ -200,7 +209,10 @@ fn build_store(
     limits: &Limits,
 ) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
     let (scheme, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
-    let mut opts: Vec<(String, String)> = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut opts: Vec<(String, String)> = options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if !options.contains_key("timeout") {
         opts.push(("timeout".into(), fmt_ms(limits.request_timeout)));
     }
@@ -212,10 +224,13 @@ fn build_store(
         ($builder:ty, $url:expr) => {{
             let mut b = <$builder>::from_env().with_url($url);
             for (k, v) in &opts {
-                let key = k.parse().map_err(|_| format!("unknown option {k:?} for this kind of store"))?;
+                let key = k
+                    .parse()
+                    .map_err(|_| format!("unknown option {k:?} for this kind of store"))?;
                 b = b.with_config(key, v.clone());
             }
-            Arc::new(b.with_retry(retry).build().map_err(|e| e.to_string())?) as Arc<dyn ObjectStore>
+            Arc::new(b.with_retry(retry).build().map_err(|e| e.to_string())?)
+                as Arc<dyn ObjectStore>
         }};
     }
     let store: Arc<dyn ObjectStore> = match scheme {
@@ -228,7 +243,10 @@ fn build_store(
         ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
         ObjectStoreScheme::AmazonS3 => cloud!(object_store::aws::AmazonS3Builder, url.to_string()),
         ObjectStoreScheme::GoogleCloudStorage => {
-            cloud!(object_store::gcp::GoogleCloudStorageBuilder, url.to_string())
+            cloud!(
+                object_store::gcp::GoogleCloudStorageBuilder,
+                url.to_string()
+            )
         }
         ObjectStoreScheme::MicrosoftAzure => {
             cloud!(object_store::azure::MicrosoftAzureBuilder, url.to_string())
@@ -237,7 +255,9 @@ fn build_store(
             let base = &url[..url::Position::BeforePath];
             let mut b = object_store::http::HttpBuilder::new().with_url(base);
             for (k, v) in &opts {
-                let key = k.parse().map_err(|_| format!("unknown option {k:?} for an http store"))?;
+                let key = k
+                    .parse()
+                    .map_err(|_| format!("unknown option {k:?} for an http store"))?;
                 b = b.with_config(key, v.clone());
             }
             Arc::new(b.with_retry(retry).build().map_err(|e| e.to_string())?)

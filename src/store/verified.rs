@@ -17,7 +17,12 @@ pub struct VerifiedChunk {
 
 impl std::fmt::Debug for VerifiedChunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VerifiedChunk({:?}, {} bytes)", self.hash, self.data.len())
+        write!(
+            f,
+            "VerifiedChunk({:?}, {} bytes)",
+            self.hash,
+            self.data.len()
+        )
     }
 }
 
@@ -51,7 +56,9 @@ impl VerifiedChunk {
             return Err(Outcome::Short { got, want });
         }
         if got > want {
-            return Err(Outcome::Corrupt(format!("{got} raw bytes, expected {want}")));
+            return Err(Outcome::Corrupt(format!(
+                "{got} raw bytes, expected {want}"
+            )));
         }
         let actual = Digest::of(&raw);
         if actual != info.hash {
@@ -87,10 +94,7 @@ impl VerifiedChunk {
 /// Raw bytes checked against a digest (manifests).
 pub fn verify_blob(expected: &Digest, bytes: &[u8]) -> Result<(), Outcome> {
     if bytes.is_empty() {
-        return Err(Outcome::Short {
-            got: 0,
-            want: 1,
-        });
+        return Err(Outcome::Short { got: 0, want: 1 });
     }
     let actual = Digest::of(bytes);
     if &actual != expected {
