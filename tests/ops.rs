@@ -1,0 +1,121 @@
+//! Operations: stuck-mount recovery in bounded time, dead daemons, status counters.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn setup(s: &Scratch) -> std::path::PathBuf {
+    let src = s.path("src");
+    make_tree(&src, 50, 3, 11);
+    assert_ok(&persist(s, &[s.store("s1")], "ws", "l1", &src, &[]));
+    src
+}
+
+#[test]
+fn force_umount_frees_a_frozen_daemon_with_a_blocked_reader() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s);
+    let mp = s.mkdir("mnt");
+    let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &[]);
+    let pid = m.pid().unwrap();
+    // SAFETY: stopping our own test daemon.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut reader = Command::new("cat")
+        .arg(mp.join("big.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(reader.try_wait().unwrap().is_none(), "the reader is blocked on the frozen daemon");
+    let t = Instant::now();
+    let o = s.wsfs(&["umount", "--force", "--timeout", "10s", mp.to_str().unwrap()]);
+    let took = t.elapsed();
+    assert_ok(&o);
+    assert!(took < Duration::from_secs(12), "force umount returned within its timeout (took {took:?})");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("aborted=true") || out.contains("clean=true"), "{out}");
+    // The reader gets an error instead of hanging.
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = reader.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "reader still blocked after force umount");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "the reader saw an error");
+    assert!(!is_mounted(&mp), "mount gone");
+    let t = Instant::now();
+    while wsfs::ops::runtime::pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!wsfs::ops::runtime::pid_alive(pid), "no daemon left");
+}
+
+#[test]
+fn a_killed_daemon_does_not_leave_a_dead_mount() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s);
+    let mp = s.mkdir("mnt");
+    let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &[]);
+    let pid = m.pid().unwrap();
+    // SAFETY: killing our own test daemon.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // fusermount3's auto-unmount helper removes it within seconds; --all-stale is the backstop.
+    let t = Instant::now();
+    while is_mounted(&mp) && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_mounted(&mp) {
+        let st = s.wsfs(&["status", "--json"]);
+        assert!(String::from_utf8_lossy(&st.stdout).contains("daemon is gone"), "{}", text(&st));
+        assert_ok(&s.wsfs(&["umount", "--all-stale"]));
+    }
+    assert!(!is_mounted(&mp), "no dead mount left");
+}
+
+#[test]
+fn status_counters_agree_with_the_reads() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = Rng::new(8).bytes(3 << 20);
+    std::fs::write(src.join("a.bin"), &data).unwrap();
+    std::fs::write(src.join("gone.txt"), b"will be missing").unwrap();
+    assert_ok(&persist(&s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    // Every chunk missing on the primary; the small file's pack missing everywhere.
+    let pack = {
+        let m = std::fs::read_dir(s.path("s1/manifests")).unwrap().next().unwrap().unwrap().path();
+        let man = wsfs::manifest::decode(&std::fs::read(m).unwrap()).unwrap();
+        let e = man.entries.iter().find(|e| e.path == b"gone.txt").unwrap();
+        man.chunks[e.extents[0].chunk as usize].hash
+    };
+    for c in chunk_files(&s.path("s1")) {
+        std::fs::remove_file(c).unwrap();
+    }
+    std::fs::remove_file(s.path("s2").join(wsfs::manifest::keys::chunk(&pack))).unwrap();
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
+    assert!(std::fs::read(mp.join("a.bin")).unwrap() == data);
+    assert!(std::fs::read(mp.join("gone.txt")).is_err());
+    let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["mounts"][0];
+    assert_eq!(m["bytes_served"].as_u64(), Some(data.len() as u64), "{m}");
+    let chunks_of_a = m["stores"][1]["served"].as_u64().unwrap();
+    assert!(chunks_of_a >= 1);
+    assert_eq!(m["failovers"].as_u64(), Some(chunks_of_a), "{m}");
+    assert!(m["eio"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["failures"][0]["path"].as_str(), Some("gone.txt"), "{m}");
+    assert_eq!(m["failures"][0]["chunk"].as_str(), Some(pack.to_hex().as_str()), "{m}");
+    assert_eq!(m["pid"].as_i64().map(|p| p as i32), _m.pid());
+    // The text form carries the same ledger.
+    let t = s.wsfs(&["status", mp.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&t.stdout).contains("EIO gone.txt"), "{}", text(&t));
+}
