@@ -1130,7 +1130,6 @@ async fn repair_replaces_a_corrupt_chunk_on_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src bug: Chain::fetch queues repairs for every key, layer refs included (src/store/chain.rs, fetch -> queue_repairs)"]
 async fn repair_does_not_copy_a_layer_ref_to_a_provider_without_the_layer() {
     // A layer ref's presence on a provider promises the manifest and every chunk are there
     // (it is written last by persist). Repair-on-read must not break that promise by copying
@@ -1157,7 +1156,6 @@ async fn repair_does_not_copy_a_layer_ref_to_a_provider_without_the_layer() {
 }
 
 #[test]
-#[ignore = "src issue: manifest decode reserves MAX_BODY (512 MiB) up front (src/manifest/codec.rs, decode)"]
 fn manifest_decode_allocation_is_proportional_to_the_manifest() {
     let (_, bytes, _) = build_layer("ws1", "build", 700);
     let (r, peak) = peak_alloc(|| wsfs::manifest::decode(&bytes));

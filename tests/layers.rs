@@ -31,21 +31,59 @@ fn read(mp: &Path, p: &str) -> String {
 fn descendants_override_and_diamonds_apply_once() {
     require_fuse();
     let s = Scratch::new();
-    layer(&s, "base", &[], &[("a.txt", "base"), ("shared/keep.txt", "keep"), ("b.txt", "base-b")]);
-    layer(&s, "left", &["base"], &[("a.txt", "left"), ("left.txt", "L")]);
-    layer(&s, "right", &["base"], &[("right.txt", "R"), ("b.txt", "right-b")]);
+    layer(
+        &s,
+        "base",
+        &[],
+        &[
+            ("a.txt", "base"),
+            ("shared/keep.txt", "keep"),
+            ("b.txt", "base-b"),
+        ],
+    );
+    layer(
+        &s,
+        "left",
+        &["base"],
+        &[("a.txt", "left"), ("left.txt", "L")],
+    );
+    layer(
+        &s,
+        "right",
+        &["base"],
+        &[("right.txt", "R"), ("b.txt", "right-b")],
+    );
     layer(&s, "top", &["left", "right"], &[("top.txt", "T")]);
     let mp = s.mkdir("mnt");
     let _m = mount(&s, &[s.store("st")], "ws", &["top"], &mp, &[]);
-    assert_eq!(read(&mp, "a.txt"), "left", "descendant overrides its ancestor");
+    assert_eq!(
+        read(&mp, "a.txt"),
+        "left",
+        "descendant overrides its ancestor"
+    );
     assert_eq!(read(&mp, "b.txt"), "right-b");
-    assert_eq!(read(&mp, "shared/keep.txt"), "keep", "ancestor files come along");
+    assert_eq!(
+        read(&mp, "shared/keep.txt"),
+        "keep",
+        "ancestor files come along"
+    );
     assert_eq!(read(&mp, "left.txt"), "L");
     assert_eq!(read(&mp, "right.txt"), "R");
     assert_eq!(read(&mp, "top.txt"), "T");
-    let st: serde_json::Value = serde_json::from_slice(&s.wsfs(&["status", mp.to_str().unwrap(), "--json"]).stdout).unwrap();
-    let layers: Vec<&str> = st["mounts"][0]["layers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(layers, ["base", "left", "right", "top"], "topological, ties by name, base once");
+    let st: serde_json::Value =
+        serde_json::from_slice(&s.wsfs(&["status", mp.to_str().unwrap(), "--json"]).stdout)
+            .unwrap();
+    let layers: Vec<&str> = st["mounts"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        layers,
+        ["base", "left", "right", "top"],
+        "topological, ties by name, base once"
+    );
 }
 
 #[test]
@@ -53,15 +91,31 @@ fn concurrent_layers_writing_the_same_path_conflict() {
     require_fuse();
     let s = Scratch::new();
     layer(&s, "base", &[], &[("common.txt", "c")]);
-    layer(&s, "x", &["base"], &[("out/a.txt", "x"), ("out/b.txt", "x"), ("same.txt", "same")]);
-    layer(&s, "y", &["base"], &[("out/a.txt", "y"), ("out/b.txt", "y"), ("same.txt", "same")]);
+    layer(
+        &s,
+        "x",
+        &["base"],
+        &[("out/a.txt", "x"), ("out/b.txt", "x"), ("same.txt", "same")],
+    );
+    layer(
+        &s,
+        "y",
+        &["base"],
+        &[("out/a.txt", "y"), ("out/b.txt", "y"), ("same.txt", "same")],
+    );
     let mp = s.mkdir("mnt");
     let o = mount_cmd(&s, &[s.store("st")], "ws", &["x", "y"], &mp, &[]);
     assert_code(&o, 5);
     let e = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(e.contains("2 conflicting path(s)"), "{e}");
-    assert!(e.contains("out/a.txt (layers x and y)") && e.contains("out/b.txt (layers x and y)"), "{e}");
-    assert!(!e.contains("same.txt"), "identical content and mode is not a conflict: {e}");
+    assert!(
+        e.contains("out/a.txt (layers x and y)") && e.contains("out/b.txt (layers x and y)"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("same.txt"),
+        "identical content and mode is not a conflict: {e}"
+    );
     assert!(!is_mounted(&mp), "nothing mounted");
 }
 
@@ -87,7 +141,11 @@ fn file_versus_directory_is_a_conflict_and_missing_layers_exit_3() {
     let mp = s.mkdir("mnt");
     let o = mount_cmd(&s, &[s.store("st")], "ws", &["f", "d"], &mp, &[]);
     assert_code(&o, 5);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("thing (layers d and f)"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("thing (layers d and f)"),
+        "{}",
+        text(&o)
+    );
     // A descendant may replace a directory with a file: the old contents disappear.
     layer(&s, "g", &["d"], &[("thing", "now a file")]);
     let _m = mount(&s, &[s.store("st")], "ws", &["g"], &mp, &[]);
@@ -97,7 +155,21 @@ fn file_versus_directory_is_a_conflict_and_missing_layers_exit_3() {
     layer(&s, "orphan", &["ghost"], &[("o.txt", "o")]);
     let o = mount_cmd(&s, &[s.store("st")], "ws", &["orphan"], &mp, &[]);
     assert_code(&o, 3);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("\"ghost\""), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"ghost\""),
+        "{}",
+        text(&o)
+    );
     // No layer at all is a usage error.
-    assert_code(&s.wsfs(&["mount", "--store", &s.store("st"), "--workspace", "ws", mp.to_str().unwrap()]), 2);
+    assert_code(
+        &s.wsfs(&[
+            "mount",
+            "--store",
+            &s.store("st"),
+            "--workspace",
+            "ws",
+            mp.to_str().unwrap(),
+        ]),
+        2,
+    );
 }

@@ -29,21 +29,39 @@ fn force_umount_frees_a_frozen_daemon_with_a_blocked_reader() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(reader.try_wait().unwrap().is_none(), "the reader is blocked on the frozen daemon");
+    assert!(
+        reader.try_wait().unwrap().is_none(),
+        "the reader is blocked on the frozen daemon"
+    );
     let t = Instant::now();
-    let o = s.wsfs(&["umount", "--force", "--timeout", "10s", mp.to_str().unwrap()]);
+    let o = s.wsfs(&[
+        "umount",
+        "--force",
+        "--timeout",
+        "10s",
+        mp.to_str().unwrap(),
+    ]);
     let took = t.elapsed();
     assert_ok(&o);
-    assert!(took < Duration::from_secs(12), "force umount returned within its timeout (took {took:?})");
+    assert!(
+        took < Duration::from_secs(12),
+        "force umount returned within its timeout (took {took:?})"
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(out.contains("aborted=true") || out.contains("clean=true"), "{out}");
+    assert!(
+        out.contains("aborted=true") || out.contains("clean=true"),
+        "{out}"
+    );
     // The reader gets an error instead of hanging.
     let t = Instant::now();
     let status = loop {
         if let Some(st) = reader.try_wait().unwrap() {
             break st;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "reader still blocked after force umount");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "reader still blocked after force umount"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success(), "the reader saw an error");
@@ -72,7 +90,11 @@ fn a_killed_daemon_does_not_leave_a_dead_mount() {
     }
     if is_mounted(&mp) {
         let st = s.wsfs(&["status", "--json"]);
-        assert!(String::from_utf8_lossy(&st.stdout).contains("daemon is gone"), "{}", text(&st));
+        assert!(
+            String::from_utf8_lossy(&st.stdout).contains("daemon is gone"),
+            "{}",
+            text(&st)
+        );
         assert_ok(&s.wsfs(&["umount", "--all-stale"]));
     }
     assert!(!is_mounted(&mp), "no dead mount left");
@@ -87,10 +109,22 @@ fn status_counters_agree_with_the_reads() {
     let data = Rng::new(8).bytes(3 << 20);
     std::fs::write(src.join("a.bin"), &data).unwrap();
     std::fs::write(src.join("gone.txt"), b"will be missing").unwrap();
-    assert_ok(&persist(&s, &[s.store("s1"), s.store("s2")], "ws", "l1", &src, &[]));
+    assert_ok(&persist(
+        &s,
+        &[s.store("s1"), s.store("s2")],
+        "ws",
+        "l1",
+        &src,
+        &[],
+    ));
     // Every chunk missing on the primary; the small file's pack missing everywhere.
     let pack = {
-        let m = std::fs::read_dir(s.path("s1/manifests")).unwrap().next().unwrap().unwrap().path();
+        let m = std::fs::read_dir(s.path("s1/manifests"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let man = wsfs::manifest::decode(&std::fs::read(m).unwrap()).unwrap();
         let e = man.entries.iter().find(|e| e.path == b"gone.txt").unwrap();
         man.chunks[e.extents[0].chunk as usize].hash
@@ -113,9 +147,17 @@ fn status_counters_agree_with_the_reads() {
     assert_eq!(m["failovers"].as_u64(), Some(chunks_of_a), "{m}");
     assert!(m["eio"].as_u64().unwrap() >= 1, "{m}");
     assert_eq!(m["failures"][0]["path"].as_str(), Some("gone.txt"), "{m}");
-    assert_eq!(m["failures"][0]["chunk"].as_str(), Some(pack.to_hex().as_str()), "{m}");
+    assert_eq!(
+        m["failures"][0]["chunk"].as_str(),
+        Some(pack.to_hex().as_str()),
+        "{m}"
+    );
     assert_eq!(m["pid"].as_i64().map(|p| p as i32), _m.pid());
     // The text form carries the same ledger.
     let t = s.wsfs(&["status", mp.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&t.stdout).contains("EIO gone.txt"), "{}", text(&t));
+    assert!(
+        String::from_utf8_lossy(&t.stdout).contains("EIO gone.txt"),
+        "{}",
+        text(&t)
+    );
 }

@@ -420,7 +420,7 @@ fn persist_double_writes_to_file_and_two_s3_buckets() {
     persist_ok(&s, &stores[..2], &src);
     for st in &stores[1..] {
         let mp = s.path(&format!("mnt-{}", if st.contains(&a) { "a" } else { "b" }));
-        let _m = must_mount(&s, None, &[st.clone()], &mp, &["--request-timeout", "2s"]);
+        let _m = must_mount(&s, None, std::slice::from_ref(st), &mp, &["--request-timeout", "2s"]);
         let n = compare_trees(&src, &mp);
         assert!(n > 200, "compared only {n} entries");
     }
@@ -703,11 +703,7 @@ fn run_case(
     let m = match m {
         Err(o) => {
             let code = o.status.code().unwrap_or(-1);
-            let why = String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
+            let why = String::from_utf8_lossy(&o.stderr).to_string();
             eprintln!("  [{fault:?} / first={faulty_first} / {target}] mount exit {code}: {why}");
             return Ok((format!("exit {code}"), t.elapsed(), mount_took));
         }
@@ -737,6 +733,24 @@ fn run_case(
             r.correct_nonempty, r.eio, r.nonempty
         )
     };
+    if outcome != "correct data" {
+        let st = status(&s, &mp);
+        eprintln!(
+            "  [{fault:?} / first={faulty_first} / {target}] {outcome}; failure ledger: {}",
+            st["failures"]
+        );
+        if std::env::var_os("WSFS_MATRIX_ONLY").is_some() {
+            for ent in walkdir::WalkDir::new(s.run_dir()).into_iter().flatten() {
+                if ent.path().extension().is_some_and(|x| x == "log") {
+                    eprintln!(
+                        "--- {}\n{}",
+                        ent.path().display(),
+                        std::fs::read_to_string(ent.path()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
     drop(m);
     drop(proxy);
     Ok((outcome, elapsed, slowest))
@@ -912,10 +926,17 @@ fn conformance_matrix_matches_the_failure_model_doc() {
         // The invariants, independent of the doc.
         let allowed: &[&str] = if c.position == "first" {
             &["correct data"]
+        } else if c.fault.starts_with("SlowDrip") && c.target == "ref" {
+            // A slow drip only delays correct bytes: an object smaller than rate x timeout
+            // (a ref is ~100 bytes) arrives whole in time, and is served.
+            &["correct data"]
         } else if c.target == "chunk" {
             &["EIO"]
-        } else {
+        } else if ["WrongBytes", "EmptyOk"].contains(&c.fault.as_str()) {
+            // Only faults that deliver bytes may be an integrity failure (4) rather than 3.
             &["exit 3", "exit 4"]
+        } else {
+            &["exit 3"]
         };
         if !allowed.contains(&c.outcome.as_str()) {
             failures.push(format!(
@@ -957,7 +978,9 @@ fn conformance_matrix_matches_the_failure_model_doc() {
         "conformance matrix failures:\n{}",
         failures.join("\n")
     );
-    assert_eq!(ok.len(), faults().len() * TARGETS.len() * 2);
+    if only.is_none() {
+        assert_eq!(ok.len(), faults().len() * TARGETS.len() * 2);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

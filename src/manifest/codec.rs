@@ -48,8 +48,21 @@ pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             supported: FORMAT_VERSION,
         });
     }
-    let body = zstd::bulk::decompress(&bytes[HEADER_LEN..], MAX_BODY)
+    // Streamed through a bounded reader: memory grows with the real body, never to MAX_BODY up
+    // front, and a body that inflates past MAX_BODY is rejected.
+    let mut body = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(&bytes[HEADER_LEN..])
         .map_err(|e| ManifestError::Corrupt(format!("body does not decompress: {e}")))?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(decoder, MAX_BODY as u64 + 1),
+        &mut body,
+    )
+    .map_err(|e| ManifestError::Corrupt(format!("body does not decompress: {e}")))?;
+    if body.len() > MAX_BODY {
+        return Err(ManifestError::Corrupt(format!(
+            "body inflates past the limit of {MAX_BODY} bytes"
+        )));
+    }
     let (manifest, used): (Manifest, usize) =
         bincode::serde::decode_from_slice(&body, bincode_config())
             .map_err(|e| ManifestError::Corrupt(format!("body does not decode: {e}")))?;

@@ -134,6 +134,7 @@ impl Chain {
                             elapsed,
                         });
                         if attempts.len() > 1 {
+                            let repairable = !key.starts_with("workspaces/");
                             inc(&self.stats.failovers);
                             tracing::warn!(
                                 what,
@@ -145,7 +146,11 @@ impl Chain {
                                     .join("; "),
                                 "failover: served by a later provider"
                             );
-                            self.queue_repairs(&missed_here, key, &body);
+                            // Refs are never repaired: a ref promises that the manifest and every
+                            // chunk are on its provider, which a read-path copy cannot know.
+                            if repairable {
+                                self.queue_repairs(&missed_here, key, &body);
+                            }
                         }
                         return Ok(Served {
                             value,

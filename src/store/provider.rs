@@ -176,7 +176,12 @@ fn classify(e: object_store::Error) -> Outcome {
                 src = s.source();
             }
             if msg.len() > 300 {
-                msg.truncate(300);
+                // Cut on a character boundary: object_store messages contain "µs".
+                let mut n = 300;
+                while !msg.is_char_boundary(n) {
+                    n -= 1;
+                }
+                msg.truncate(n);
                 msg.push('…');
             }
             Outcome::Unavailable(msg)
