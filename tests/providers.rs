@@ -420,7 +420,13 @@ fn persist_double_writes_to_file_and_two_s3_buckets() {
     persist_ok(&s, &stores[..2], &src);
     for st in &stores[1..] {
         let mp = s.path(&format!("mnt-{}", if st.contains(&a) { "a" } else { "b" }));
-        let _m = must_mount(&s, None, std::slice::from_ref(st), &mp, &["--request-timeout", "2s"]);
+        let _m = must_mount(
+            &s,
+            None,
+            std::slice::from_ref(st),
+            &mp,
+            &["--request-timeout", "2s"],
+        );
         let n = compare_trees(&src, &mp);
         assert!(n > 200, "compared only {n} entries");
     }
