@@ -40,7 +40,9 @@ _wsfs_log() { printf '[servers] %s\n' "$*" >&2; }
 wsfs_servers_install() {
     local apt=()
     command -v fusermount3 >/dev/null 2>&1 || apt+=(fuse3)
+    command -v rsync >/dev/null 2>&1 || apt+=(rsync)
     command -v curl >/dev/null 2>&1 || apt+=(curl)
+    [ -d /usr/include/linux ] || apt+=(libc6-dev)
     command -v python3 >/dev/null 2>&1 || apt+=(python3)
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
         apt+=(python3-pip)

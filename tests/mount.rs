@@ -357,3 +357,74 @@ fn sigterm_unmounts_cleanly_and_disk_cache_serves_a_second_mount() {
     assert!(st["cache"]["disk_hits"].as_u64().unwrap() > 0, "{st}");
     assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
 }
+
+#[test]
+fn a_real_tree_nobody_here_wrote_compares_identical_with_rsync() {
+    require_fuse();
+    // /usr/include: thousands of real files, nested dirs and symlinks, from Debian packages.
+    let real = Path::new("/usr/include");
+    assert!(real.is_dir(), "/usr/include is missing (install libc6-dev)");
+    let s = Scratch::new();
+    assert_ok(&persist(&s, &[s.store("s1")], "ws", "real", real, &[]));
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("s1")], "ws", &["real"], &mp, &[]);
+    let o = Command::new("rsync")
+        .args(["-rlptDnc", "--delete", "-i"])
+        .arg("/usr/include/")
+        .arg(format!("{}/", mp.display()))
+        .output()
+        .expect("rsync is installed by scripts/test.sh");
+    assert!(o.status.success(), "rsync failed: {}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "",
+        "rsync lists differences"
+    );
+    assert!(compare_trees(real, &mp) > 1000);
+}
+
+#[test]
+fn ownership_follows_uid_gid_flags() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s, 5, 0);
+    let mp = s.mkdir("mnt");
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--uid", "1234", "--gid", "5678"],
+    );
+    let m = std::fs::symlink_metadata(mp.join("run.sh")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    let m = std::fs::metadata(&mp).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+}
+
+#[test]
+fn a_file_that_cannot_be_read_fails_the_persist() {
+    require_fuse();
+    // A wsfs mount whose chunks are gone is a directory whose files fail to read with EIO, even
+    // for root: persisting a tree that contains it must fail, not store a short file.
+    let s = Scratch::new();
+    setup(&s, 5, 1);
+    for st in ["s1", "s2"] {
+        for c in chunk_files(&s.path(st)) {
+            std::fs::remove_file(c).unwrap();
+        }
+    }
+    let outer = s.mkdir("outer");
+    std::fs::write(outer.join("fine.txt"), b"ok").unwrap();
+    let mp = s.mkdir("outer/broken");
+    let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
+    let o = persist(&s, &[s.store("s3")], "ws", "outer", &outer, &[]);
+    assert_code(&o, 1);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot read"),
+        "{}",
+        text(&o)
+    );
+    assert!(!s.path("s3/workspaces").exists(), "no ref committed");
+}
