@@ -1,6 +1,7 @@
 //! wsfs: lazy, verified FUSE mounts of CI workspaces stored as content-addressed chunks on object
 //! stores, read through an ordered provider failover chain. See docs/architecture.md.
 
+pub mod attach;
 pub mod cache;
 pub mod cli;
 pub mod error;

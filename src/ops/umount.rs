@@ -68,6 +68,10 @@ pub fn run(
     let (abs, _) = mountinfo::absolute_lexical(mp).ok_or_else(|| {
         WsfsError::Usage(format!("{}: cannot make the path absolute", mp.display()))
     })?;
+    // An attached directory: overlay + workspace mount + scratch, undone together.
+    if let Some(rec) = crate::attach::read_record(&abs) {
+        return crate::attach::detach(&rec, force, timeout);
+    }
     let entries = mountinfo::read_mounts()
         .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
     let Some(entry) = mountinfo::find_by_mountpoint(&entries, &abs).cloned() else {

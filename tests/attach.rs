@@ -1,0 +1,201 @@
+//! `wsfs attach`: a writable overlay of the workspace over a checkout, in which build tools work,
+//! and after which the checkout is exactly as it was.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Path → (mode, content or link target, mtime) for every entry under `root`.
+fn snapshot(root: &Path) -> BTreeMap<String, (u32, Vec<u8>, i64, i64)> {
+    let mut m = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e.unwrap();
+        let md = e.path().symlink_metadata().unwrap();
+        let body = if md.file_type().is_symlink() {
+            std::fs::read_link(e.path())
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else if md.is_file() {
+            std::fs::read(e.path()).unwrap()
+        } else {
+            Vec::new()
+        };
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        m.insert(rel, (md.mode(), body, md.mtime(), md.mtime_nsec()));
+    }
+    m
+}
+
+fn sh(dir: &Path, script: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn build_tools_work_in_an_attached_checkout_and_it_is_restored_after() {
+    require_fuse();
+    let s = Scratch::new();
+    // The upstream job's outputs.
+    let ws = s.path("ws-src");
+    std::fs::create_dir_all(ws.join("build")).unwrap();
+    std::fs::write(ws.join("build/lib.o"), b"object code").unwrap();
+    std::fs::write(ws.join("VERSION"), b"from the workspace\n").unwrap();
+    assert_ok(&persist(&s, &[s.store("st")], "ws", "build", &ws, &[]));
+    // The downstream job's checkout.
+    let co = s.path("checkout");
+    std::fs::create_dir_all(co.join("src")).unwrap();
+    std::fs::write(co.join("src/main.c"), b"int main(){return 0;}\n").unwrap();
+    std::fs::write(co.join("VERSION"), b"from the checkout\n").unwrap();
+    std::fs::write(
+        co.join("Makefile"),
+        b"all: out/app.txt\nout/app.txt: src/main.c build/lib.o\n\tmkdir -p out\n\tcat src/main.c build/lib.o > out/app.txt\n",
+    )
+    .unwrap();
+    let before = snapshot(&co);
+    let scratch = s.path("scratch");
+    let o = s.wsfs(&[
+        "attach",
+        "--store",
+        &s.store("st"),
+        "--workspace",
+        "ws",
+        "--layer",
+        "build",
+        "--at",
+        co.to_str().unwrap(),
+        "--scratch",
+        scratch.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    // The checkout's files stay visible; workspace files win where both have a path.
+    assert_eq!(
+        std::fs::read(co.join("src/main.c")).unwrap(),
+        b"int main(){return 0;}\n"
+    );
+    assert_eq!(
+        std::fs::read(co.join("VERSION")).unwrap(),
+        b"from the workspace\n"
+    );
+    assert_eq!(
+        std::fs::read(co.join("build/lib.o")).unwrap(),
+        b"object code"
+    );
+    // make writes its outputs.
+    let o = sh(&co, "make");
+    assert!(o.status.success(), "make: {}", text(&o));
+    assert_eq!(
+        std::fs::read(co.join("out/app.txt")).unwrap(),
+        b"int main(){return 0;}\nobject code"
+    );
+    // Create, modify, delete, rename, chmod, symlink, hard-link.
+    let o = sh(
+        &co,
+        "echo more >> VERSION && rm build/lib.o && mv src/main.c src/app.c && chmod 700 Makefile \
+         && ln -s app.c src/link.c && ln src/app.c src/hard.c && echo x > new.txt",
+    );
+    assert!(o.status.success(), "file operations: {}", text(&o));
+    // git works inside.
+    let o = sh(
+        &co,
+        "git init -q && git -c user.name=t -c user.email=t@t add -A && git -c user.name=t -c user.email=t@t commit -qm build && git log --oneline | wc -l",
+    );
+    assert!(o.status.success(), "git: {}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1");
+    // Unmount: the checkout is byte-for-byte and mode-for-mode what it was; nothing left mounted.
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+    assert!(!is_mounted(&co));
+    let ours = s.dir.path().display().to_string();
+    assert!(
+        !mount_table().iter().any(|m| m.starts_with(&ours)),
+        "{:?}",
+        mount_table()
+    );
+    assert!(
+        !mount_table().iter().any(|m| m.contains("/attach/")),
+        "workspace mount gone"
+    );
+    assert_eq!(
+        snapshot(&co),
+        before,
+        "the checkout is exactly as before the attach"
+    );
+    assert!(!scratch.exists(), "scratch folder removed");
+}
+
+#[test]
+fn keep_scratch_and_refusals() {
+    require_fuse();
+    let s = Scratch::new();
+    let ws = s.path("ws-src");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("a"), b"a").unwrap();
+    assert_ok(&persist(&s, &[s.store("st")], "ws", "l", &ws, &[]));
+    let co = s.mkdir("co");
+    let scratch = s.path("scratch");
+    let args = |layer: &str| {
+        vec![
+            "attach".to_string(),
+            "--store".into(),
+            s.store("st"),
+            "--workspace".into(),
+            "ws".into(),
+            "--layer".into(),
+            layer.into(),
+            "--at".into(),
+            co.display().to_string(),
+            "--scratch".into(),
+            scratch.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let r: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+        s.wsfs(&r)
+    };
+    // A missing layer: exit 3, nothing mounted, no scratch left.
+    let o = run(args("nope"));
+    assert_code(&o, 3);
+    assert!(!is_mounted(&co));
+    assert!(!scratch.exists());
+    // --keep-scratch keeps the writes.
+    let mut a = args("l");
+    a.push("--keep-scratch".into());
+    assert_ok(&run(a));
+    std::fs::write(co.join("written"), b"w").unwrap();
+    // Attaching twice at the same place is refused (already a mount).
+    assert_code(&run(args("l")), 6);
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+    assert!(!is_mounted(&co));
+    assert_eq!(std::fs::read(scratch.join("upper/written")).unwrap(), b"w");
+    assert!(!co.join("written").exists());
+    // Not root: exit 6 and a reason.
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", WSFS])
+        .args([
+            "attach",
+            "--store",
+            "file:///nonexistent",
+            "--workspace",
+            "ws",
+            "--layer",
+            "l",
+            "--at",
+            "/tmp",
+        ])
+        .env("WSFS_RUN_DIR", "/tmp/wsfs-nobody-test")
+        .output()
+        .unwrap();
+    assert_code(&o, 6);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("attach needs root"),
+        "{}",
+        text(&o)
+    );
+}
