@@ -123,6 +123,13 @@ pub enum Command {
         /// Write chunks found on a later store back to earlier stores that missed them.
         #[arg(long)]
         repair: bool,
+        /// Prometheus metrics file, rewritten atomically every 2 s and at exit (for node_exporter's
+        /// textfile collector, name it *.prom).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9477 (loopback advised).
+        #[arg(long, value_name = "IP:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
         /// FUSE worker threads (default: 2 x cores, at least 4).
         #[arg(long)]
         threads: Option<usize>,

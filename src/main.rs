@@ -114,6 +114,8 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             gid,
             read_deadline,
             repair,
+            metrics_file,
+            metrics_addr,
             threads,
             ready_timeout,
             notify_ready,
@@ -140,6 +142,8 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 read_deadline,
                 repair,
                 threads: threads.unwrap_or((cpus * 2).max(4)),
+                metrics_file,
+                metrics_addr,
             };
             let mut notified = false;
             let mut ready = |r: Result<(), &WsfsError>| {

@@ -11,9 +11,9 @@ use crate::fetcher::Fetcher;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{InodeTable, WsFs};
 use crate::layers;
-use crate::ops::mountinfo;
 use crate::ops::runtime::{self, MountRecord};
 use crate::ops::status::{self, MountStatus, StatusSource};
+use crate::ops::{metrics, mountinfo};
 use crate::store::{Chain, Limits, StoreSpec};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -37,6 +37,10 @@ pub struct MountArgs {
     pub read_deadline: Duration,
     pub repair: bool,
     pub threads: usize,
+    /// Prometheus textfile to rewrite every few seconds (`--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
+    /// Address to serve `GET /metrics` on (`--metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Checks a mountpoint without ever stat-ing a path that may be a hung mount: the mount table
@@ -111,6 +115,13 @@ fn run_daemon_inner(
 ) -> Result<(), WsfsError> {
     let started = Instant::now();
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    // Metrics flags are checked (and the port bound) before anything is mounted.
+    let metrics_file = args
+        .metrics_file
+        .as_deref()
+        .map(metrics::check_file)
+        .transpose()?;
+    let metrics_listener = args.metrics_addr.map(metrics::bind_http).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.clamp(2, 8))
         .thread_name("wsfs-io")
@@ -223,9 +234,24 @@ fn run_daemon_inner(
         },
     });
     if let Err(e) =
-        status::serve(&record.socket, source).and_then(|_| runtime::write_record(&record))
+        status::serve(&record.socket, source.clone()).and_then(|_| runtime::write_record(&record))
     {
         tracing::warn!(error = %e, "cannot write the runtime record; wsfs status will not see this mount");
+    }
+    let metrics_exporter = match metrics_file {
+        Some(p) => match metrics::FileExporter::start(p, source.clone(), metrics::FILE_INTERVAL) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the metrics file writer");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(l) = metrics_listener {
+        if let Err(e) = metrics::serve_http(l, source.clone()) {
+            tracing::warn!(error = %e, "cannot start the metrics server");
+        }
     }
     tracing::info!(
         mountpoint = %mountpoint.display(),
@@ -268,6 +294,10 @@ fn run_daemon_inner(
             }
         }
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), ended).await });
+    }
+    // The last metrics file, written after the unmount, says wsfs_up 0.
+    if let Some(x) = metrics_exporter {
+        x.finish();
     }
     runtime::remove_record(&mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; daemon exiting");

@@ -5,6 +5,7 @@
 use super::error::FsError;
 use super::inode::{InodeTable, Node};
 use super::ledger::{Failure, FailureLedger};
+use super::opstats::FuseOpStats;
 use crate::fetcher::{FetchError, Fetcher};
 use crate::manifest::{ChunkInfo, EntryKind};
 use crate::store::VerifiedChunk;
@@ -42,6 +43,8 @@ pub struct WsFs {
     uid: u32,
     gid: u32,
     pub stats: FsStats,
+    /// FUSE requests and error replies by op (bumped by the adapter).
+    pub ops: FuseOpStats,
     pub ledger: FailureLedger,
 }
 
@@ -69,6 +72,7 @@ impl WsFs {
             uid,
             gid,
             stats: FsStats::default(),
+            ops: FuseOpStats::default(),
             ledger: FailureLedger::default(),
         }
     }

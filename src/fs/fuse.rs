@@ -4,6 +4,7 @@
 
 use super::error::FsError;
 use super::filesystem::{Attr, WsFs};
+use super::opstats::FuseOp;
 use crate::manifest::EntryKind;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
@@ -70,6 +71,19 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+impl FuseAdapter {
+    /// Counts a request of `op` (every counted callback starts with this).
+    fn count(&self, op: FuseOp) {
+        self.fs.ops.call(op);
+    }
+
+    /// An error reply to `op`: counted, then mapped by [`errno`].
+    fn fail(&self, op: FuseOp, e: &FsError) -> Errno {
+        self.fs.ops.error(op);
+        errno(e)
+    }
+}
+
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
@@ -86,35 +100,39 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _s = tracing::debug_span!("lookup", parent = parent.0, name = ?name).entered();
+        self.count(FuseOp::Lookup);
         match self.fs.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&TTL, &to_fuse(&a), GENERATION),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Lookup, &e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = tracing::debug_span!("getattr", ino = ino.0).entered();
+        self.count(FuseOp::Getattr);
         match self.fs.attr(ino.0) {
             Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Getattr, &e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _s = tracing::debug_span!("readlink", ino = ino.0).entered();
+        self.count(FuseOp::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(t),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Readlink, &e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("open", ino = ino.0).entered();
+        self.count(FuseOp::Open);
         let write =
             !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Open, &e)),
         }
     }
 
@@ -130,9 +148,10 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let _s = tracing::debug_span!("read", ino = ino.0, offset, size).entered();
+        self.count(FuseOp::Read);
         match self.rt.block_on(self.fs.read(ino.0, offset, size)) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Read, &e)),
         }
     }
 
@@ -162,12 +181,13 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("opendir", ino = ino.0).entered();
+        self.count(FuseOp::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(()) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Opendir, &e)),
         }
     }
 
@@ -180,6 +200,7 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let _s = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
+        self.count(FuseOp::Readdir);
         match self.fs.readdir(ino.0, offset) {
             Ok(items) => {
                 for it in items {
@@ -194,7 +215,7 @@ impl fuser::Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Readdir, &e)),
         }
     }
 
@@ -207,6 +228,7 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _s = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
+        self.count(FuseOp::Readdirplus);
         match self.fs.readdir(ino.0, offset) {
             Ok(items) => {
                 for it in items {
@@ -226,7 +248,7 @@ impl fuser::Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(FuseOp::Readdirplus, &e)),
         }
     }
 
@@ -242,6 +264,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.count(FuseOp::Statfs);
         let t = self.fs.table();
         let blocks = t.total_bytes().div_ceil(4096);
         reply.statfs(blocks, 0, 0, t.len() as u64, 0, 4096, 255, 4096);

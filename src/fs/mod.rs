@@ -6,6 +6,7 @@ pub mod filesystem;
 pub mod fuse;
 pub mod inode;
 pub mod ledger;
+pub mod opstats;
 
 pub use error::FsError;
 pub use filesystem::WsFs;

@@ -1,8 +1,10 @@
 //! Operations: the mount table (read from /proc/self/mountinfo, never by stat-ing a mount that may
-//! hang), fusectl, forced unmount of hung or dead mounts, runtime records of live daemons, status.
+//! hang), fusectl, forced unmount of hung or dead mounts, runtime records of live daemons, status,
+//! Prometheus metrics.
 
 pub mod force_umount;
 pub mod fusectl;
+pub mod metrics;
 pub mod mountinfo;
 pub mod runtime;
 pub mod status;

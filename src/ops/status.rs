@@ -4,6 +4,7 @@
 //! `{"mounts": [{"mountpoint": …, "pid": …, …}]}`.
 
 use crate::fs::ledger::Failure;
+use crate::fs::opstats::FuseOp;
 use crate::fs::WsFs;
 use crate::store::stats::{get, OUTCOME_LABELS};
 use crate::store::Chain;
@@ -52,6 +53,12 @@ pub struct MountStatus {
     pub repairs: u64,
     pub cache: CacheStatus,
     pub stores: Vec<StoreStatus>,
+    /// FUSE requests by op (lookup, getattr, readlink, open, read, readdir, readdirplus, opendir,
+    /// statfs) and the error replies among them.
+    #[serde(default)]
+    pub fuse_ops: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub fuse_errors: BTreeMap<String, u64>,
     pub failures: Vec<Failure>,
     /// Set for mounts whose status could not be read (stale or unresponsive daemon).
     pub problem: Option<String>,
@@ -101,6 +108,15 @@ impl StatusSource {
                 bytes: get(&p.stats.bytes),
                 breaker: format!("{:?}", p.breaker.state()).to_lowercase(),
             })
+            .collect();
+        let ops = &self.fs.ops;
+        s.fuse_ops = FuseOp::ALL
+            .iter()
+            .map(|o| (o.name().to_string(), ops.calls(*o)))
+            .collect();
+        s.fuse_errors = FuseOp::ALL
+            .iter()
+            .map(|o| (o.name().to_string(), ops.errors(*o)))
             .collect();
         s.failures = self.fs.ledger.recent();
         s

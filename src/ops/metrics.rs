@@ -1,0 +1,662 @@
+//! Prometheus metrics of a mount daemon, in the text exposition format (version 0.0.4).
+//!
+//! The numbers are the ones `wsfs status` reports (a [`MountStatus`] snapshot) plus the per-provider
+//! request-latency histograms. Two ways out, both optional flags of `wsfs mount`:
+//! * `--metrics-file PATH`: rewritten atomically (temp file in the same directory, then rename)
+//!   every [`FILE_INTERVAL`] and once at exit, for node_exporter's textfile collector;
+//! * `--metrics-addr IP:PORT`: a tiny HTTP/1.1 server answering `GET /metrics`.
+//!
+//! Every sample carries `mountpoint` and `workspace` labels. Provider labels are
+//! [`Provider::name`](crate::store::Provider), which never holds credentials or query strings.
+
+use super::status::{MountStatus, StatusSource};
+use crate::error::WsfsError;
+use crate::store::stats::HistogramSnapshot;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often `--metrics-file` is rewritten.
+pub const FILE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value: backslash, double quote and newline.
+pub fn escape_label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Escapes HELP text: backslash and newline.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Writes metric families; every sample gets the mount's labels first.
+struct Writer {
+    out: String,
+    base: Vec<(&'static str, String)>,
+}
+
+impl Writer {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+        self.out.push_str(name);
+        self.out.push('{');
+        let base = self.base.iter().map(|(k, v)| (*k, v.as_str()));
+        for (i, (k, v)) in base.chain(labels.iter().copied()).enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+        }
+        let _ = writeln!(self.out, "}} {value}");
+    }
+
+    /// A family with one unlabelled (apart from the mount's labels) sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], &value.to_string());
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        let bucket = format!("{name}_bucket");
+        for (le, n) in &h.buckets {
+            let le = float(*le);
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&bucket, &l, &n.to_string());
+        }
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        self.sample(&bucket, &l, &h.count.to_string());
+        self.sample(&format!("{name}_sum"), labels, &float(h.sum));
+        self.sample(&format!("{name}_count"), labels, &h.count.to_string());
+    }
+}
+
+/// Renders the exposition for one mount. `latency` holds each provider's request-latency
+/// histogram, by provider name. `wsfs_up` is `status.alive`.
+pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> String {
+    let mut w = Writer {
+        out: String::new(),
+        base: vec![
+            ("mountpoint", status.mountpoint.clone()),
+            ("workspace", status.workspace.clone()),
+        ],
+    };
+    w.single(
+        "wsfs_up",
+        "gauge",
+        "1 while the mount daemon serves; 0 in the file written as it exits.",
+        u64::from(status.alive),
+    );
+    w.single(
+        "wsfs_layers",
+        "gauge",
+        "Layers mounted (the requested layers and their ancestors); 0 means an empty mount.",
+        status.layers.len() as u64,
+    );
+    w.single(
+        "wsfs_entries",
+        "gauge",
+        "Entries (files, directories, symlinks) in the mounted tree.",
+        status.entries,
+    );
+    w.single(
+        "wsfs_start_time_seconds",
+        "gauge",
+        "When the mount daemon started, in seconds since the Unix epoch.",
+        status.started.max(0) as u64,
+    );
+    w.single(
+        "wsfs_bytes_served_total",
+        "counter",
+        "Verified file bytes returned to readers.",
+        status.bytes_served,
+    );
+    w.single(
+        "wsfs_chunks_fetched_total",
+        "counter",
+        "Chunks fetched from a store (after missing both caches).",
+        status.cache.fetched,
+    );
+    w.family(
+        "wsfs_cache_hits_total",
+        "counter",
+        "Chunk reads served from a cache, by tier.",
+    );
+    w.sample(
+        "wsfs_cache_hits_total",
+        &[("tier", "memory")],
+        &status.cache.memory_hits.to_string(),
+    );
+    w.sample(
+        "wsfs_cache_hits_total",
+        &[("tier", "disk")],
+        &status.cache.disk_hits.to_string(),
+    );
+    w.single(
+        "wsfs_failovers_total",
+        "counter",
+        "Objects served by a later store after an earlier store missed them.",
+        status.failovers,
+    );
+    w.single(
+        "wsfs_eio_total",
+        "counter",
+        "Reads that failed with EIO because no store could serve a chunk in time.",
+        status.eio,
+    );
+    w.single(
+        "wsfs_repairs_total",
+        "counter",
+        "Chunks written back to an earlier store that missed them (--repair).",
+        status.repairs,
+    );
+    w.family(
+        "wsfs_provider_requests_total",
+        "counter",
+        "Store requests by provider and outcome (skipped: not sent, the breaker was open).",
+    );
+    for s in &status.stores {
+        for (outcome, n) in &s.requests {
+            w.sample(
+                "wsfs_provider_requests_total",
+                &[("provider", &s.name), ("outcome", outcome)],
+                &n.to_string(),
+            );
+        }
+    }
+    w.family(
+        "wsfs_provider_bytes_total",
+        "counter",
+        "Stored (compressed) bytes downloaded from each provider and verified.",
+    );
+    for s in &status.stores {
+        w.sample(
+            "wsfs_provider_bytes_total",
+            &[("provider", &s.name)],
+            &s.bytes.to_string(),
+        );
+    }
+    w.family(
+        "wsfs_provider_request_duration_seconds",
+        "histogram",
+        "Latency of store requests (every outcome except skipped), by provider.",
+    );
+    for (name, h) in latency {
+        w.histogram(
+            "wsfs_provider_request_duration_seconds",
+            &[("provider", name)],
+            h,
+        );
+    }
+    w.family(
+        "wsfs_breaker_open",
+        "gauge",
+        "1 while a provider's circuit breaker is open or half-open (the store is being skipped).",
+    );
+    for s in &status.stores {
+        w.sample(
+            "wsfs_breaker_open",
+            &[("provider", &s.name)],
+            if s.breaker == "closed" { "0" } else { "1" },
+        );
+    }
+    w.family(
+        "wsfs_fuse_operations_total",
+        "counter",
+        "FUSE requests handled, by operation.",
+    );
+    for (op, n) in &status.fuse_ops {
+        w.sample("wsfs_fuse_operations_total", &[("op", op)], &n.to_string());
+    }
+    w.family(
+        "wsfs_fuse_errors_total",
+        "counter",
+        "FUSE requests answered with an error, by operation (lookup errors are mostly routine ENOENT).",
+    );
+    for (op, n) in &status.fuse_errors {
+        w.sample("wsfs_fuse_errors_total", &[("op", op)], &n.to_string());
+    }
+    w.out
+}
+
+/// Renders a live daemon's metrics; `up = false` for the last file written at exit.
+pub fn render_source(source: &StatusSource, up: bool) -> String {
+    let mut s = source.snapshot();
+    s.alive = up;
+    let latency: Vec<(String, HistogramSnapshot)> = source
+        .chain
+        .providers()
+        .iter()
+        .map(|p| (p.name.clone(), p.stats.latency.snapshot()))
+        .collect();
+    render(&s, &latency)
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "metrics".into());
+    // Hidden and not ending in .prom: node_exporter's textfile collector ignores it.
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Replaces `path` atomically with `body`: a temp file in the same directory, then rename.
+pub fn write_atomic(path: &Path, body: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = temp_path(path);
+    let r = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Checks `--metrics-file` before mounting: its directory exists and is writable, and the path is
+/// not a directory. Returns the absolute path.
+pub fn check_file(path: &Path) -> Result<PathBuf, WsfsError> {
+    let bad = |why: String| WsfsError::Usage(format!("--metrics-file {}: {why}", path.display()));
+    let abs = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
+    if abs.file_name().is_none() || abs.is_dir() {
+        return Err(bad(
+            "is a directory; give a file path (e.g. …/wsfs.prom)".into()
+        ));
+    }
+    let tmp = temp_path(&abs);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| bad(format!("cannot write in its directory: {e}")))?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(abs)
+}
+
+/// The `--metrics-file` writer thread. [`FileExporter::finish`] (or drop) writes the last file,
+/// with `wsfs_up 0`, and stops the thread.
+pub struct FileExporter {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileExporter {
+    /// Writes the file now (before returning, so it exists once the mount is reported ready),
+    /// then every `every` until finished.
+    pub fn start(
+        path: PathBuf,
+        source: Arc<StatusSource>,
+        every: Duration,
+    ) -> std::io::Result<FileExporter> {
+        let mut last_error: Option<String> = None;
+        let mut write = move |up: bool| match write_atomic(&path, &render_source(&source, up)) {
+            Ok(()) => last_error = None,
+            Err(e) => {
+                let e = e.to_string();
+                // Logged once per distinct error, not every interval.
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics file");
+                }
+                last_error = Some(e);
+            }
+        };
+        write(true);
+        let (tx, rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("wsfs-metrics-file".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => write(true),
+                    _ => {
+                        write(false);
+                        break;
+                    }
+                }
+            })?;
+        Ok(FileExporter {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Writes the final file and waits for the thread.
+    pub fn finish(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FileExporter {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Binds `--metrics-addr` (before mounting, so a taken port fails the mount as a usage error).
+pub fn bind_http(addr: SocketAddr) -> Result<TcpListener, WsfsError> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "metrics are served on a non-loopback address");
+    }
+    TcpListener::bind(addr)
+        .map_err(|e| WsfsError::Usage(format!("--metrics-addr {addr}: cannot listen: {e}")))
+}
+
+/// Serves `GET /metrics` on `listener` from a background thread, one connection at a time.
+pub fn serve_http(listener: TcpListener, source: Arc<StatusSource>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("wsfs-metrics-http".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if let Err(e) = answer(conn, &source) {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Reads one request head (bounded in size and time) and answers it; the connection then closes.
+fn answer(mut conn: TcpStream, source: &StatusSource) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 16 << 10 {
+            return respond(&mut conn, "431 Request Header Fields Too Large", "", false);
+        }
+    }
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return respond(&mut conn, "400 Bad Request", "bad request\n", false);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return respond(&mut conn, "400 Bad Request", "bad request\n", false);
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    if path != "/metrics" {
+        return respond(
+            &mut conn,
+            "404 Not Found",
+            "not found; try /metrics\n",
+            false,
+        );
+    }
+    match method {
+        "GET" => respond(&mut conn, "200 OK", &render_source(source, true), true),
+        "HEAD" => {
+            let body = render_source(source, true);
+            let h = header("200 OK", body.len(), true);
+            conn.write_all(h.as_bytes())
+        }
+        _ => respond(&mut conn, "405 Method Not Allowed", "use GET\n", false),
+    }
+}
+
+fn header(status: &str, len: usize, metrics: bool) -> String {
+    let ct = if metrics {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {len}\r\n{allow}Connection: close\r\n\r\n"
+    )
+}
+
+fn respond(conn: &mut TcpStream, status: &str, body: &str, metrics: bool) -> std::io::Result<()> {
+    let mut out = header(status, body.len(), metrics).into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    conn.write_all(&out)?;
+    conn.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::status::{CacheStatus, StoreStatus};
+
+    fn status() -> MountStatus {
+        MountStatus {
+            mountpoint: "/mnt/we\"ird\\path\nx".into(),
+            workspace: "ws".into(),
+            layers: vec!["a".into(), "b".into()],
+            alive: true,
+            started: 1_700_000_000,
+            entries: 12,
+            bytes_served: 4096,
+            failovers: 3,
+            eio: 1,
+            repairs: 2,
+            cache: CacheStatus {
+                memory_hits: 5,
+                disk_hits: 6,
+                fetched: 7,
+                ..Default::default()
+            },
+            stores: vec![
+                StoreStatus {
+                    name: "gs://bucket/prefix".into(),
+                    requests: [("hit".to_string(), 1u64), ("not_found".to_string(), 3)]
+                        .into_iter()
+                        .collect(),
+                    served: 1,
+                    bytes: 100,
+                    breaker: "open".into(),
+                },
+                StoreStatus {
+                    name: "s3://other".into(),
+                    requests: [("hit".to_string(), 3u64)].into_iter().collect(),
+                    served: 3,
+                    bytes: 300,
+                    breaker: "closed".into(),
+                },
+            ],
+            fuse_ops: [("read".to_string(), 9u64)].into_iter().collect(),
+            fuse_errors: [("read".to_string(), 1u64)].into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn hist() -> HistogramSnapshot {
+        let h = crate::store::stats::LatencyHistogram::default();
+        h.observe(3_000);
+        h.observe(700_000);
+        h.observe(30_000_000);
+        h.snapshot()
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("line\nnext"), "line\\nnext");
+        assert_eq!(escape_label("plain/µ"), "plain/µ");
+        let out = render(&status(), &[]);
+        assert!(
+            out.contains(r#"wsfs_up{mountpoint="/mnt/we\"ird\\path\nx",workspace="ws"} 1"#),
+            "{out}"
+        );
+        // No raw newline inside a sample: every line is a comment or a whole sample.
+        for l in out.lines() {
+            assert!(
+                l.starts_with('#') || l.ends_with(|c: char| c.is_ascii_digit()),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_text_is_escaped() {
+        assert_eq!(escape_help("a\\b\nc"), "a\\\\b\\nc");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_before_its_samples() {
+        let out = render(&status(), &[("gs://bucket/prefix".into(), hist())]);
+        let mut declared: Vec<String> = Vec::new();
+        let mut helped: Vec<String> = Vec::new();
+        for l in out.lines() {
+            if let Some(r) = l.strip_prefix("# HELP ") {
+                helped.push(r.split(' ').next().unwrap().to_string());
+            } else if let Some(r) = l.strip_prefix("# TYPE ") {
+                let name = r.split(' ').next().unwrap().to_string();
+                assert_eq!(helped.last(), Some(&name), "HELP right before TYPE");
+                assert!(!declared.contains(&name), "{name} declared twice");
+                declared.push(name);
+            } else {
+                let name = l.split('{').next().unwrap();
+                let fam = declared.last().unwrap();
+                assert!(
+                    name == fam
+                        || [
+                            format!("{fam}_bucket"),
+                            format!("{fam}_sum"),
+                            format!("{fam}_count")
+                        ]
+                        .contains(&name.to_string()),
+                    "sample {name} outside its family {fam}"
+                );
+            }
+        }
+        for m in [
+            "wsfs_up",
+            "wsfs_layers",
+            "wsfs_provider_requests_total",
+            "wsfs_provider_request_duration_seconds",
+            "wsfs_failovers_total",
+            "wsfs_eio_total",
+            "wsfs_cache_hits_total",
+            "wsfs_chunks_fetched_total",
+            "wsfs_bytes_served_total",
+            "wsfs_repairs_total",
+            "wsfs_fuse_operations_total",
+            "wsfs_fuse_errors_total",
+            "wsfs_breaker_open",
+        ] {
+            assert!(declared.iter().any(|d| d == m), "{m} missing");
+        }
+    }
+
+    #[test]
+    fn values_and_labels() {
+        let out = render(&status(), &[("gs://bucket/prefix".into(), hist())]);
+        let has = |s: &str| assert!(out.contains(s), "missing {s:?} in\n{out}");
+        let l = r#"mountpoint="/mnt/we\"ird\\path\nx",workspace="ws""#;
+        has(&format!("wsfs_layers{{{l}}} 2\n"));
+        has(&format!("wsfs_eio_total{{{l}}} 1\n"));
+        has(&format!("wsfs_failovers_total{{{l}}} 3\n"));
+        has(&format!("wsfs_cache_hits_total{{{l},tier=\"disk\"}} 6\n"));
+        has(&format!(
+            "wsfs_provider_requests_total{{{l},provider=\"gs://bucket/prefix\",outcome=\"not_found\"}} 3\n"
+        ));
+        has(&format!(
+            "wsfs_breaker_open{{{l},provider=\"gs://bucket/prefix\"}} 1\n"
+        ));
+        has(&format!(
+            "wsfs_breaker_open{{{l},provider=\"s3://other\"}} 0\n"
+        ));
+        has(&format!("wsfs_fuse_errors_total{{{l},op=\"read\"}} 1\n"));
+        let p = r#"provider="gs://bucket/prefix""#;
+        has(&format!(
+            "wsfs_provider_request_duration_seconds_bucket{{{l},{p},le=\"0.005\"}} 1\n"
+        ));
+        has(&format!(
+            "wsfs_provider_request_duration_seconds_bucket{{{l},{p},le=\"1\"}} 2\n"
+        ));
+        has(&format!(
+            "wsfs_provider_request_duration_seconds_bucket{{{l},{p},le=\"10\"}} 2\n"
+        ));
+        has(&format!(
+            "wsfs_provider_request_duration_seconds_bucket{{{l},{p},le=\"+Inf\"}} 3\n"
+        ));
+        has(&format!(
+            "wsfs_provider_request_duration_seconds_count{{{l},{p}}} 3\n"
+        ));
+        has(&format!(
+            "wsfs_provider_request_duration_seconds_sum{{{l},{p}}} 30.703\n"
+        ));
+        let mut down = status();
+        down.alive = false;
+        assert!(render(&down, &[]).contains(&format!("wsfs_up{{{l}}} 0\n")));
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("wsfs.prom");
+        write_atomic(&p, "a 1\n").unwrap();
+        write_atomic(&p, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "a 2\n");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(check_file(&p).unwrap(), p);
+        assert!(matches!(check_file(d.path()), Err(WsfsError::Usage(_))));
+        assert!(matches!(
+            check_file(&d.path().join("no/such/dir/x.prom")),
+            Err(WsfsError::Usage(_))
+        ));
+    }
+}
