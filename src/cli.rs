@@ -147,8 +147,23 @@ pub enum Command {
         workspace: String,
         #[arg(long = "layer", required = true)]
         layers: Vec<String>,
+        /// The directory to attach over (its own files stay visible under the workspace's).
         #[arg(long)]
         at: PathBuf,
+        /// Where writes go (upperdir/workdir); default /var/tmp/wsfs/<id>.
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Keep the scratch folder at umount.
+        #[arg(long)]
+        keep_scratch: bool,
+        /// Disk cache directory, shared by mounts.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Owner of workspace files (default: root); the job's user, so it can modify them.
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        gid: Option<u32>,
     },
     /// Unmount a wsfs mount.
     Umount {

@@ -161,9 +161,58 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             };
             wsfs::mount::run_daemon(args, &mut ready)
         }
-        Command::Attach { .. } => Err(WsfsError::Failed(
-            "attach is not implemented in this build yet; use wsfs mount (read-only)".into(),
-        )),
+        Command::Attach {
+            store,
+            workspace,
+            layers,
+            at,
+            scratch,
+            keep_scratch,
+            cache_dir,
+            uid,
+            gid,
+        } => {
+            specs(&store)?;
+            let mut a: Vec<std::ffi::OsString> = Vec::new();
+            let mut push = |k: &str, v: std::ffi::OsString| {
+                a.push(k.into());
+                a.push(v);
+            };
+            for s in &store.stores {
+                push("--store", s.into());
+            }
+            if let Some(c) = &store.config {
+                push("--config", c.into());
+            }
+            push(
+                "--request-timeout",
+                format!("{}ms", store.request_timeout.as_millis()).into(),
+            );
+            push(
+                "--connect-timeout",
+                format!("{}ms", store.connect_timeout.as_millis()).into(),
+            );
+            push("--retries", store.retries.to_string().into());
+            push("--workspace", workspace.into());
+            for l in layers {
+                push("--layer", l.into());
+            }
+            if let Some(c) = cache_dir {
+                push("--cache-dir", c.into());
+            }
+            if let Some(u) = uid {
+                push("--uid", u.to_string().into());
+            }
+            if let Some(g) = gid {
+                push("--gid", g.to_string().into());
+            }
+            wsfs::attach::attach(wsfs::attach::AttachArgs {
+                mount_args: a,
+                at,
+                scratch,
+                keep_scratch,
+            })
+        }
         Command::Umount {
             mountpoint,
             force,
