@@ -34,6 +34,9 @@ pub struct StoreArgs {
     /// Retries of transient errors within the request timeout (never on 404/403).
     #[arg(long, default_value_t = 2)]
     pub retries: usize,
+    /// Requests in flight to each provider at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub provider_concurrency: usize,
 }
 
 pub fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
@@ -133,6 +136,16 @@ pub enum Command {
         /// FUSE worker threads (default: 2 x cores, at least 4).
         #[arg(long)]
         threads: Option<usize>,
+        /// `all`: fetch the whole workspace into the caches in the background after mounting, in
+        /// path order; `none`: fetch only what is read (plus read-ahead).
+        #[arg(long, default_value = "none", value_parser = ["none", "all"])]
+        prefetch: String,
+        /// Chunks the background prefetch fetches at once.
+        #[arg(long, default_value_t = 4)]
+        prefetch_concurrency: usize,
+        /// The mount's kernel read-ahead (sysfs bdi read_ahead_kb).
+        #[arg(long, default_value_t = 4096)]
+        read_ahead_kb: u32,
         /// How long to wait for the mount to become ready.
         #[arg(long, default_value = "120s", value_parser = parse_dur)]
         ready_timeout: std::time::Duration,

@@ -33,6 +33,8 @@ pub struct FetchStats {
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
     pub failed: AtomicU64,
+    /// Chunks brought in by `--prefetch all`.
+    pub prefetched: AtomicU64,
 }
 
 type SharedFetch = Shared<BoxFuture<'static, Result<VerifiedChunk, FetchError>>>;
@@ -89,6 +91,36 @@ impl Fetcher {
         if self.memory.get(&info.hash).is_none() {
             drop(self.start(info));
         }
+    }
+
+    /// Fetches every chunk in the given order in the background, `concurrency` at a time, into
+    /// the caches. On-demand reads are not delayed: they do not queue behind this task (each
+    /// provider keeps most of its request slots free for them), and a chunk this task is already
+    /// fetching is shared with any reader that wants it.
+    pub fn prefetch_all(self: &Arc<Self>, chunks: Vec<ChunkInfo>, concurrency: usize) {
+        use futures::StreamExt;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let total = chunks.len();
+            futures::stream::iter(chunks)
+                .for_each_concurrent(concurrency.max(1), |c| {
+                    let this = this.clone();
+                    async move {
+                        if this.memory.get(&c.hash).is_some() {
+                            return;
+                        }
+                        let _ = this.start(&c).await;
+                        this.stats.prefetched.fetch_add(1, Relaxed);
+                    }
+                })
+                .await;
+            tracing::info!(
+                chunks = total,
+                secs = started.elapsed().as_secs_f64(),
+                "prefetch of the whole workspace finished"
+            );
+        });
     }
 
     fn start(self: &Arc<Self>, info: &ChunkInfo) -> SharedFetch {

@@ -29,6 +29,7 @@ fn limits(s: &StoreArgs) -> Limits {
         request_timeout: s.request_timeout,
         connect_timeout: s.connect_timeout,
         retries: s.retries,
+        concurrency: s.provider_concurrency,
     }
 }
 
@@ -117,6 +118,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             metrics_file,
             metrics_addr,
             threads,
+            prefetch,
+            prefetch_concurrency,
+            read_ahead_kb,
             ready_timeout,
             notify_ready,
         } => {
@@ -144,6 +148,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 threads: threads.unwrap_or((cpus * 2).max(4)),
                 metrics_file,
                 metrics_addr,
+                prefetch_all: prefetch == "all",
+                prefetch_concurrency,
+                read_ahead_kb,
             };
             let mut notified = false;
             let mut ready = |r: Result<(), &WsfsError>| {
@@ -193,6 +200,10 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 format!("{}ms", store.connect_timeout.as_millis()).into(),
             );
             push("--retries", store.retries.to_string().into());
+            push(
+                "--provider-concurrency",
+                store.provider_concurrency.to_string().into(),
+            );
             push("--workspace", workspace.into());
             for l in layers {
                 push("--layer", l.into());

@@ -37,6 +37,11 @@ pub struct MountArgs {
     pub read_deadline: Duration,
     pub repair: bool,
     pub threads: usize,
+    /// Fetch every chunk in the background after mounting.
+    pub prefetch_all: bool,
+    pub prefetch_concurrency: usize,
+    /// Kernel read-ahead for the mount, in KiB.
+    pub read_ahead_kb: u32,
     /// Prometheus textfile to rewrite every few seconds (`--metrics-file`).
     pub metrics_file: Option<PathBuf>,
     /// Address to serve `GET /metrics` on (`--metrics-addr`).
@@ -253,6 +258,11 @@ fn run_daemon_inner(
             tracing::warn!(error = %e, "cannot start the metrics server");
         }
     }
+    set_read_ahead(&mountpoint, args.read_ahead_kb);
+    if args.prefetch_all {
+        fs.fetcher()
+            .prefetch_all(fs.table().chunks_in_path_order(), args.prefetch_concurrency);
+    }
     tracing::info!(
         mountpoint = %mountpoint.display(),
         workspace = %args.workspace,
@@ -303,6 +313,22 @@ fn run_daemon_inner(
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; daemon exiting");
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Raises the kernel's read-ahead for this mount (its backing device info in sysfs). The default
+/// of 128 KiB turns a sequential read of a large file into many small FUSE reads; chunks are
+/// ~1 MiB. Best effort: a failure only costs throughput.
+fn set_read_ahead(mountpoint: &Path, kb: u32) {
+    let Ok(mounts) = mountinfo::read_mounts() else {
+        return;
+    };
+    let Some(m) = mounts.iter().find(|m| m.mount_point == mountpoint) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", m.major, m.minor);
+    if let Err(e) = std::fs::write(&path, kb.to_string()) {
+        tracing::debug!(%path, error = %e, "cannot set read_ahead_kb");
+    }
 }
 
 fn unmount_path(p: &Path) -> std::io::Result<()> {

@@ -83,6 +83,7 @@ fn limits() -> Limits {
         request_timeout: TIMEOUT,
         connect_timeout: TIMEOUT,
         retries: 0,
+        concurrency: 32,
     }
 }
 

@@ -428,3 +428,44 @@ fn a_file_that_cannot_be_read_fails_the_persist() {
     );
     assert!(!s.path("s3/workspaces").exists(), "no ref committed");
 }
+
+#[test]
+fn prefetch_all_fills_the_cache_and_read_ahead_is_raised() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = setup(&s, 300, 6);
+    let chunks = chunk_files(&s.path("s1")).len() as u64;
+    let mp = s.mkdir("mnt");
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--prefetch", "all", "--read-ahead-kb", "2048"],
+    );
+    let t = std::time::Instant::now();
+    loop {
+        let st = status_json(&s, &mp);
+        if st["cache"]["prefetched"].as_u64() == Some(chunks) {
+            assert_eq!(st["cache"]["fetched"].as_u64(), Some(chunks), "{st}");
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 30, "prefetch did not finish: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Everything is local now: the store can vanish and every file still reads right.
+    std::fs::remove_dir_all(s.path("s1/chunks")).unwrap();
+    compare_trees(&src, &mp);
+    let entry = wsfs::ops::mountinfo::read_mounts()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.mount_point == mp)
+        .unwrap();
+    let ra = std::fs::read_to_string(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        entry.major, entry.minor
+    ))
+    .unwrap();
+    assert_eq!(ra.trim(), "2048");
+}

@@ -167,6 +167,23 @@ impl InodeTable {
         self.total_bytes
     }
 
+    /// Every chunk the tree uses, once, in path order of first use (the order `--prefetch all`
+    /// fetches in, so a build walking the tree finds its files early).
+    pub fn chunks_in_path_order(&self) -> Vec<ChunkInfo> {
+        let mut seen = vec![false; self.chunks.len()];
+        let mut out = Vec::with_capacity(self.chunks.len());
+        for n in &self.nodes {
+            for x in n.extents.iter() {
+                let i = x.chunk as usize;
+                if let Some(false) = seen.get(i) {
+                    seen[i] = true;
+                    out.push(self.chunks[i]);
+                }
+            }
+        }
+        out
+    }
+
     /// Iterates every node with its inode number.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Node)> {
         self.nodes

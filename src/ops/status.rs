@@ -32,6 +32,9 @@ pub struct CacheStatus {
     pub disk_hits: u64,
     pub disk_corrupt: u64,
     pub fetched: u64,
+    /// Chunks brought in by `--prefetch all`.
+    #[serde(default)]
+    pub prefetched: u64,
     pub memory_bytes: u64,
 }
 
@@ -92,6 +95,7 @@ impl StatusSource {
             disk_hits: get(&f.disk_hits),
             disk_corrupt: get(&f.disk_corrupt),
             fetched: get(&f.fetched),
+            prefetched: get(&f.prefetched),
             memory_bytes: self.fs.fetcher().memory().bytes() as u64,
         };
         s.stores = self

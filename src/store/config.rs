@@ -35,6 +35,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Retries of transient errors (5xx, resets) within the request timeout; never on 404/403.
     pub retries: usize,
+    /// Requests in flight to this provider at once. Background prefetch uses only a few of them,
+    /// so on-demand reads always find room.
+    pub concurrency: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             retries: 2,
+            concurrency: 32,
         }
     }
 }
@@ -110,10 +114,17 @@ pub fn limits_for(
             "wsfs_connect_timeout" => {
                 limits.connect_timeout = parse_duration(v).ok_or_else(|| bad("expected a duration like 2s or 500ms"))?
             }
+            "wsfs_concurrency" => {
+                limits.concurrency = v
+                    .parse()
+                    .ok()
+                    .filter(|n: &usize| *n > 0)
+                    .ok_or_else(|| bad("expected a positive whole number"))?
+            }
             "wsfs_retries" => {
                 limits.retries = v.parse().map_err(|_| bad("expected a small whole number"))?
             }
-            k if k.starts_with("wsfs_") => return Err(bad("unknown wsfs option (known: wsfs_request_timeout, wsfs_connect_timeout, wsfs_retries)")),
+            k if k.starts_with("wsfs_") => return Err(bad("unknown wsfs option (known: wsfs_request_timeout, wsfs_connect_timeout, wsfs_retries, wsfs_concurrency)")),
             _ => {
                 rest.insert(k.clone(), v.clone());
             }

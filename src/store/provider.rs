@@ -22,6 +22,8 @@ pub struct Provider {
     pub limits: Limits,
     pub breaker: Breaker,
     pub stats: ProviderStats,
+    /// Bounds requests in flight (`Limits::concurrency`).
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Provider {
@@ -72,6 +74,7 @@ impl Provider {
             limits,
             breaker: Breaker::default(),
             stats: ProviderStats::default(),
+            permits: tokio::sync::Semaphore::new(limits.concurrency.max(1)),
         })
     }
 
@@ -84,6 +87,7 @@ impl Provider {
             limits,
             breaker: Breaker::default(),
             stats: ProviderStats::default(),
+            permits: tokio::sync::Semaphore::new(limits.concurrency.max(1)),
         }
     }
 
@@ -143,7 +147,17 @@ impl Provider {
         fut: impl std::future::Future<Output = Result<T, Outcome>>,
     ) -> Result<T, Outcome> {
         let limit = self.limits.request_timeout;
-        match tokio::time::timeout(limit, fut).await {
+        // Waiting for a slot counts against the request timeout: a provider whose every slot is
+        // held by hung requests times out new ones too, instead of queueing them forever.
+        let run = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Outcome::Unavailable("provider closed".into()))?;
+            fut.await
+        };
+        match tokio::time::timeout(limit, run).await {
             Ok(r) => r,
             Err(_) => Err(Outcome::Timeout(limit)),
         }
