@@ -469,3 +469,48 @@ fn prefetch_all_fills_the_cache_and_read_ahead_is_raised() {
     .unwrap();
     assert_eq!(ra.trim(), "2048");
 }
+
+#[test]
+fn allow_other_lets_an_ordinary_user_read_with_modes_enforced() {
+    require_fuse();
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    // The job user must be able to reach the mountpoint.
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("public.txt"), b"everyone").unwrap();
+    std::fs::write(src.join("private.txt"), b"owner only").unwrap();
+    std::fs::set_permissions(
+        src.join("private.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert_ok(&persist(&s, &[s.store("s1")], "ws", "l1", &src, &[]));
+    let as_nobody = |path: &Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    // Without --allow-other, another user cannot read root's mount at all.
+    let mp = s.mkdir("closed");
+    let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &[]);
+    let o = as_nobody(&mp.join("public.txt"));
+    assert!(!o.status.success(), "{}", text(&o));
+    drop(m);
+    // With it, the kernel enforces the persisted modes.
+    let mp = s.mkdir("open");
+    let _m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &["--allow-other"]);
+    let o = as_nobody(&mp.join("public.txt"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(o.stdout, b"everyone");
+    let o = as_nobody(&mp.join("private.txt"));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{}",
+        text(&o)
+    );
+}
