@@ -162,5 +162,5 @@ if ((quick == 0)); then
 fi
 
 threads=${WSFS_TEST_THREADS:-4}
-banner "cargo test --all-targets -- --test-threads=$threads ${extra[*]:-}"
-run_step cargo test --all-targets -- --test-threads="$threads" "${extra[@]}"
+banner "cargo test --no-fail-fast --all-targets -- --test-threads=$threads ${extra[*]:-}"
+run_step cargo test --no-fail-fast --all-targets -- --test-threads="$threads" "${extra[@]}"
