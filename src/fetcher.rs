@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum FetchError {
@@ -130,14 +131,19 @@ impl Fetcher {
         }
         let this = self.clone();
         let info = *info;
-        let task = tokio::spawn(async move {
-            let r = this.load(&info).await;
-            this.inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&info.hash);
-            r
-        });
+        let span =
+            tracing::debug_span!("fetch", chunk = %info.hash.short(), raw_len = info.raw_len);
+        let task = tokio::spawn(
+            async move {
+                let r = this.load(&info).await;
+                this.inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&info.hash);
+                r
+            }
+            .instrument(span),
+        );
         let fut = async move {
             match task.await {
                 Ok(r) => r,
