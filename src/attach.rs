@@ -138,15 +138,7 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
             .trim()
             .trim_start_matches("wsfs: error: ")
             .to_string();
-        return Err(match out.status.code().unwrap_or(1) {
-            2 => WsfsError::Usage(msg),
-            3 => WsfsError::Missing(msg),
-            4 => WsfsError::Integrity(msg),
-            5 => WsfsError::Conflict(msg),
-            6 => WsfsError::Mount(msg),
-            7 => WsfsError::Timeout(msg),
-            _ => WsfsError::Failed(msg),
-        });
+        return Err(WsfsError::from_code(out.status.code().unwrap_or(1), msg));
     }
 
     // 2. The overlay at DIR: workspace over the directory's own files.

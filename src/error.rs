@@ -47,6 +47,20 @@ impl WsfsError {
         }
     }
 
+    /// The error a child `wsfs` process reported with exit code `code` (inverse of
+    /// [`Self::exit_code`]).
+    pub fn from_code(code: i32, msg: String) -> WsfsError {
+        match code {
+            exit::USAGE => WsfsError::Usage(msg),
+            exit::MISSING => WsfsError::Missing(msg),
+            exit::INTEGRITY => WsfsError::Integrity(msg),
+            exit::CONFLICT => WsfsError::Conflict(msg),
+            exit::MOUNT => WsfsError::Mount(msg),
+            exit::TIMEOUT => WsfsError::Timeout(msg),
+            _ => WsfsError::Failed(msg),
+        }
+    }
+
     /// Classifies an all-providers miss: bytes that arrived but failed verification make it an
     /// integrity failure; otherwise the object is missing.
     pub fn from_missed(m: &AllMissed) -> WsfsError {

@@ -428,15 +428,7 @@ pub fn spawn_daemon(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsErro
     if let Some(rest) = line.strip_prefix("ERROR ") {
         let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
         let msg = msg.to_string();
-        return Err(match code.parse::<i32>().unwrap_or(1) {
-            2 => WsfsError::Usage(msg),
-            3 => WsfsError::Missing(msg),
-            4 => WsfsError::Integrity(msg),
-            5 => WsfsError::Conflict(msg),
-            6 => WsfsError::Mount(msg),
-            7 => WsfsError::Timeout(msg),
-            _ => WsfsError::Failed(msg),
-        });
+        return Err(WsfsError::from_code(code.parse::<i32>().unwrap_or(1), msg));
     }
     let tail = std::fs::read_to_string(&log)
         .map(|s| {
