@@ -1,0 +1,184 @@
+//! The filesystem logic without the kernel: `WsFs` over an in-memory store. Fast checks of the
+//! read path's edge cases (extent and chunk boundaries, EOF, EIO) and of readdir offsets.
+
+use bytes::Bytes;
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use std::sync::Arc;
+use std::time::Duration;
+use wsfs::fetcher::Fetcher;
+use wsfs::fs::{FsError, InodeTable, WsFs};
+use wsfs::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
+use wsfs::manifest::{keys, EntryKind, RootMeta};
+use wsfs::store::{Chain, Limits, Provider};
+
+fn meta(p: &str) -> Meta {
+    Meta {
+        path: p.as_bytes().to_vec(),
+        mode: 0o644,
+        mtime_sec: 1,
+        mtime_nsec: 2,
+    }
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8))
+        .collect()
+}
+
+/// Builds a layer, stores its chunks, returns the filesystem and the original file contents.
+async fn build(files: &[(&str, Vec<u8>)], dirs: &[&str]) -> (WsFs, Arc<InMemory>) {
+    let store = Arc::new(InMemory::new());
+    let mut b = LayerBuilder::new();
+    let mut pending: Vec<(String, Bytes)> = Vec::new();
+    let mut sink = |c: NewChunk| -> Result<(), std::io::Error> {
+        pending.push((keys::chunk(&c.hash), Bytes::from(compress(&c.raw)?)));
+        Ok(())
+    };
+    let mut all: Vec<(&str, Option<&Vec<u8>>)> = dirs.iter().map(|d| (*d, None)).collect();
+    all.extend(files.iter().map(|(p, d)| (*p, Some(d))));
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    for (p, d) in all {
+        match d {
+            None => b.add_dir(meta(p)),
+            Some(d) => b
+                .add_file(
+                    meta(p),
+                    d.len() as u64,
+                    std::io::Cursor::new(d.clone()),
+                    &mut sink,
+                )
+                .unwrap(),
+        }
+    }
+    b.flush(&mut sink).unwrap();
+    for (i, (k, v)) in pending.iter().enumerate() {
+        b.set_stored_len(i as u32, v.len() as u32);
+        store
+            .put(
+                &object_store::path::Path::from(k.as_str()),
+                v.clone().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let m = b.finish("ws".into(), "l".into(), vec![], 0);
+    let table = InodeTable::build(&m.entries, m.chunks.clone(), RootMeta::default()).unwrap();
+    let chain = Arc::new(Chain::new(vec![Provider::from_store(
+        "mem",
+        store.clone(),
+        Limits::default(),
+    )]));
+    let fetcher = Fetcher::new(chain, 64 << 20, None, Duration::from_secs(5));
+    (WsFs::new(table, fetcher, 1000, 1000), store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_return_exact_bytes_across_extents_and_stop_at_eof() {
+    let big = data(9 << 20, 1);
+    let small = data(1000, 2);
+    let (fs, _) = build(
+        &[("big.bin", big.clone()), ("d/small", small.clone())],
+        &["d"],
+    )
+    .await;
+    let ino = fs.lookup(1, b"big.bin").unwrap().ino;
+    // Reads at every interesting offset: starts, chunk boundaries (wherever CDC put them), EOF.
+    let mut offsets: Vec<u64> = vec![0, 1, 4095, 4096, (1 << 20) - 1, 1 << 20, (4 << 20) + 7];
+    offsets.extend([
+        big.len() as u64 - 1,
+        big.len() as u64 - 100,
+        big.len() as u64,
+        big.len() as u64 + 10,
+    ]);
+    for &off in &offsets {
+        for size in [1u32, 4096, 131072, 1 << 20, 5 << 20] {
+            let got = fs.read(ino, off, size).await.unwrap();
+            let end = (off as usize).saturating_add(size as usize).min(big.len());
+            let want = if (off as usize) >= big.len() {
+                &[][..]
+            } else {
+                &big[off as usize..end]
+            };
+            assert_eq!(got.len(), want.len(), "length at {off}+{size}");
+            assert!(got == want, "bytes at {off}+{size}");
+        }
+    }
+    let sino = fs
+        .lookup(fs.lookup(1, b"d").unwrap().ino, b"small")
+        .unwrap()
+        .ino;
+    assert_eq!(fs.read(sino, 10, 100).await.unwrap(), small[10..110]);
+    assert_eq!(fs.attr(sino).unwrap().size, 1000);
+    assert_eq!(fs.attr(sino).unwrap().uid, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_chunk_is_eio_and_metadata_still_works() {
+    let big = data(3 << 20, 3);
+    let (fs, store) = build(&[("f", big.clone())], &[]).await;
+    // Remove every chunk from the only store.
+    let keys: Vec<_> = {
+        use futures::StreamExt;
+        store
+            .list(None)
+            .map(|m| m.unwrap().location)
+            .collect()
+            .await
+    };
+    for k in keys {
+        store.delete(&k).await.unwrap();
+    }
+    let ino = fs.lookup(1, b"f").unwrap().ino;
+    let e = fs.read(ino, 1 << 20, 4096).await.unwrap_err();
+    assert!(matches!(e, FsError::Io { .. }), "{e}");
+    assert_eq!(e.errno(), libc::EIO);
+    assert_eq!(fs.attr(ino).unwrap().size, big.len() as u64);
+    assert_eq!(fs.ledger.recent().len(), 1);
+    assert_eq!(fs.ledger.recent()[0].path, "f");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readdir_offsets_resume_and_errors_map_to_errno() {
+    let files: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| (format!("dir/f{i:02}"), vec![i as u8]))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (fs, _) = build(&refs, &["dir", "dir/sub"]).await;
+    let dir = fs.lookup(1, b"dir").unwrap().ino;
+    let all: Vec<(u64, Vec<u8>)> = fs
+        .readdir(dir, 0)
+        .unwrap()
+        .iter()
+        .map(|i| (i.next, i.name.to_vec()))
+        .collect();
+    assert_eq!(all.len(), 2 + 51, ". .. 50 files and sub");
+    assert_eq!(all[0].1, b".");
+    assert_eq!(all[1].1, b"..");
+    // Resuming at every offset gives exactly the rest.
+    for k in 0..all.len() {
+        let rest: Vec<Vec<u8>> = fs
+            .readdir(dir, all[k].0)
+            .unwrap()
+            .iter()
+            .map(|i| i.name.to_vec())
+            .collect();
+        let want: Vec<Vec<u8>> = all[k + 1..].iter().map(|(_, n)| n.clone()).collect();
+        assert_eq!(rest, want, "resume after {k}");
+    }
+    let sub = fs.lookup(dir, b"sub").unwrap();
+    assert_eq!(sub.kind, EntryKind::Dir);
+    assert_eq!(fs.attr(dir).unwrap().nlink, 3, "2 + one subdirectory");
+    assert_eq!(fs.lookup(dir, b"nope").unwrap_err().errno(), libc::ENOENT);
+    let f = fs.lookup(dir, b"f01").unwrap().ino;
+    assert_eq!(fs.lookup(f, b"x").unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(
+        fs.readdir(f, 0).err().map(|e| e.errno()),
+        Some(libc::ENOTDIR)
+    );
+    assert_eq!(fs.open(f, true).unwrap_err().errno(), libc::EROFS);
+    assert_eq!(fs.open(dir, false).unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(fs.readlink(f).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(fs.attr(999_999).unwrap_err().errno(), libc::ENOENT);
+}
