@@ -225,7 +225,12 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
             st.started = r.started;
         }
         if entry.is_none() {
-            st.problem = Some("not in the mount table (daemon starting or exiting?)".into());
+            st.problem = Some(if st.alive {
+                "not in the mount table (daemon starting or exiting?)".into()
+            } else {
+                "daemon and mount are gone (daemon killed?); wsfs umount --all-stale clears this record"
+                    .into()
+            });
         }
         st.fuse_waiting = entry.and_then(|e| super::fusectl::waiting(e.connection_id()).ok());
         mounts.push(st);
