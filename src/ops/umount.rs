@@ -49,6 +49,10 @@ pub fn run(
                 && !entries.iter().any(|e| e.mount_point == rec.mountpoint)
             {
                 runtime::remove_record(&rec.mountpoint);
+                println!(
+                    "{}: record of a dead daemon removed (the mount was already gone)",
+                    rec.mountpoint.display()
+                );
             }
         }
         if removed.is_empty() {
