@@ -182,3 +182,43 @@ async fn readdir_offsets_resume_and_errors_map_to_errno() {
     assert_eq!(fs.readlink(f).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(fs.attr(999_999).unwrap_err().errno(), libc::ENOENT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_one_chunk_fetch_it_once() {
+    use wsfs::store::fault::{Fault, FaultStore};
+    let content = data(100_000, 9);
+    let (fs0, store) = build(&[("f", content.clone())], &[]).await;
+    // Same tree, but reads go through a slow, counting store.
+    let slow = Arc::new(FaultStore::new(store.clone()));
+    slow.add("", Fault::Delay(Duration::from_millis(300)), None);
+    let chain = Arc::new(Chain::new(vec![Provider::from_store(
+        "slow",
+        slow.clone(),
+        Limits::default(),
+    )]));
+    let ino = fs0.lookup(1, b"f").unwrap().ino;
+    let node = fs0.table().get(ino).unwrap();
+    let chunk = *fs0.table().chunk(node.extents[0].chunk).unwrap();
+    let fetcher = Fetcher::new(chain, 64 << 20, None, Duration::from_secs(5));
+    let results = futures::future::join_all((0..16).map(|_| fetcher.get(&chunk))).await;
+    for r in results {
+        assert_eq!(r.unwrap().len(), chunk.raw_len as usize);
+    }
+    assert_eq!(slow.gets(), 1, "16 concurrent readers share one GET");
+    // And a read deadline shorter than the store's delay ends in an error, not a hang.
+    slow.clear();
+    slow.add("", Fault::Hang, None);
+    let chain = Arc::new(Chain::new(vec![Provider::from_store(
+        "hung",
+        slow.clone(),
+        Limits::default(),
+    )]));
+    let fetcher = Fetcher::new(chain, 64 << 20, None, Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let e = fetcher.get(&chunk).await.unwrap_err();
+    assert!(matches!(e, wsfs::fetcher::FetchError::Deadline(_)), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the deadline bounds the wait"
+    );
+}
