@@ -1116,3 +1116,58 @@ fn repair_writes_missing_chunks_back_to_the_primary() {
     .collect();
     assert_code(&run(&s, &args), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Retries only where they can help
+// ---------------------------------------------------------------------------------------------
+
+/// A 404 or 403 is an answer: asked once, then the next provider. A 503 is transient: retried
+/// within the request timeout (`--retries 2` → three requests), then the next provider.
+#[test]
+fn retries_only_on_errors_worth_retrying() {
+    require_fuse();
+    let e = env();
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.bin"), Rng::new(77).bytes(200_000)).unwrap();
+    let b = unique("rty");
+    mk_s3(&e, &b);
+    persist_ok(&s, &[s.store("sec"), format!("s3://{b}/p")], &src);
+    for (status, expected) in [(404u16, 1usize), (403, 1), (503, 3)] {
+        let proxy = FaultProxy::start_in_thread(&e.s3).expect("proxy");
+        proxy.add_rule(Rule::always(
+            Matcher::PathContains("chunks".into()),
+            Fault::Status(status),
+        ));
+        let cfg = s.path(&format!("stores-{status}.toml"));
+        write_config(
+            &cfg,
+            &[
+                (format!("s3://{b}/p"), s3_via(&proxy.url())),
+                (s.store("sec"), vec![]),
+            ],
+        );
+        let mp = s.path(&format!("mnt-{status}"));
+        let (m, _) = try_mount(
+            &s,
+            Some(&cfg),
+            &[],
+            "ws",
+            "l1",
+            &mp,
+            &["--request-timeout", "5s", "--retries", "2"],
+        );
+        let _m = m.unwrap_or_else(|o| panic!("mount failed: {}", text(&o)));
+        compare_trees(&src, &mp);
+        let chunk_gets = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.fault.is_some())
+            .count();
+        assert_eq!(
+            chunk_gets, expected,
+            "{status}: GETs of the one chunk on the faulty primary"
+        );
+    }
+}
