@@ -189,6 +189,7 @@ fn classify(e: object_store::Error) -> Outcome {
                 msg = format!("{msg}: {s}");
                 src = s.source();
             }
+            let mut msg = redact_urls(&msg);
             if msg.len() > 300 {
                 // Cut on a character boundary: object_store messages contain "µs".
                 let mut n = 300;
@@ -201,6 +202,43 @@ fn classify(e: object_store::Error) -> Outcome {
             Outcome::Unavailable(msg)
         }
     }
+}
+
+/// Removes credentials from URLs inside a message: userinfo (`user:pass@`) and query strings
+/// (SAS tokens, presigned signatures). Error texts from the HTTP client quote request URLs, and
+/// they end up in logs, `wsfs status` and the failure ledger.
+pub fn redact_urls(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>'))
+            .unwrap_or(rest.len());
+        let token = &rest[..end];
+        let (authority_end, _) = token
+            .char_indices()
+            .find(|(_, c)| *c == '/' || *c == '?')
+            .unwrap_or((token.len(), ' '));
+        let authority = &token[..authority_end];
+        let host = authority
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or(authority);
+        out.push_str(host);
+        let path = &token[authority_end..];
+        match path.find('?') {
+            Some(q) => {
+                out.push_str(&path[..q]);
+                out.push_str("?…");
+            }
+            None => out.push_str(path),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn retry_config(limits: &Limits) -> RetryConfig {
@@ -285,4 +323,23 @@ fn build_store(
     };
     let prefix = StorePath::parse(path).map_err(|e| e.to_string())?;
     Ok((store, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn urls_lose_credentials() {
+        assert_eq!(
+            redact_urls("Error performing GET https://acct.blob.core.windows.net/c/k?sv=2020&sig=SECRET in 3ms"),
+            "Error performing GET https://acct.blob.core.windows.net/c/k?… in 3ms"
+        );
+        assert_eq!(
+            redact_urls("connect to http://user:pw@host:9000/b failed"),
+            "connect to http://host:9000/b failed"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(redact_urls("(http://h/p?x=1)"), "(http://h/p?…)");
+    }
 }
