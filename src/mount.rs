@@ -147,8 +147,7 @@ fn run_daemon_inner(
     ))?;
     let manifests: Vec<_> = resolved.into_iter().map(|l| l.manifest).collect();
     let layer_names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
-    let merged = layers::merge(&manifests)?;
-    drop(manifests);
+    let merged = layers::merge(manifests)?;
     let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)
         .map_err(|e| WsfsError::Integrity(e.to_string()))?;
     drop(merged.entries);

@@ -59,6 +59,24 @@ fn mounted_tree_is_identical_to_its_source() {
     // The tree is read-only.
     let e = std::fs::write(mp.join("new"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // Opening an existing file for writing fails too (opens never reach the daemon after the
+    // first: the kernel's no-open mode; the read-only mount refuses writes in the VFS).
+    for (w, rw) in [(true, false), (false, true)] {
+        let e = std::fs::OpenOptions::new()
+            .read(rw)
+            .write(true)
+            .open(mp.join("run.sh"))
+            .unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "write={w} rw={rw}: {e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(mp.join("run.sh")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
     // Mount options and names.
     let entry = wsfs::ops::mountinfo::read_mounts()
         .unwrap()
