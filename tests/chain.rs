@@ -1167,3 +1167,36 @@ fn manifest_decode_allocation_is_proportional_to_the_manifest() {
         bytes.len()
     );
 }
+
+/// A chunk stored under its key with another valid encoding (another zstd level, so another
+/// stored length than the manifest records) is still the chunk: it verifies by hash and is served.
+#[tokio::test]
+async fn a_valid_re_encoding_of_a_chunk_is_accepted() {
+    use object_store::ObjectStore as _;
+    let raw: Vec<u8> = (0..300_000u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 11) as u8)
+        .collect();
+    let hash = wsfs::manifest::Digest::of(&raw);
+    let original = wsfs::manifest::chunker::compress(&raw).unwrap();
+    let info = wsfs::manifest::ChunkInfo {
+        hash,
+        raw_len: raw.len() as u32,
+        stored_len: original.len() as u32,
+    };
+    let other = zstd::bulk::compress(&raw, 19).unwrap();
+    assert_ne!(
+        other.len(),
+        original.len(),
+        "the test needs a different encoding"
+    );
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    mem.put(
+        &object_store::path::Path::from(wsfs::manifest::keys::chunk(&hash).as_str()),
+        other.into(),
+    )
+    .await
+    .unwrap();
+    let chain = Chain::new(vec![Provider::from_store("mem", mem, limits())]);
+    let served = chain.fetch_chunk(&info).await.expect("served");
+    assert!(served.value.data()[..] == raw[..]);
+}

@@ -32,20 +32,24 @@ impl VerifiedChunk {
     pub fn from_stored(info: &ChunkInfo, stored: &[u8]) -> Result<VerifiedChunk, Outcome> {
         let got = stored.len() as u64;
         let want = u64::from(info.stored_len);
-        if got < want {
-            return Err(Outcome::Short { got, want });
-        }
-        if got > want {
-            return Err(Outcome::Corrupt(format!(
-                "{got} bytes where {want} were stored"
-            )));
-        }
-        // The capacity bounds the output: a body that inflates past raw_len is rejected
-        // instead of allocating without limit.
-        let raw = zstd::bulk::Decompressor::new()
+        // The content hash is the check; the stored length only classifies a failure. A body of
+        // another length that still inflates to the right bytes is a valid encoding of the chunk
+        // (e.g. compressed by another zstd version, which a later persist may have written over
+        // the old object), so it is accepted rather than breaking every older layer that uses it.
+        // The capacity bounds the output: a body that inflates past raw_len is rejected instead
+        // of allocating without limit.
+        let checked = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress(stored, info.raw_len as usize))
-            .map_err(|e| Outcome::Corrupt(format!("does not decompress: {e}")))?;
-        Self::from_raw(info, Bytes::from(raw))
+            .map_err(|e| Outcome::Corrupt(format!("does not decompress: {e}")))
+            .and_then(|raw| Self::from_raw(info, Bytes::from(raw)));
+        match checked {
+            Ok(c) => Ok(c),
+            Err(_) if got < want => Err(Outcome::Short { got, want }),
+            Err(_) if got > want => Err(Outcome::Corrupt(format!(
+                "{got} bytes where {want} were stored"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Checks raw (uncompressed) bytes, e.g. read back from the disk cache.
