@@ -4,9 +4,9 @@
 #   scripts/test.sh [--quick] [-- ARGS...]
 #
 #   --quick   skip `cargo fmt --check` and `cargo clippy`
-#   ARGS      passed to the test binaries after `--test-threads=N` (e.g. a name filter)
+#   ARGS      passed to the test binaries (e.g. a name filter)
 #
-# Env: WSFS_TEST_THREADS (default 4) sets --test-threads.
+# Env: WSFS_TEST_THREADS (default 4) sets RUST_TEST_THREADS.
 #
 # Installs what is missing (fuse3, moto, fake-gcs-server, rustfmt/clippy),
 # starts private moto + fake-gcs-server instances on free loopback ports (own
@@ -162,5 +162,12 @@ if ((quick == 0)); then
 fi
 
 threads=${WSFS_TEST_THREADS:-4}
-banner "cargo test --no-fail-fast --all-targets -- --test-threads=$threads ${extra[*]:-}"
-run_step cargo test --no-fail-fast --all-targets -- --test-threads="$threads" "${extra[@]}"
+# Thread count through the environment, not `--test-threads`: the criterion bench target (run once
+# in test mode by --all-targets) rejects libtest's flags.
+export RUST_TEST_THREADS=$threads
+banner "RUST_TEST_THREADS=$threads cargo test --no-fail-fast --all-targets ${extra[*]:+-- ${extra[*]}}"
+if ((${#extra[@]})); then
+    run_step cargo test --no-fail-fast --all-targets -- "${extra[@]}"
+else
+    run_step cargo test --no-fail-fast --all-targets
+fi
