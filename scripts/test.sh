@@ -124,6 +124,13 @@ cleanup() {
     else
         banner "FAILED (exit $rc)"
     fi
+    # One closing line with the totals over every test binary (libtest's own last line is that of
+    # the last binary run, which may be a target with no tests).
+    if [[ -n ${test_log:-} && -f $test_log ]]; then
+        awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+             END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
+        rm -f "$test_log"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -166,8 +173,9 @@ threads=${WSFS_TEST_THREADS:-4}
 # in test mode by --all-targets) rejects libtest's flags.
 export RUST_TEST_THREADS=$threads
 banner "RUST_TEST_THREADS=$threads cargo test --no-fail-fast --all-targets ${extra[*]:+-- ${extra[*]}}"
-if ((${#extra[@]})); then
-    run_step cargo test --no-fail-fast --all-targets -- "${extra[@]}"
-else
-    run_step cargo test --no-fail-fast --all-targets
-fi
+test_log=$(mktemp /tmp/wsfs-test-log.XXXXXX)
+run_tests() {
+    cargo test --no-fail-fast --all-targets ${extra[@]:+-- "${extra[@]}"} 2>&1 | tee "$test_log"
+    return "${PIPESTATUS[0]}"
+}
+run_step run_tests
