@@ -185,6 +185,10 @@ _wsfs_stop() {
 }
 
 wsfs_mount_fusectl() {
+    # `wsfs attach` needs kernel overlayfs; load it if it is a module not loaded yet.
+    if ! grep -qw overlay /proc/filesystems; then
+        modprobe overlay >/dev/null 2>&1 || _wsfs_log "warning: no overlayfs in this kernel (wsfs attach will refuse with exit 6)"
+    fi
     if grep -qs ' /sys/fs/fuse/connections fusectl ' /proc/self/mounts; then
         return 0
     fi
