@@ -5,7 +5,8 @@
 //! Invariants (established by manifest validation and checked again while building):
 //! * inode 1 is the root; `nodes[ino - 1]` is inode `ino`;
 //! * every node's parent is a directory that lists it among its `children`;
-//! * `children` of a directory are sorted by name, so readdir offsets are stable;
+//! * `children` of a directory are sorted by name: readdir offsets are stable and lookups
+//!   binary-search them;
 //! * a file's `ext_starts[i]` is the file offset where `extents[i]` begins.
 
 use crate::manifest::{ChunkInfo, Entry, EntryKind, Extent, RootMeta};
@@ -37,7 +38,6 @@ impl Node {
 
 pub struct InodeTable {
     nodes: Vec<Node>,
-    by_name: HashMap<(u64, Box<[u8]>), u64>,
     chunks: Vec<ChunkInfo>,
     total_bytes: u64,
 }
@@ -70,7 +70,6 @@ impl InodeTable {
             children: Vec::new(),
         });
         let mut by_path: HashMap<&[u8], u64> = HashMap::with_capacity(entries.len());
-        let mut by_name = HashMap::with_capacity(entries.len());
         let mut total_bytes = 0;
         for e in entries {
             let (parent, name) = match e.path.iter().rposition(|&b| b == b'/') {
@@ -119,21 +118,24 @@ impl InodeTable {
                 children: Vec::new(),
             });
             nodes[(parent - 1) as usize].children.push(ino);
-            if by_name.insert((parent, Box::from(name)), ino).is_some() {
+            if by_path.insert(&e.path, ino).is_some() {
                 return Err(BuildError(format!("duplicate path {:?}", e.path_lossy())));
             }
-            by_path.insert(&e.path, ino);
         }
         // Children were pushed in path order; names of one directory sort the same way, except
         // where a sibling's name is a prefix continued by a byte below '/': sort to be exact.
-        let names: Vec<Box<[u8]>> = nodes.iter().map(|n| n.name.clone()).collect();
-        for n in &mut nodes {
-            n.children
-                .sort_by(|a, b| names[(*a - 1) as usize].cmp(&names[(*b - 1) as usize]));
+        // Sorted children are also the lookup index (binary search), so no name map is kept.
+        for i in 0..nodes.len() {
+            let mut children = std::mem::take(&mut nodes[i].children);
+            children.sort_by(|a, b| {
+                nodes[(*a - 1) as usize]
+                    .name
+                    .cmp(&nodes[(*b - 1) as usize].name)
+            });
+            nodes[i].children = children;
         }
         Ok(InodeTable {
             nodes,
-            by_name,
             chunks,
             total_bytes,
         })
@@ -146,9 +148,14 @@ impl InodeTable {
         self.nodes.get((ino - 1) as usize)
     }
 
+    /// Binary search over the parent's children, which are sorted by name: no allocation and
+    /// no second index to keep in step with the tree.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        // The key type owns its name; a boxed copy of a short name is cheap next to a syscall.
-        self.by_name.get(&(parent, Box::from(name))).copied()
+        let children = &self.get(parent)?.children;
+        children
+            .binary_search_by(|c| self.nodes[(*c - 1) as usize].name.as_ref().cmp(name))
+            .ok()
+            .map(|i| children[i])
     }
 
     pub fn chunk(&self, index: u32) -> Option<&ChunkInfo> {
