@@ -445,20 +445,8 @@ fn metrics_file_and_endpoint_agree_with_status() {
         &[],
     ));
     // Every chunk missing on the primary (failovers); gone.bin's chunk missing on both (EIO).
-    let gone = {
-        let m = std::fs::read_dir(s.path("s1/manifests"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let man = wsfs::manifest::decode(&std::fs::read(m).unwrap()).unwrap();
-        let e = man.entries.iter().find(|e| e.path == b"gone.bin").unwrap();
-        man.chunks[e.extents[0].chunk as usize].hash
-    };
-    for c in chunk_files(&s.path("s1")) {
-        std::fs::remove_file(c).unwrap();
-    }
+    let gone = first_chunk_of(&s.path("s1"), "gone.bin");
+    remove_chunks(&s.path("s1"));
     std::fs::remove_file(s.path("s2").join(wsfs::manifest::keys::chunk(&gone))).unwrap();
 
     let metrics_dir = s.mkdir("textfile");

@@ -118,20 +118,8 @@ fn status_counters_agree_with_the_reads() {
         &[],
     ));
     // Every chunk missing on the primary; the small file's pack missing everywhere.
-    let pack = {
-        let m = std::fs::read_dir(s.path("s1/manifests"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let man = wsfs::manifest::decode(&std::fs::read(m).unwrap()).unwrap();
-        let e = man.entries.iter().find(|e| e.path == b"gone.txt").unwrap();
-        man.chunks[e.extents[0].chunk as usize].hash
-    };
-    for c in chunk_files(&s.path("s1")) {
-        std::fs::remove_file(c).unwrap();
-    }
+    let pack = first_chunk_of(&s.path("s1"), "gone.txt");
+    remove_chunks(&s.path("s1"));
     std::fs::remove_file(s.path("s2").join(wsfs::manifest::keys::chunk(&pack))).unwrap();
     let mp = s.mkdir("mnt");
     let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);

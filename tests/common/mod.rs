@@ -393,3 +393,30 @@ pub fn chunk_files(store_dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path().to_path_buf())
         .collect()
 }
+
+/// Deletes every chunk object of a file:// store (its manifests and refs stay); returns how many.
+pub fn remove_chunks(store_dir: &Path) -> usize {
+    let chunks = chunk_files(store_dir);
+    for c in &chunks {
+        std::fs::remove_file(c).expect("remove chunk");
+    }
+    chunks.len()
+}
+
+/// The digest of the chunk holding the first extent of `path`, read from the (single) manifest
+/// of a file:// store.
+pub fn first_chunk_of(store_dir: &Path, path: &str) -> wsfs::manifest::Digest {
+    let m = std::fs::read_dir(store_dir.join("manifests"))
+        .expect("manifests dir")
+        .next()
+        .expect("one manifest")
+        .expect("dir entry")
+        .path();
+    let man = wsfs::manifest::decode(&std::fs::read(m).expect("read manifest")).expect("decode");
+    let e = man
+        .entries
+        .iter()
+        .find(|e| e.path == path.as_bytes())
+        .expect("entry in manifest");
+    man.chunks[e.extents[0].chunk as usize].hash
+}
