@@ -136,13 +136,22 @@ pub enum Command {
         /// FUSE worker threads (default: 2 x cores, at least 4).
         #[arg(long)]
         threads: Option<usize>,
-        /// `all`: fetch the whole workspace into the caches in the background after mounting, in
-        /// path order; `none`: fetch only what is read (plus read-ahead).
-        #[arg(long, default_value = "none", value_parser = ["none", "all"])]
+        /// What to bring close before it is asked for, in the background after mounting:
+        /// `none`: only what is read (plus read-ahead). `tree`: list every directory through the
+        /// kernel, so walks, stats and path lookups send no FUSE request (for jobs that stat much
+        /// and read little). `chunks`: fetch every chunk into wsfs's caches, in path order.
+        /// `all`: `tree` and `chunks`, and push small files (<= 1 MiB) into the kernel's page
+        /// cache, so reading them sends no FUSE request (for jobs that read most of the tree).
+        #[arg(long, default_value = "none", value_parser = ["none", "tree", "chunks", "all"])]
         prefetch: String,
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
         prefetch_concurrency: usize,
+        /// With `--prefetch all`: at most this many bytes of small files are pushed into the
+        /// kernel's page cache (0: none). Clean page-cache pages are reclaimable; an evicted
+        /// file is simply read again through wsfs.
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        prefetch_page_cache: u64,
         /// The mount's kernel read-ahead (sysfs bdi read_ahead_kb).
         #[arg(long, default_value_t = 4096)]
         read_ahead_kb: u32,

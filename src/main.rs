@@ -120,6 +120,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             threads,
             prefetch,
             prefetch_concurrency,
+            prefetch_page_cache,
             read_ahead_kb,
             ready_timeout,
             notify_ready,
@@ -148,8 +149,15 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 threads: threads.unwrap_or((cpus * 2).max(4)),
                 metrics_file,
                 metrics_addr,
-                prefetch_all: prefetch == "all",
+                prefetch_chunks: prefetch == "chunks" || prefetch == "all",
+                warm_kernel: prefetch == "tree" || prefetch == "all",
                 prefetch_concurrency,
+                // `tree` warms names and attributes only.
+                prefetch_page_cache: if prefetch == "all" {
+                    prefetch_page_cache
+                } else {
+                    0
+                },
                 read_ahead_kb,
             };
             let mut notified = false;

@@ -37,9 +37,14 @@ pub struct MountArgs {
     pub read_deadline: Duration,
     pub repair: bool,
     pub threads: usize,
-    /// Fetch every chunk in the background after mounting.
-    pub prefetch_all: bool,
+    /// Fetch every chunk in the background after mounting (`--prefetch chunks|all`).
+    pub prefetch_chunks: bool,
+    /// Warm the kernel's caches: names and attributes (`--prefetch tree|all`), and small files'
+    /// pages within `prefetch_page_cache` bytes.
+    pub warm_kernel: bool,
     pub prefetch_concurrency: usize,
+    /// Page-cache bytes the warm-up may push (`--prefetch-page-cache`).
+    pub prefetch_page_cache: u64,
     /// Kernel read-ahead for the mount, in KiB.
     pub read_ahead_kb: u32,
     /// Prometheus textfile to rewrite every few seconds (`--metrics-file`).
@@ -206,6 +211,7 @@ fn run_daemon_inner(
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| WsfsError::Mount(format!("cannot mount at {}: {e}", mountpoint.display())))?;
     let mut unmounter = session.unmount_callable();
+    let notifier = session.notifier();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     std::thread::Builder::new()
         .name("wsfs-fuse".into())
@@ -258,9 +264,12 @@ fn run_daemon_inner(
         }
     }
     set_read_ahead(&mountpoint, args.read_ahead_kb);
-    if args.prefetch_all {
+    if args.prefetch_chunks {
         fs.fetcher()
             .prefetch_all(fs.table().chunks_in_path_order(), args.prefetch_concurrency);
+    }
+    if args.warm_kernel {
+        start_warmup(&fs, &mountpoint, notifier, rt.handle().clone(), &args);
     }
     tracing::info!(
         mountpoint = %mountpoint.display(),
@@ -293,6 +302,8 @@ fn run_daemon_inner(
     });
     if let Some(ended) = signalled {
         tracing::info!(mountpoint = %mountpoint.display(), "signal received: unmounting");
+        // The warm-up's open directories would make the unmount busy.
+        fs.warmup.stop(WARMUP_STOP_WAIT);
         // As root, unmount directly (fuser's own unmount defers to fusermount3's auto-unmount
         // helper, which only acts when the daemon is gone). Busy: detach lazily so the daemon can
         // still exit; readers with open files keep them until they close.
@@ -312,6 +323,42 @@ fn run_daemon_inner(
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; daemon exiting");
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// How long an unmount waits for the warm-up's workers to put down their directories. Each
+/// finishes within one listing or one file, so this is only reached if the mount stops answering.
+pub const WARMUP_STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// Threads of the kernel cache warm-up. Its requests are latency-bound (cross-CPU wake-ups), so
+/// more threads than cores overlap them: on 2 cores, 50,000 entries warmed in 675/453/332/289/298
+/// ms with 1/2/4/8/16 threads (docs/benchmarks.md).
+const WARMUP_THREADS: usize = 8;
+
+/// Starts the kernel cache warm-up of `--prefetch tree|all` on the mount this process serves.
+/// Best effort: if the root cannot be opened, the mount serves everything on demand as usual.
+fn start_warmup(
+    fs: &Arc<WsFs>,
+    mountpoint: &Path,
+    notifier: fuser::Notifier,
+    rt: tokio::runtime::Handle,
+    args: &MountArgs,
+) {
+    // One descriptor of the mount's root, taken while it is certainly ours; the walk opens
+    // everything relative to it.
+    let root = std::fs::File::open(mountpoint).map(std::os::fd::OwnedFd::from);
+    match root {
+        Ok(root) => crate::fs::warmup::start(
+            fs.clone(),
+            root,
+            Box::new(notifier),
+            rt,
+            crate::fs::warmup::WarmupConfig {
+                threads: WARMUP_THREADS,
+                page_cache_budget: args.prefetch_page_cache,
+            },
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot open the mount's root; no kernel warm-up"),
+    }
 }
 
 /// Raises the kernel's read-ahead for this mount (its backing device info in sysfs). The default
@@ -339,6 +386,7 @@ fn unmount_path(p: &Path) -> std::io::Result<()> {
     }
     let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EBUSY) {
+        tracing::warn!(mountpoint = %p.display(), "mount busy: detached lazily; open files stay readable until closed");
         // SAFETY: as above.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
             return Ok(());

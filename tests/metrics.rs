@@ -344,6 +344,21 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
         n(&st["cache"]["fetched"]),
     );
     eq(
+        "warm-up files stored",
+        e.get("wsfs_warmup_files_stored_total", &[]),
+        n(&st["warmup"]["files_stored"]),
+    );
+    eq(
+        "warm-up bytes stored",
+        e.get("wsfs_warmup_bytes_stored_total", &[]),
+        n(&st["warmup"]["bytes_stored"]),
+    );
+    eq(
+        "warm-up running",
+        e.get("wsfs_warmup_running", &[]),
+        u64::from(st["warmup"]["state"] == "running"),
+    );
+    eq(
         "memory hits",
         e.get("wsfs_cache_hits_total", &[("tier", "memory")]),
         n(&st["cache"]["memory_hits"]),
@@ -409,7 +424,7 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
     d
 }
 
-const ALL_METRICS: [&str; 13] = [
+const ALL_METRICS: [&str; 16] = [
     "wsfs_up",
     "wsfs_layers",
     "wsfs_provider_requests_total",
@@ -423,6 +438,9 @@ const ALL_METRICS: [&str; 13] = [
     "wsfs_fuse_operations_total",
     "wsfs_fuse_errors_total",
     "wsfs_breaker_open",
+    "wsfs_warmup_files_stored_total",
+    "wsfs_warmup_bytes_stored_total",
+    "wsfs_warmup_running",
 ];
 
 #[test]

@@ -6,6 +6,7 @@ use super::error::FsError;
 use super::inode::{InodeTable, Node};
 use super::ledger::{Failure, FailureLedger};
 use super::opstats::FuseOpStats;
+use super::warmup::Warmup;
 use crate::fetcher::{FetchError, Fetcher};
 use crate::manifest::{ChunkInfo, EntryKind};
 use crate::store::VerifiedChunk;
@@ -46,6 +47,8 @@ pub struct WsFs {
     /// FUSE requests and error replies by op (bumped by the adapter).
     pub ops: FuseOpStats,
     pub ledger: FailureLedger,
+    /// The kernel cache warm-up of `--prefetch all` (counters and stop control).
+    pub warmup: Warmup,
 }
 
 /// One entry of a directory listing; `next` is the offset to resume after it.
@@ -74,6 +77,7 @@ impl WsFs {
             stats: FsStats::default(),
             ops: FuseOpStats::default(),
             ledger: FailureLedger::default(),
+            warmup: Warmup::default(),
         }
     }
 
@@ -197,10 +201,40 @@ impl WsFs {
             return Err(FsError::IsDir);
         }
         self.stats.reads.fetch_add(1, Relaxed);
-        if offset >= n.size || size == 0 {
+        let out = self
+            .assemble(n, offset, u64::from(size), true)
+            .await
+            .map_err(|(chunk, err)| self.eio(n, chunk.as_ref(), err))?;
+        self.stats.bytes_served.fetch_add(out.len() as u64, Relaxed);
+        Ok(out)
+    }
+
+    /// The whole content of a regular file, for the kernel cache warm-up: the same verified
+    /// assembly as [`WsFs::read`], but not counted as a read, and a miss is not an EIO (nobody
+    /// asked; the file is simply left for the kernel to READ, where a miss is reported).
+    pub async fn file_content(&self, ino: u64) -> Result<Vec<u8>, FetchError> {
+        let n = self
+            .node(ino)
+            .map_err(|e| FetchError::Internal(e.to_string()))?;
+        if n.kind != EntryKind::File {
+            return Err(FetchError::Internal(format!("inode {ino} is not a file")));
+        }
+        self.assemble(n, 0, n.size, false).await.map_err(|(_, e)| e)
+    }
+
+    /// Bytes `[offset, min(offset + len, size))` of file `n` from verified chunks; on failure,
+    /// the chunk that could not be served (if one) and why.
+    async fn assemble(
+        &self,
+        n: &Node,
+        offset: u64,
+        len: u64,
+        read_ahead: bool,
+    ) -> Result<Vec<u8>, (Option<ChunkInfo>, FetchError)> {
+        if offset >= n.size || len == 0 {
             return Ok(Vec::new());
         }
-        let end = n.size.min(offset + u64::from(size));
+        let end = n.size.min(offset.saturating_add(len));
         // First extent that ends after `offset`.
         let first = n
             .ext_starts
@@ -221,30 +255,42 @@ impl WsFs {
             .filter_map(|(e, _, _)| self.table.chunk(n.extents[*e].chunk).copied())
             .collect();
         if infos.len() != pieces.len() {
-            return Err(self.eio(
-                n,
+            return Err((
                 None,
                 FetchError::Internal("extent names an unknown chunk".into()),
             ));
         }
-        // Read-ahead: start the next extents' chunks now, so a sequential reader finds them ready.
-        for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {
-            if let Some(c) = self.table.chunk(x.chunk) {
-                self.fetcher.prefetch(c);
+        if read_ahead {
+            // Start the next extents' chunks now, so a sequential reader finds them ready.
+            for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {
+                if let Some(c) = self.table.chunk(x.chunk) {
+                    self.fetcher.prefetch(c);
+                }
             }
         }
         let chunks: Vec<Result<VerifiedChunk, FetchError>> =
             futures::future::join_all(infos.iter().map(|c| self.fetcher.get(c))).await;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for ((e, from, to), (r, info)) in pieces.iter().zip(chunks.into_iter().zip(&infos)) {
-            let chunk = r.map_err(|err| self.eio(n, Some(info), err))?;
+            let chunk = r.map_err(|err| (Some(*info), err))?;
             let x = &n.extents[*e];
             let a = (u64::from(x.offset) + from) as usize;
             let b = (u64::from(x.offset) + to) as usize;
             // Verified chunks have exactly raw_len bytes and validated extents lie inside them.
             out.extend_from_slice(&chunk.data()[a..b]);
         }
-        self.stats.bytes_served.fetch_add(out.len() as u64, Relaxed);
+        // Validated extents cover the file without gaps; a shortfall would be a bug, and a short
+        // result must never reach the kernel as if it were the file.
+        if out.len() as u64 != end - offset {
+            return Err((
+                None,
+                FetchError::Internal(format!(
+                    "assembled {} bytes where {} were due",
+                    out.len(),
+                    end - offset
+                )),
+            ));
+        }
         Ok(out)
     }
 

@@ -1,5 +1,5 @@
-//! The filesystem: the immutable inode table, the kernel-independent logic, and the thin FUSE
-//! adapter.
+//! The filesystem: the immutable inode table, the kernel-independent logic, the thin FUSE
+//! adapter, and the kernel cache warm-up of `--prefetch all`.
 
 pub mod error;
 pub mod filesystem;
@@ -7,6 +7,7 @@ pub mod fuse;
 pub mod inode;
 pub mod ledger;
 pub mod opstats;
+pub mod warmup;
 
 pub use error::FsError;
 pub use filesystem::WsFs;

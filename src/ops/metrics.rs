@@ -164,6 +164,24 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         &status.cache.disk_hits.to_string(),
     );
     w.single(
+        "wsfs_warmup_files_stored_total",
+        "counter",
+        "Small files pushed into the kernel page cache by the --prefetch all warm-up.",
+        status.warmup.files_stored,
+    );
+    w.single(
+        "wsfs_warmup_bytes_stored_total",
+        "counter",
+        "Bytes pushed into the kernel page cache by the --prefetch all warm-up.",
+        status.warmup.bytes_stored,
+    );
+    w.single(
+        "wsfs_warmup_running",
+        "gauge",
+        "1 while the --prefetch all kernel warm-up runs.",
+        u64::from(status.warmup.state == "running"),
+    );
+    w.single(
         "wsfs_failovers_total",
         "counter",
         "Objects served by a later store after an earlier store missed them.",

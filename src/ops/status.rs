@@ -32,10 +32,27 @@ pub struct CacheStatus {
     pub disk_hits: u64,
     pub disk_corrupt: u64,
     pub fetched: u64,
-    /// Chunks brought in by `--prefetch all`.
+    /// Chunks brought in by `--prefetch chunks|all`.
     #[serde(default)]
     pub prefetched: u64,
     pub memory_bytes: u64,
+}
+
+/// The kernel cache warm-up of `--prefetch all`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WarmupStatus {
+    /// off, running, done or stopped.
+    pub state: String,
+    pub dirs_listed: u64,
+    /// Small files pushed into the kernel's page cache, and their bytes.
+    pub files_stored: u64,
+    pub bytes_stored: u64,
+    /// Files left to on-demand reads: a chunk could not be fetched, or the kernel refused.
+    pub files_failed: u64,
+    /// Files not pushed because `--prefetch-page-cache` was spent.
+    pub files_over_budget: u64,
+    /// How long the warm-up took (0 while running).
+    pub elapsed_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -55,6 +72,8 @@ pub struct MountStatus {
     pub eio: u64,
     pub repairs: u64,
     pub cache: CacheStatus,
+    #[serde(default)]
+    pub warmup: WarmupStatus,
     pub stores: Vec<StoreStatus>,
     /// FUSE requests by op (lookup, getattr, readlink, open, read, readdir, readdirplus, opendir,
     /// statfs) and the error replies among them.
@@ -98,6 +117,16 @@ impl StatusSource {
             prefetched: get(&f.prefetched),
             memory_bytes: self.fs.fetcher().memory().bytes() as u64,
         };
+        let w = &self.fs.warmup;
+        s.warmup = WarmupStatus {
+            state: w.state().name().to_string(),
+            dirs_listed: get(&w.dirs_listed),
+            files_stored: get(&w.files_stored),
+            bytes_stored: get(&w.bytes_stored),
+            files_failed: get(&w.files_failed),
+            files_over_budget: get(&w.files_over_budget),
+            elapsed_ms: get(&w.elapsed_ms),
+        };
         s.stores = self
             .chain
             .providers()
@@ -127,7 +156,11 @@ impl StatusSource {
     }
 }
 
-/// Serves snapshots on `socket` from a background thread: one JSON document per connection.
+/// Serves the daemon's control socket from a background thread. A client sends one request
+/// line and reads one JSON document back:
+/// * `status` (or nothing, then end of input): a [`MountStatus`] snapshot;
+/// * `quiesce`: stop background work that holds files of the mount open (the kernel cache
+///   warm-up), so that an unmount is not refused as busy; answers `{"quiesced": bool}`.
 pub fn serve(socket: &Path, source: Arc<StatusSource>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
     if let Some(d) = socket.parent() {
@@ -140,23 +173,64 @@ pub fn serve(socket: &Path, source: Arc<StatusSource>) -> std::io::Result<()> {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                let body = serde_json::to_vec(&source.snapshot()).unwrap_or_default();
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+                let body = match read_request(&mut conn).as_str() {
+                    "quiesce" => {
+                        let done = source.fs.warmup.stop(crate::mount::WARMUP_STOP_WAIT);
+                        serde_json::json!({ "quiesced": done })
+                            .to_string()
+                            .into_bytes()
+                    }
+                    _ => serde_json::to_vec(&source.snapshot()).unwrap_or_default(),
+                };
                 let _ = conn.write_all(&body);
             }
         })?;
     Ok(())
 }
 
-/// Asks a daemon for its status, bounded in time.
-pub fn query(socket: &Path, timeout: Duration) -> Result<MountStatus, String> {
+/// The request line (at most 64 bytes, up to a newline or the end of input); empty if none.
+fn read_request(conn: &mut std::os::unix::net::UnixStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while buf.len() < 64 {
+        match conn.read(&mut byte) {
+            Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// Sends one request line and reads the whole answer, bounded in time.
+fn request(socket: &Path, line: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     let mut c = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach daemon at {}: {e}", socket.display()))?;
     c.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
+    c.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    c.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("cannot ask the daemon: {e}"))?;
     let mut buf = Vec::new();
     c.read_to_end(&mut buf)
         .map_err(|e| format!("daemon did not answer: {e}"))?;
+    Ok(buf)
+}
+
+/// Asks a daemon for its status, bounded in time.
+pub fn query(socket: &Path, timeout: Duration) -> Result<MountStatus, String> {
+    let buf = request(socket, "status", timeout)?;
     serde_json::from_slice(&buf).map_err(|e| format!("bad status from daemon: {e}"))
+}
+
+/// Asks a daemon to stop background work that keeps files of its mount open, and waits for it
+/// (bounded). Returns whether the daemon confirmed.
+pub fn quiesce(socket: &Path, timeout: Duration) -> Result<bool, String> {
+    let buf = request(socket, "quiesce", timeout)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&buf).map_err(|e| format!("bad answer from daemon: {e}"))?;
+    Ok(v["quiesced"].as_bool() == Some(true))
 }
 
 /// `wsfs status`: every wsfs mount in the mount table (live or stale) and every runtime record.

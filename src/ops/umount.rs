@@ -123,6 +123,14 @@ pub fn run(
         };
     }
     let started = Instant::now();
+    // Background work of the daemon (the kernel cache warm-up) holds directories of the mount
+    // open for moments at a time; ask it to stop first so the unmount is not refused as busy.
+    // An old or unresponsive daemon simply does not answer.
+    if let Some(rec) = runtime::read_record(&abs) {
+        if let Err(e) = super::status::quiesce(&rec.socket, Duration::from_secs(4)) {
+            tracing::debug!(error = %e, "daemon did not confirm quiesce");
+        }
+    }
     match umount2_bounded(&abs, timeout.min(Duration::from_secs(5))) {
         Ok(()) => {}
         Err(e) if e == libc::EBUSY => {

@@ -1,0 +1,422 @@
+//! Kernel cache warm-up, the second half of `--prefetch all`.
+//!
+//! Fetching every chunk into wsfs's own caches (the first half, in `fetcher.rs`) still leaves a
+//! reader paying a LOOKUP and a READ round trip per file, and on a small VM each round trip is
+//! tens of microseconds of cross-CPU wake-ups (docs/benchmarks.md, "Profile"). The warm-up moves
+//! that work off the reader's path:
+//!
+//! * **Names and attributes.** Worker threads in the daemon list every directory of the mount
+//!   through the VFS. The kernel asks wsfs with READDIRPLUS, which hands it every child's inode
+//!   and attributes at once, so later path walks, `stat`s and listings are answered from the
+//!   kernel's dentry, inode and directory caches.
+//! * **Small file contents.** Each regular file of at most [`MAX_STORED_FILE`] bytes is assembled
+//!   from verified chunks and pushed into the kernel's page cache with `FUSE_NOTIFY_STORE`. A
+//!   reader then opens and reads it without any FUSE request.
+//!
+//! Invariants:
+//! * Only bytes that passed chunk verification are pushed, and only a file's whole content from
+//!   offset 0 (the kernel marks a page valid only when it is full or ends the file). A file whose
+//!   chunks cannot be fetched is skipped: its reader gets the usual READ, and the usual EIO.
+//! * The walk opens directories relative to one descriptor of the mount's root, taken right
+//!   after mounting, so a lazily detached mountpoint is never confused with the directory under
+//!   it. A directory descriptor is open only while that directory is being listed.
+//! * [`Warmup::stop`] makes every worker finish within one directory or one file and waits for
+//!   them (bounded): `wsfs umount` and SIGTERM call it first, so the walk never makes an
+//!   unmount fail with EBUSY. Errors from the mount (it went away, was aborted) end the walk.
+//! * Page-cache bytes are bounded by the budget given at start (`--prefetch-page-cache`).
+
+use super::inode::ROOT;
+use super::WsFs;
+use crate::manifest::EntryKind;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Larger files are left to the kernel's read-ahead: a few 1 MiB READs cost little per byte,
+/// and pushing them would only evict other pages.
+pub const MAX_STORED_FILE: u64 = 1 << 20;
+
+/// Where the warm-up is; `status` and the metrics report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WarmupState {
+    /// Not asked for (no `--prefetch all`).
+    Off = 0,
+    Running = 1,
+    Done = 2,
+    /// Stopped early by an unmount or a signal, or ended by an error from the mount.
+    Stopped = 3,
+}
+
+impl WarmupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            WarmupState::Off => "off",
+            WarmupState::Running => "running",
+            WarmupState::Done => "done",
+            WarmupState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Counters and control of the warm-up; lives in [`WsFs`] so status and metrics see it.
+#[derive(Debug, Default)]
+pub struct Warmup {
+    state: AtomicU8,
+    stop: AtomicBool,
+    pub dirs_listed: AtomicU64,
+    pub files_stored: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    /// Files left to the kernel because a chunk could not be fetched or the store failed.
+    pub files_failed: AtomicU64,
+    /// Files not pushed because the page-cache budget was spent.
+    pub files_over_budget: AtomicU64,
+    pub elapsed_ms: AtomicU64,
+    /// Worker threads still running; [`Warmup::stop`] waits for zero.
+    running: Mutex<usize>,
+    finished: Condvar,
+}
+
+impl Warmup {
+    pub fn state(&self) -> WarmupState {
+        match self.state.load(Relaxed) {
+            1 => WarmupState::Running,
+            2 => WarmupState::Done,
+            3 => WarmupState::Stopped,
+            _ => WarmupState::Off,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// Asks every worker to stop and waits up to `wait` for them. Returns whether none is left.
+    /// Safe to call at any time, also when the warm-up never ran.
+    pub fn stop(&self, wait: Duration) -> bool {
+        self.stop.store(true, Relaxed);
+        let deadline = Instant::now() + wait;
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        while *running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            running = self
+                .finished
+                .wait_timeout(running, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// What [`start`] needs besides the filesystem.
+pub struct WarmupConfig {
+    /// Worker threads. The walk is bound by round-trip latency, not CPU, so a few threads
+    /// overlap their waits even on two cores.
+    pub threads: usize,
+    /// At most this many bytes of file content are pushed into the page cache (0: names only).
+    pub page_cache_budget: u64,
+}
+
+/// Pushes verified bytes into the kernel's page cache for an inode. The daemon passes fuser's
+/// notifier; tests may pass anything.
+pub trait PageCacheSink: Send + Sync + 'static {
+    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+impl PageCacheSink for fuser::Notifier {
+    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
+        fuser::Notifier::store(self, fuser::INodeNo(ino), 0, data)
+    }
+}
+
+struct Walk {
+    fs: Arc<WsFs>,
+    root: OwnedFd,
+    sink: Box<dyn PageCacheSink>,
+    rt: tokio::runtime::Handle,
+    /// Whether file contents are pushed at all (a budget was given).
+    push_files: bool,
+    budget: AtomicU64,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    started: Instant,
+}
+
+struct Queue {
+    /// Directories still to list; a stack, so the walk goes depth-first in path order like the
+    /// chunk prefetch, and the files it pushes are the ones whose chunks arrive first.
+    dirs: Vec<u64>,
+    /// Workers listing a directory right now (they may push more).
+    busy: usize,
+}
+
+/// Starts the warm-up of the mount whose root directory is `root` (opened by the caller after
+/// the mount is serving). Returns at once; the workers run until done or stopped.
+pub fn start(
+    fs: Arc<WsFs>,
+    root: OwnedFd,
+    sink: Box<dyn PageCacheSink>,
+    rt: tokio::runtime::Handle,
+    cfg: WarmupConfig,
+) {
+    let threads = cfg.threads.max(1);
+    let walk = Arc::new(Walk {
+        fs: fs.clone(),
+        root,
+        sink,
+        rt,
+        push_files: cfg.page_cache_budget > 0,
+        budget: AtomicU64::new(cfg.page_cache_budget),
+        queue: Mutex::new(Queue {
+            dirs: vec![ROOT],
+            busy: 0,
+        }),
+        wake: Condvar::new(),
+        started: Instant::now(),
+    });
+    let w = &fs.warmup;
+    w.state.store(WarmupState::Running as u8, Relaxed);
+    *w.running.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+    for i in 0..threads {
+        let worker = walk.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("wsfs-warm-{i}"))
+            .spawn(move || {
+                worker.work();
+                worker.exit();
+            });
+        if let Err(e) = spawned {
+            // The threads already started finish the walk; account for the missing ones.
+            tracing::warn!(error = %e, "cannot start a warm-up thread");
+            for _ in i..threads {
+                walk.exit();
+            }
+            break;
+        }
+    }
+}
+
+impl Walk {
+    fn warmup(&self) -> &Warmup {
+        &self.fs.warmup
+    }
+
+    fn work(&self) {
+        while let Some(dir) = self.next_dir() {
+            let subdirs = match self.warm_dir(dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The mount went away or was aborted: nothing more can be warmed.
+                    tracing::debug!(error = %e, "warm-up ends: the mount did not answer");
+                    self.warmup().stop.store(true, Relaxed);
+                    Vec::new()
+                }
+            };
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.dirs.extend(subdirs.into_iter().rev());
+            q.busy -= 1;
+            self.wake.notify_all();
+        }
+    }
+
+    /// The next directory to list, or `None` when the walk is over or stopped.
+    fn next_dir(&self) -> Option<u64> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.warmup().stopping() {
+                return None;
+            }
+            if let Some(d) = q.dirs.pop() {
+                q.busy += 1;
+                return Some(d);
+            }
+            if q.busy == 0 {
+                return None;
+            }
+            // Another worker may still push subdirectories. The timeout re-checks `stop`.
+            q = self
+                .wake
+                .wait_timeout(q, Duration::from_millis(20))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The last worker out records how the warm-up ended.
+    fn exit(&self) {
+        let w = self.warmup();
+        let mut running = w.running.lock().unwrap_or_else(|p| p.into_inner());
+        *running = running.saturating_sub(1);
+        if *running == 0 {
+            let end = if w.stopping() {
+                WarmupState::Stopped
+            } else {
+                WarmupState::Done
+            };
+            w.elapsed_ms
+                .store(self.started.elapsed().as_millis() as u64, Relaxed);
+            w.state.store(end as u8, Relaxed);
+            tracing::info!(
+                state = end.name(),
+                dirs = w.dirs_listed.load(Relaxed),
+                files = w.files_stored.load(Relaxed),
+                bytes = w.bytes_stored.load(Relaxed),
+                failed = w.files_failed.load(Relaxed),
+                over_budget = w.files_over_budget.load(Relaxed),
+                secs = self.started.elapsed().as_secs_f64(),
+                "kernel cache warm-up finished"
+            );
+            w.finished.notify_all();
+        }
+    }
+
+    /// Lists one directory through the kernel and pushes its small files. Returns its
+    /// subdirectories. An error means the mount itself failed.
+    fn warm_dir(&self, ino: u64) -> std::io::Result<Vec<u64>> {
+        let table = self.fs.table();
+        let Some(node) = table.get(ino) else {
+            return Ok(Vec::new());
+        };
+        let dir = self.open_dir(&node.path)?;
+        self.list(&dir)?;
+        self.warmup().dirs_listed.fetch_add(1, Relaxed);
+        let mut subdirs = Vec::new();
+        let mut files = Vec::new();
+        for &c in &node.children {
+            let Some(child) = table.get(c) else { continue };
+            // READDIRPLUS instantiated the children of the listing's first reply; with the
+            // kernel's readdirplus heuristic, later replies may be plain READDIR. A stat of each
+            // name makes sure the kernel holds every inode and its attributes (and is answered
+            // by the kernel alone when it already does), so the store below finds its inode.
+            self.stat_at(&dir, &child.name)?;
+            match child.kind {
+                EntryKind::Dir => subdirs.push(c),
+                EntryKind::File
+                    if self.push_files && child.size > 0 && child.size <= MAX_STORED_FILE =>
+                {
+                    files.push(c)
+                }
+                _ => {}
+            }
+        }
+        // The directory is closed before the (slower) file pushes: an unmount waits for no
+        // open descriptor of ours longer than one listing.
+        drop(dir);
+        for f in files {
+            if self.warmup().stopping() {
+                break;
+            }
+            self.store_file(f);
+        }
+        Ok(subdirs)
+    }
+
+    fn stat_at(&self, dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
+        let name = CString::new(name).map_err(std::io::Error::other)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid dirfd, NUL-terminated name, st is writable.
+        let r = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn open_dir(&self, path: &[u8]) -> std::io::Result<OwnedFd> {
+        let rel = if path.is_empty() {
+            CString::new(".")
+        } else {
+            CString::new(path)
+        }
+        .map_err(std::io::Error::other)?;
+        // SAFETY: valid dirfd and NUL-terminated relative path.
+        let fd = unsafe {
+            libc::openat(
+                self.root.as_raw_fd(),
+                rel.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Reads the listing to its end. The entries themselves are not needed: the kernel caches
+    /// names and attributes from the READDIRPLUS replies, and a listing read to its end (the
+    /// empty reply) is kept as the directory's cached listing, so later `ls`/`find` of it send no
+    /// request. Stopping early saves one round trip per directory but leaves the cached listing
+    /// incomplete, and the next walk then asks again (measured: a `find` after the warm-up
+    /// took 0.44 s with 20,000 requests instead of 0.10 s with none).
+    fn list(&self, dir: &OwnedFd) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            // SAFETY: buf is writable for its length; the fd is a directory.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn store_file(&self, ino: u64) {
+        let w = self.warmup();
+        let Some(size) = self.fs.table().get(ino).map(|n| n.size) else {
+            return;
+        };
+        // Take the bytes from the budget first, so concurrent workers never overspend it.
+        let took = self
+            .budget
+            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(size));
+        if took.is_err() {
+            w.files_over_budget.fetch_add(1, Relaxed);
+            return;
+        }
+        let content = self.rt.block_on(self.fs.file_content(ino));
+        let data = match content {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(ino, error = %e, "warm-up: file left to on-demand reads");
+                w.files_failed.fetch_add(1, Relaxed);
+                self.budget.fetch_add(size, Relaxed);
+                return;
+            }
+        };
+        match self.sink.store(ino, &data) {
+            Ok(()) => {
+                w.files_stored.fetch_add(1, Relaxed);
+                w.bytes_stored.fetch_add(data.len() as u64, Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(ino, error = %e, "warm-up: the kernel refused the page-cache store");
+                w.files_failed.fetch_add(1, Relaxed);
+                self.budget.fetch_add(size, Relaxed);
+            }
+        }
+    }
+}
