@@ -207,7 +207,7 @@ fn run_daemon_inner(
     };
     config.n_threads = Some(args.threads.max(2));
     config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), 64);
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), 64, args.warm_kernel);
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| WsfsError::Mount(format!("cannot mount at {}: {e}", mountpoint.display())))?;
     let mut unmounter = session.unmount_callable();

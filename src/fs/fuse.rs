@@ -24,14 +24,24 @@ pub struct FuseAdapter {
     fs: Arc<WsFs>,
     rt: tokio::runtime::Handle,
     max_background: u16,
+    readdirplus_always: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<WsFs>, rt: tokio::runtime::Handle, max_background: u16) -> FuseAdapter {
+    /// `readdirplus_always`: every listing reply carries attributes (no kernel heuristic), so a
+    /// listing read to its end instantiates every child in the kernel. The kernel cache
+    /// warm-up relies on it; otherwise the heuristic saves attribute work for plain `ls`.
+    pub fn new(
+        fs: Arc<WsFs>,
+        rt: tokio::runtime::Handle,
+        max_background: u16,
+        readdirplus_always: bool,
+    ) -> FuseAdapter {
         FuseAdapter {
             fs,
             rt,
             max_background,
+            readdirplus_always,
         }
     }
 }
@@ -86,10 +96,12 @@ impl FuseAdapter {
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS;
+        if !self.readdirplus_always {
+            wanted |= InitFlags::FUSE_READDIRPLUS_AUTO;
+        }
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_background(self.max_background);

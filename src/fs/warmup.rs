@@ -6,9 +6,10 @@
 //! that work off the reader's path:
 //!
 //! * **Names and attributes.** Worker threads in the daemon list every directory of the mount
-//!   through the VFS. The kernel asks wsfs with READDIRPLUS, which hands it every child's inode
-//!   and attributes at once, so later path walks, `stat`s and listings are answered from the
-//!   kernel's dentry, inode and directory caches.
+//!   through the VFS, each to its end. The kernel asks wsfs with READDIRPLUS (always, not by
+//!   the kernel's heuristic, on mounts that warm up: see `FuseAdapter::new`), which hands it
+//!   every child's inode and attributes, so later path walks, `stat`s and listings are answered
+//!   from the kernel's dentry, inode and directory caches.
 //! * **Small file contents.** Each regular file of at most [`MAX_STORED_FILE`] bytes is assembled
 //!   from verified chunks and pushed into the kernel's page cache with `FUSE_NOTIFY_STORE`. A
 //!   reader then opens and reads it without any FUSE request.
@@ -290,11 +291,9 @@ impl Walk {
         let mut files = Vec::new();
         for &c in &node.children {
             let Some(child) = table.get(c) else { continue };
-            // READDIRPLUS instantiated the children of the listing's first reply; with the
-            // kernel's readdirplus heuristic, later replies may be plain READDIR. A stat of each
-            // name makes sure the kernel holds every inode and its attributes (and is answered
-            // by the kernel alone when it already does), so the store below finds its inode.
-            self.stat_at(&dir, &child.name)?;
+            // The listing above instantiated every child in the kernel (READDIRPLUS replies),
+            // so the stores below find their inodes. Should the kernel have dropped one since,
+            // its store is a no-op and the file is read through wsfs as usual.
             match child.kind {
                 EntryKind::Dir => subdirs.push(c),
                 EntryKind::File
@@ -315,24 +314,6 @@ impl Walk {
             self.store_file(f);
         }
         Ok(subdirs)
-    }
-
-    fn stat_at(&self, dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
-        let name = CString::new(name).map_err(std::io::Error::other)?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid dirfd, NUL-terminated name, st is writable.
-        let r = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     fn open_dir(&self, path: &[u8]) -> std::io::Result<OwnedFd> {
