@@ -186,6 +186,9 @@ pub enum Command {
         uid: Option<u32>,
         #[arg(long)]
         gid: Option<u32>,
+        /// As for `wsfs mount`: none, tree, chunks or all (the warm-up works through the overlay).
+        #[arg(long, default_value = "none", value_parser = ["none", "tree", "chunks", "all"])]
+        prefetch: String,
     },
     /// Unmount a wsfs mount.
     Umount {

@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             cache_dir,
             uid,
             gid,
+            prefetch,
         } => {
             specs(&store)?;
             let mut a: Vec<std::ffi::OsString> = Vec::new();
@@ -225,6 +226,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             if let Some(g) = gid {
                 push("--gid", g.to_string().into());
             }
+            push("--prefetch", prefetch.into());
             wsfs::attach::attach(wsfs::attach::AttachArgs {
                 mount_args: a,
                 at,

@@ -199,3 +199,85 @@ fn keep_scratch_and_refusals() {
         text(&o)
     );
 }
+
+#[test]
+fn prefetch_all_warms_the_workspace_under_the_overlay_and_umount_mid_warm_up_works() {
+    require_fuse();
+    let s = Scratch::new();
+    let ws = s.path("ws-src");
+    for i in 0..3000 {
+        let d = ws.join(format!("pkg{:02}/m{i}", i % 50));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("index.js"), format!("module.exports = {i};\n")).unwrap();
+    }
+    assert_ok(&persist(&s, &[s.store("st")], "ws", "build", &ws, &[]));
+    let co = s.path("checkout");
+    std::fs::create_dir_all(&co).unwrap();
+    std::fs::write(co.join("README"), b"checkout\n").unwrap();
+    let before = snapshot(&co);
+    let attach = || {
+        s.wsfs(&[
+            "attach",
+            "--store",
+            &s.store("st"),
+            "--workspace",
+            "ws",
+            "--layer",
+            "build",
+            "--at",
+            co.to_str().unwrap(),
+            "--scratch",
+            s.path("scratch").to_str().unwrap(),
+            "--prefetch",
+            "all",
+        ])
+    };
+    let inner = || -> serde_json::Value {
+        let o = s.wsfs(&["status", "--json"]);
+        assert_ok(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountpoint"].as_str().unwrap_or("").contains("/attach/"))
+            .cloned()
+            .expect("the attach's workspace mount")
+    };
+    // Detach right away, while the warm-up is listing: not refused as busy.
+    assert_ok(&attach());
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+    assert!(
+        !mount_table().iter().any(|m| m.contains("/attach/")),
+        "{:?}",
+        mount_table()
+    );
+    assert_eq!(snapshot(&co), before);
+    // Attach again and let the warm-up finish: reads through the overlay are right and are
+    // served by the kernel's caches of the workspace mount.
+    assert_ok(&attach());
+    let t = std::time::Instant::now();
+    let st = loop {
+        let st = inner();
+        if st["warmup"]["state"] != "running" {
+            break st;
+        }
+        assert!(t.elapsed().as_secs() < 60, "warm-up never ended: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(st["warmup"]["state"], "done", "{st}");
+    assert_eq!(st["warmup"]["files_stored"].as_u64(), Some(3000), "{st}");
+    for i in (0..3000).step_by(7) {
+        let p = format!("pkg{:02}/m{i}/index.js", i % 50);
+        assert_eq!(
+            std::fs::read_to_string(co.join(&p)).unwrap(),
+            format!("module.exports = {i};\n"),
+            "{p}"
+        );
+    }
+    assert_eq!(std::fs::read(co.join("README")).unwrap(), b"checkout\n");
+    let after = inner();
+    assert_eq!(after["fuse_ops"]["read"].as_u64(), Some(0), "{after}");
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+    assert_eq!(snapshot(&co), before);
+}

@@ -36,7 +36,7 @@ pub struct FsStats {
 }
 
 /// How many extents past the last one a read touched are fetched ahead of time.
-pub const READ_AHEAD_EXTENTS: usize = 2;
+pub const READ_AHEAD_EXTENTS: usize = 4;
 
 pub struct WsFs {
     table: InodeTable,
