@@ -1052,6 +1052,68 @@ fn breaker_skips_a_primary_that_never_answers() {
     assert!(proxy.request_count() > 0, "the primary was never asked");
 }
 
+/// `--prefetch all` on a store whose chunk GETs never answer: the warm-up waits for chunks, and
+/// `wsfs umount` must still succeed at once (a worker waiting for a chunk holds the mount's root
+/// open; the stop has to wake it, not wait out the request timeout).
+#[test]
+fn umount_is_not_held_up_by_a_warm_up_waiting_for_a_hung_store() {
+    require_fuse();
+    let e = env();
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 200, 0, 56);
+    let b = unique("wrm");
+    mk_s3(&e, &b);
+    persist_ok(&s, &[format!("s3://{b}/p")], &src);
+    let proxy = FaultProxy::start_in_thread(&e.s3).expect("proxy");
+    proxy.add_rule(Rule::always(
+        Matcher::MethodAndPath("GET".into(), "chunks/".into()),
+        Fault::NeverAnswer,
+    ));
+    let cfg = s.path("stores.toml");
+    write_config(&cfg, &[(format!("s3://{b}/p"), s3_via(&proxy.url()))]);
+    let mp = s.path("mnt");
+    let (m, _) = try_mount(
+        &s,
+        Some(&cfg),
+        &[],
+        "ws",
+        "l1",
+        &mp,
+        &[
+            "--prefetch",
+            "all",
+            "--request-timeout",
+            "60s",
+            "--read-deadline",
+            "120s",
+        ],
+    );
+    let _m = m.unwrap_or_else(|o| panic!("mount failed: {}", text(&o)));
+    // Wait until the warm-up has listed everything and is waiting for chunks.
+    let t = Instant::now();
+    loop {
+        let st = status(&s, &mp);
+        assert_eq!(st["warmup"]["state"], "running", "{st}");
+        if st["warmup"]["dirs_listed"].as_u64() >= Some(10) && proxy.request_count() > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "warm-up did not start: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
+    let took = t.elapsed();
+    assert_ok(&o);
+    assert!(!is_mounted(&mp));
+    // Bounded by the warm-up's stop wait (3 s), never by the 60 s request timeout.
+    assert!(took < Duration::from_secs(10), "wsfs umount took {took:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Repair-on-read
 // ---------------------------------------------------------------------------------------------

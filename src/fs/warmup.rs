@@ -78,6 +78,8 @@ pub struct Warmup {
     /// Worker threads still running; [`Warmup::stop`] waits for zero.
     running: Mutex<usize>,
     finished: Condvar,
+    /// Wakes workers waiting for a chunk, so a stop does not wait for a slow store.
+    stop_notify: tokio::sync::Notify,
 }
 
 impl Warmup {
@@ -98,6 +100,7 @@ impl Warmup {
     /// Safe to call at any time, also when the warm-up never ran.
     pub fn stop(&self, wait: Duration) -> bool {
         self.stop.store(true, Relaxed);
+        self.stop_notify.notify_waiters();
         let deadline = Instant::now() + wait;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         while *running > 0 {
@@ -135,6 +138,16 @@ impl PageCacheSink for fuser::Notifier {
         fuser::Notifier::store(self, fuser::INodeNo(ino), 0, data)
     }
 }
+
+/// Errors that end the warm-up of one directory, not of the whole mount.
+const SKIPPABLE: [i32; 6] = [
+    libc::EACCES,
+    libc::EPERM,
+    libc::ENOENT,
+    libc::ENOTDIR,
+    libc::ELOOP,
+    libc::ENAMETOOLONG,
+];
 
 struct Walk {
     fs: Arc<WsFs>,
@@ -210,20 +223,34 @@ impl Walk {
 
     fn work(&self) {
         while let Some(dir) = self.next_dir() {
-            let subdirs = match self.warm_dir(dir) {
-                Ok(s) => s,
+            match self.warm_dir(dir) {
+                Ok(()) => {}
+                // A directory the daemon may not open (a mode without read or search for a
+                // non-root daemon) or cannot reach by path (longer than PATH_MAX): skip it and
+                // what is below it; those names are looked up on demand as usual.
+                Err(e) if SKIPPABLE.contains(&e.raw_os_error().unwrap_or(0)) => {
+                    tracing::debug!(error = %e, "warm-up skips a directory");
+                }
                 Err(e) => {
                     // The mount went away or was aborted: nothing more can be warmed.
                     tracing::debug!(error = %e, "warm-up ends: the mount did not answer");
                     self.warmup().stop.store(true, Relaxed);
-                    Vec::new()
                 }
-            };
+            }
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.dirs.extend(subdirs.into_iter().rev());
             q.busy -= 1;
             self.wake.notify_all();
         }
+    }
+
+    /// Makes subdirectories available to every worker (first child on top of the stack).
+    fn enqueue(&self, subdirs: Vec<u64>) {
+        if subdirs.is_empty() {
+            return;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.dirs.extend(subdirs.into_iter().rev());
+        self.wake.notify_all();
     }
 
     /// The next directory to list, or `None` when the walk is over or stopped.
@@ -277,12 +304,12 @@ impl Walk {
         }
     }
 
-    /// Lists one directory through the kernel and pushes its small files. Returns its
-    /// subdirectories. An error means the mount itself failed.
-    fn warm_dir(&self, ino: u64) -> std::io::Result<Vec<u64>> {
+    /// Lists one directory through the kernel, queues its subdirectories, and pushes its small
+    /// files. An error is the directory's (see [`SKIPPABLE`]) or the mount's.
+    fn warm_dir(&self, ino: u64) -> std::io::Result<()> {
         let table = self.fs.table();
         let Some(node) = table.get(ino) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let dir = self.open_dir(&node.path)?;
         self.list(&dir)?;
@@ -304,16 +331,18 @@ impl Walk {
                 _ => {}
             }
         }
-        // The directory is closed before the (slower) file pushes: an unmount waits for no
-        // open descriptor of ours longer than one listing.
+        // The directory is closed, and its subdirectories handed to the other workers, before
+        // the (slower) file pushes: an unmount waits for no open descriptor of ours longer than
+        // one listing, and a slow chunk holds up only this directory's files.
         drop(dir);
+        self.enqueue(subdirs);
         for f in files {
             if self.warmup().stopping() {
                 break;
             }
             self.store_file(f);
         }
-        Ok(subdirs)
+        Ok(())
     }
 
     fn open_dir(&self, path: &[u8]) -> std::io::Result<OwnedFd> {
@@ -378,7 +407,24 @@ impl Walk {
             w.files_over_budget.fetch_add(1, Relaxed);
             return;
         }
-        let content = self.rt.block_on(self.fs.file_content(ino));
+        // Waiting for a chunk can take up to the read deadline on a slow store; a stop must not
+        // wait that long (this worker holds the root descriptor, which keeps the mount busy).
+        let content = self.rt.block_on(async {
+            let stopped = w.stop_notify.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if w.stopping() {
+                return None;
+            }
+            tokio::select! {
+                r = self.fs.file_content(ino) => Some(r),
+                _ = stopped => None,
+            }
+        });
+        let Some(content) = content else {
+            self.budget.fetch_add(size, Relaxed);
+            return;
+        };
         let data = match content {
             Ok(d) => d,
             Err(e) => {
