@@ -435,7 +435,7 @@ done
 rm -rf "$dest"
 
 log "6/8 mount + read a random 10% of the files ($t_sample), and every file of 10% of the packages ($t_pkg_sample), cold"
-mount_read() { # LIST PARALLEL; PREFETCH=MODE mounts with --prefetch MODE
+mount_read() { # LIST PARALLEL; PREFETCH=MODE mounts with --prefetch MODE (default: wsfs's default, tree)
     wsfs_mount "$mnt" bench tree ${PREFETCH:+--prefetch "$PREFETCH"}
     read_list "$mnt" "$1" "$2"
 }
@@ -446,10 +446,22 @@ for _ in $(seq "$runs"); do
     drop_caches
     record lazy_10pct_pkg_s "$(secs mount_read "$work/gen/sample_pkg.list" 1)"
     wsfs_umount "$mnt"
+    drop_caches
+    record lazy_10pct_none_s "$(PREFETCH=none secs mount_read "$work/gen/sample.list" 1)"
+    wsfs_umount "$mnt"
+    drop_caches
+    record lazy_10pct_all_s "$(PREFETCH=all secs mount_read "$work/gen/sample.list" 1)"
+    wsfs_umount "$mnt"
 done
 
-log "7/8 mount + read every file ($t_files), cold: 1 reader, 4 readers, 4 readers with --prefetch all"
+log "7/8 mount + read every file ($t_files), cold: 1 and 4 readers; default, --prefetch none, --prefetch all"
 for _ in $(seq "$runs"); do
+    drop_caches
+    record lazy_all_none_s "$(PREFETCH=none secs mount_read "$work/gen/files.list" 1)"
+    wsfs_umount "$mnt"
+    drop_caches
+    record lazy_all_p4_none_s "$(PREFETCH=none secs mount_read "$work/gen/files.list" 4)"
+    wsfs_umount "$mnt"
     drop_caches
     record lazy_all_s "$(secs mount_read "$work/gen/files.list" 1)"
     wsfs_umount "$mnt"
@@ -503,8 +515,8 @@ for _ in $(seq "$runs"); do
     record walk_local_cold_s "$(secs walk "$work/gen/tree")"
     record walk_local_warm_s "$(secs walk "$work/gen/tree")"
     drop_caches
-    wsfs_mount "$mnt" bench tree --prefetch tree
-    record walk_first_tree_s "$(secs walk "$mnt")"
+    wsfs_mount "$mnt" bench tree --prefetch none
+    record walk_first_none_s "$(secs walk "$mnt")"
     wsfs_umount "$mnt"
 done
 
@@ -635,9 +647,13 @@ add(f"mount ready, {E['BENCH_TREE'].split(' ')[0]} entries (cold page cache)", f
     "met" if m < 0.5 else f"missed by {m / 0.5:.2f}x")
 eager = best_t("eager_extract_s")
 for key, what, target in (("lazy_10pct_s", f"mount + read 10% of the files ({E['BENCH_SAMPLE']}, uniform sample, 1 reader), cold", 0.2),
+                          ("lazy_10pct_none_s", "the same, `--prefetch none`", 0.2),
+                          ("lazy_10pct_all_s", "the same, `--prefetch all`", 0.2),
                           ("lazy_10pct_pkg_s", f"mount + read every file of 10% of the packages ({E['BENCH_PKG_SAMPLE']} files, 1 reader), cold", 0.2),
                           ("lazy_all_s", "mount + read every file, cold, 1 reader", 1.2),
+                          ("lazy_all_none_s", "mount `--prefetch none` + read every file, cold, 1 reader", 1.2),
                           ("lazy_all_p4_s", "mount + read every file, cold, 4 readers", 1.2),
+                          ("lazy_all_p4_none_s", "mount `--prefetch none` + read every file, cold, 4 readers", 1.2),
                           ("lazy_all_prefetch_s", "mount `--prefetch all` + read every file, cold, 1 reader", 1.2),
                           ("lazy_all_p4_prefetch_s", "mount `--prefetch all` + read every file, cold, 4 readers", 1.2)):
     t = best_t(key)
@@ -649,7 +665,7 @@ d, l = best_s("diskcache_MBps"), best_s("local_cold_MBps")
 add(f"first read of {E['BENCH_BIG_MIB']} MiB from the disk cache (new mount, page cache dropped)", fmt_mb(d), f"{fmt_mb(l)} (local disk, cold)", f"{d / l:.2f}x speed", ">= 0.6x", verdict(d / l, 0.6, False))
 lw, lc = best_t("walk_local_warm_s"), best_t("walk_local_cold_s")
 for key, what, target in (("walk_first_s", "walk + stat, first walk (fresh mount)", 5.0),
-                          ("walk_first_tree_s", "walk + stat, first walk (fresh mount with `--prefetch tree`)", 5.0),
+                          ("walk_first_none_s", "walk + stat, first walk (fresh mount, `--prefetch none`)", 5.0),
                           ("walk_second_s", "walk + stat, second walk", 1.5)):
     t = best_t(key)
     add(what, fmt_s(t), f"{fmt_s(lw)} (local, warm; cold: {lc:.3f} s)", f"{t / lw:.2f}x time", f"<= {target:g}x", verdict(t / lw, target, True))

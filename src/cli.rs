@@ -137,12 +137,13 @@ pub enum Command {
         #[arg(long)]
         threads: Option<usize>,
         /// What to bring close before it is asked for, in the background after mounting:
-        /// `none`: only what is read (plus read-ahead). `tree`: list every directory through the
-        /// kernel, so walks, stats and path lookups send no FUSE request (for jobs that stat much
-        /// and read little). `chunks`: fetch every chunk into wsfs's caches, in path order.
-        /// `all`: `tree` and `chunks`, and push small files (<= 1 MiB) into the kernel's page
-        /// cache, so reading them sends no FUSE request (for jobs that read most of the tree).
-        #[arg(long, default_value = "none", value_parser = ["none", "tree", "chunks", "all"])]
+        /// `tree` (default): list every directory through the kernel, so walks, stats and path
+        /// lookups send no FUSE request; nothing is fetched from the stores. `none`: nothing
+        /// (every name is looked up on demand). `chunks`: fetch every chunk into wsfs's caches, in
+        /// path order (no kernel warm-up). `all`: `tree` and `chunks`, and push small files
+        /// (<= 1 MiB) into the kernel's page cache, so reading them sends no FUSE request (for
+        /// jobs that read most of the workspace).
+        #[arg(long, default_value = "tree", value_parser = ["none", "tree", "chunks", "all"])]
         prefetch: String,
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
@@ -186,8 +187,9 @@ pub enum Command {
         uid: Option<u32>,
         #[arg(long)]
         gid: Option<u32>,
-        /// As for `wsfs mount`: none, tree, chunks or all (the warm-up works through the overlay).
-        #[arg(long, default_value = "none", value_parser = ["none", "tree", "chunks", "all"])]
+        /// As for `wsfs mount`: tree (default), none, chunks or all (the warm-up works through the
+        /// overlay).
+        #[arg(long, default_value = "tree", value_parser = ["none", "tree", "chunks", "all"])]
         prefetch: String,
     },
     /// Unmount a wsfs mount.

@@ -96,6 +96,35 @@ impl Warmup {
         self.stop.load(Relaxed)
     }
 
+    /// A worker has ended and dropped its share of the walk (so, with the last one, the mount's
+    /// root descriptor is closed before [`Warmup::stop`] can return). The last one out records
+    /// how the warm-up ended.
+    fn worker_exited(&self, started: Instant) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        *running = running.saturating_sub(1);
+        if *running == 0 {
+            let end = if self.stopping() {
+                WarmupState::Stopped
+            } else {
+                WarmupState::Done
+            };
+            self.elapsed_ms
+                .store(started.elapsed().as_millis() as u64, Relaxed);
+            self.state.store(end as u8, Relaxed);
+            tracing::info!(
+                state = end.name(),
+                dirs = self.dirs_listed.load(Relaxed),
+                files = self.files_stored.load(Relaxed),
+                bytes = self.bytes_stored.load(Relaxed),
+                failed = self.files_failed.load(Relaxed),
+                over_budget = self.files_over_budget.load(Relaxed),
+                secs = started.elapsed().as_secs_f64(),
+                "kernel cache warm-up finished"
+            );
+            self.finished.notify_all();
+        }
+    }
+
     /// Asks every worker to stop and waits up to `wait` for them. Returns whether none is left.
     /// Safe to call at any time, also when the warm-up never ran.
     pub fn stop(&self, wait: Duration) -> bool {
@@ -194,22 +223,34 @@ pub fn start(
         wake: Condvar::new(),
         started: Instant::now(),
     });
+    let started = walk.started;
     let w = &fs.warmup;
     w.state.store(WarmupState::Running as u8, Relaxed);
     *w.running.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+    // The last worker gets this function's own reference, so that once every worker has
+    // exited, nothing holds the mount's root open.
+    let mut walk = Some(walk);
     for i in 0..threads {
-        let worker = walk.clone();
+        let worker = if i + 1 == threads {
+            walk.take()
+        } else {
+            walk.clone()
+        };
+        let Some(worker) = worker else { break };
         let spawned = std::thread::Builder::new()
             .name(format!("wsfs-warm-{i}"))
             .spawn(move || {
                 worker.work();
-                worker.exit();
+                let (fs, started) = (worker.fs.clone(), worker.started);
+                drop(worker);
+                fs.warmup.worker_exited(started);
             });
         if let Err(e) = spawned {
             // The threads already started finish the walk; account for the missing ones.
             tracing::warn!(error = %e, "cannot start a warm-up thread");
+            drop(walk.take());
             for _ in i..threads {
-                walk.exit();
+                fs.warmup.worker_exited(started);
             }
             break;
         }
@@ -273,34 +314,6 @@ impl Walk {
                 .wait_timeout(q, Duration::from_millis(20))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-        }
-    }
-
-    /// The last worker out records how the warm-up ended.
-    fn exit(&self) {
-        let w = self.warmup();
-        let mut running = w.running.lock().unwrap_or_else(|p| p.into_inner());
-        *running = running.saturating_sub(1);
-        if *running == 0 {
-            let end = if w.stopping() {
-                WarmupState::Stopped
-            } else {
-                WarmupState::Done
-            };
-            w.elapsed_ms
-                .store(self.started.elapsed().as_millis() as u64, Relaxed);
-            w.state.store(end as u8, Relaxed);
-            tracing::info!(
-                state = end.name(),
-                dirs = w.dirs_listed.load(Relaxed),
-                files = w.files_stored.load(Relaxed),
-                bytes = w.bytes_stored.load(Relaxed),
-                failed = w.files_failed.load(Relaxed),
-                over_budget = w.files_over_budget.load(Relaxed),
-                secs = self.started.elapsed().as_secs_f64(),
-                "kernel cache warm-up finished"
-            );
-            w.finished.notify_all();
         }
     }
 
