@@ -935,6 +935,32 @@ async fn resolve_layer_finds_ref_and_manifest_on_the_secondary() {
 }
 
 #[tokio::test]
+async fn an_empty_ref_is_short_not_corrupt_and_a_later_provider_serves_it() {
+    let (nodes, chain) = chain_of(2);
+    let (m, bytes, d) = build_layer("ws1", "build", 404);
+    nodes[0].put(&keys::layer_ref("ws1", "build"), b"").await;
+    // Only the primary has the layer, and its ref is empty: missing (exit 3), not damaged.
+    let Err(e) = chain.resolve_layer("ws1", "build").await else {
+        panic!("an empty ref resolved");
+    };
+    assert_eq!(labels(&e.attempts), ["short", "not_found"], "{e}");
+    assert_eq!(wsfs::error::WsfsError::from_missed(&e).exit_code(), 3);
+    // The secondary has it: served after the primary's empty body.
+    for n in &nodes {
+        n.put(&keys::manifest(&d), &bytes).await;
+    }
+    nodes[1]
+        .put(
+            &keys::layer_ref("ws1", "build"),
+            &LayerRef::new(d, 7).to_bytes(),
+        )
+        .await;
+    let r = chain.resolve_layer("ws1", "build").await.unwrap();
+    assert_eq!(r.manifest, m);
+    assert_eq!(r.created, 7);
+}
+
+#[tokio::test]
 async fn resolve_layer_follows_a_ref_to_a_manifest_on_another_provider() {
     let (nodes, chain) = chain_of(3);
     let (m, bytes, d) = build_layer("ws1", "test", 401);

@@ -234,7 +234,14 @@ impl Chain {
             .fetch(
                 &format!("ref of {what}"),
                 &keys::layer_ref(workspace, layer),
-                |b| LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string())),
+                |b| {
+                    // Nothing arrived (a 200 with an empty body): `short`, as for manifests and
+                    // chunks, not a damaged ref.
+                    if b.is_empty() {
+                        return Err(Outcome::Short { got: 0, want: 1 });
+                    }
+                    LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+                },
             )
             .await?;
         let (layer_ref, digest) = r.value;
