@@ -117,7 +117,7 @@ async fn reads_return_exact_bytes_across_extents_and_stop_at_eof() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_chunk_is_eio_and_metadata_still_works() {
     let big = data(3 << 20, 3);
-    let (fs, store) = build(&[("f", big.clone())], &[]).await;
+    let (fs, store) = build(&[("f", big.clone()), ("g", data(100, 4))], &[]).await;
     // Remove every chunk from the only store.
     let keys: Vec<_> = {
         use futures::StreamExt;
@@ -137,6 +137,18 @@ async fn a_missing_chunk_is_eio_and_metadata_still_works() {
     assert_eq!(fs.attr(ino).unwrap().size, big.len() as u64);
     assert_eq!(fs.ledger.recent().len(), 1);
     assert_eq!(fs.ledger.recent()[0].path, "f");
+    assert_eq!(fs.ledger.recent()[0].count, 1);
+    // The same failure again (as the kernel's synchronous retry of a failed read-ahead does):
+    // counted on the same entry, not a second line; every EIO is still counted.
+    fs.read(ino, 1 << 20, 4096).await.unwrap_err();
+    assert_eq!(fs.ledger.recent().len(), 1);
+    assert_eq!(fs.ledger.recent()[0].count, 2);
+    assert_eq!(fs.stats.eio.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Another file's failure is another entry.
+    let g = fs.lookup(1, b"g").unwrap().ino;
+    fs.read(g, 0, 4096).await.unwrap_err();
+    assert_eq!(fs.ledger.recent().len(), 2);
+    assert_eq!(fs.ledger.recent()[1].path, "g");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

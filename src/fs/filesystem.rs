@@ -318,6 +318,7 @@ impl WsFs {
             chunk: chunk_hex,
             error: err.to_string(),
             providers,
+            count: 1,
         });
         FsError::Io { path, source: err }
     }
