@@ -148,9 +148,10 @@ pub enum Command {
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
         prefetch_concurrency: usize,
-        /// With `--prefetch all`: at most this many bytes of small files are pushed into the
-        /// kernel's page cache (0: none). Clean page-cache pages are reclaimable; an evicted
-        /// file is simply read again through wsfs.
+        /// At most this many bytes of files are pushed into the kernel's page cache ahead of
+        /// reads: with `tree` or `all`, the small files of a directory that share a chunk with a
+        /// file just read; with `all`, every small file. 0: none. Clean page-cache pages are
+        /// reclaimable; an evicted file is simply read again through wsfs.
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         prefetch_page_cache: u64,
         /// The mount's kernel read-ahead (sysfs bdi read_ahead_kb).

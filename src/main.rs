@@ -151,13 +151,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 metrics_addr,
                 prefetch_chunks: prefetch == "chunks" || prefetch == "all",
                 warm_kernel: prefetch == "tree" || prefetch == "all",
+                warm_files: prefetch == "all",
                 prefetch_concurrency,
-                // `tree` warms names and attributes only.
-                prefetch_page_cache: if prefetch == "all" {
-                    prefetch_page_cache
-                } else {
-                    0
-                },
+                prefetch_page_cache,
                 read_ahead_kb,
             };
             let mut notified = false;

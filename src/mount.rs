@@ -39,11 +39,13 @@ pub struct MountArgs {
     pub threads: usize,
     /// Fetch every chunk in the background after mounting (`--prefetch chunks|all`).
     pub prefetch_chunks: bool,
-    /// Warm the kernel's caches: names and attributes (`--prefetch tree|all`), and small files'
-    /// pages within `prefetch_page_cache` bytes.
+    /// Warm the kernel's caches: names and attributes (`--prefetch tree|all`); push the
+    /// neighbours of files that are read.
     pub warm_kernel: bool,
+    /// Push every small file's pages too (`--prefetch all`).
+    pub warm_files: bool,
     pub prefetch_concurrency: usize,
-    /// Page-cache bytes the warm-up may push (`--prefetch-page-cache`).
+    /// Page-cache bytes wsfs may push ahead of reads (`--prefetch-page-cache`).
     pub prefetch_page_cache: u64,
     /// Kernel read-ahead for the mount, in KiB.
     pub read_ahead_kb: u32,
@@ -207,11 +209,26 @@ fn run_daemon_inner(
     };
     config.n_threads = Some(args.threads.max(2));
     config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), 64, args.warm_kernel);
+    fs.pages.set_budget(args.prefetch_page_cache);
+    let (neighbours, neighbour_queue) = crate::fs::neighbours::channel();
+    let adapter = FuseAdapter::new(
+        fs.clone(),
+        rt.handle().clone(),
+        64,
+        args.warm_kernel,
+        args.warm_kernel.then_some(neighbours),
+    );
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| WsfsError::Mount(format!("cannot mount at {}: {e}", mountpoint.display())))?;
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();
+    if args.warm_kernel {
+        if let Err(e) =
+            crate::fs::neighbours::start(neighbour_queue, fs.clone(), Box::new(notifier.clone()))
+        {
+            tracing::warn!(error = %e, "cannot start the neighbour push; reads work as usual");
+        }
+    }
     let (done_tx, done_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     std::thread::Builder::new()
         .name("wsfs-fuse".into())
@@ -354,7 +371,7 @@ fn start_warmup(
             rt,
             crate::fs::warmup::WarmupConfig {
                 threads: WARMUP_THREADS,
-                page_cache_budget: args.prefetch_page_cache,
+                push_files: args.warm_files,
             },
         ),
         Err(e) => tracing::warn!(error = %e, "cannot open the mount's root; no kernel warm-up"),

@@ -354,6 +354,11 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
         n(&st["warmup"]["bytes_stored"]),
     );
     eq(
+        "neighbour files stored",
+        e.get("wsfs_neighbour_files_stored_total", &[]),
+        n(&st["warmup"]["neighbour_files_stored"]),
+    );
+    eq(
         "warm-up running",
         e.get("wsfs_warmup_running", &[]),
         u64::from(st["warmup"]["state"] == "running"),
@@ -424,7 +429,7 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
     d
 }
 
-const ALL_METRICS: [&str; 16] = [
+const ALL_METRICS: [&str; 17] = [
     "wsfs_up",
     "wsfs_layers",
     "wsfs_provider_requests_total",
@@ -441,6 +446,7 @@ const ALL_METRICS: [&str; 16] = [
     "wsfs_warmup_files_stored_total",
     "wsfs_warmup_bytes_stored_total",
     "wsfs_warmup_running",
+    "wsfs_neighbour_files_stored_total",
 ];
 
 #[test]

@@ -373,3 +373,76 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
     }
     panic!("the warm-up always finished before the signal: the test did not test anything");
 }
+
+#[test]
+fn reading_one_small_file_pushes_its_neighbours_into_the_page_cache() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(src.join("pkg")).unwrap();
+    std::fs::create_dir_all(src.join("other")).unwrap();
+    let body = |i: usize| Rng::new(i as u64).bytes(500 + 97 * i);
+    for i in 0..40 {
+        std::fs::write(src.join(format!("pkg/f{i:02}.js")), body(i)).unwrap();
+    }
+    std::fs::write(src.join("other/x.js"), b"elsewhere").unwrap();
+    assert_ok(&persist(&s, &[s.store("s1")], "ws", "l1", &src, &[]));
+
+    // The default mount (`--prefetch tree`): one READ for the package directory.
+    let mp = s.mkdir("mnt");
+    let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &[]);
+    assert_eq!(wait_warm(&s, &mp)["warmup"]["state"], "done");
+    let before = ops(&status_json(&s, &mp));
+    assert_eq!(std::fs::read(mp.join("pkg/f00.js")).unwrap(), body(0));
+    let t = Instant::now();
+    loop {
+        let st = status_json(&s, &mp);
+        if st["warmup"]["neighbour_files_stored"].as_u64() == Some(39) {
+            let bytes: u64 = (1..40).map(|i| body(i).len() as u64).sum();
+            assert_eq!(
+                st["warmup"]["neighbour_bytes_stored"].as_u64(),
+                Some(bytes),
+                "{st}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "neighbours not pushed: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..40 {
+        let p = format!("pkg/f{i:02}.js");
+        assert!(std::fs::read(mp.join(&p)).unwrap() == body(i), "{p}");
+    }
+    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    assert_eq!(d.get("read").copied(), Some(1), "{d:?}");
+    // Another directory's file was not pushed (it is not a neighbour).
+    assert_eq!(std::fs::read(mp.join("other/x.js")).unwrap(), b"elsewhere");
+    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    assert_eq!(d.get("read").copied(), Some(2), "{d:?}");
+    drop(m);
+
+    // `--prefetch none`: nothing is pushed; every file is a READ.
+    let mp = s.mkdir("mnt-none");
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--prefetch", "none"],
+    );
+    for i in 0..40 {
+        assert!(std::fs::read(mp.join(format!("pkg/f{i:02}.js"))).unwrap() == body(i));
+    }
+    let st = status_json(&s, &mp);
+    assert_eq!(st["warmup"]["state"], "off", "{st}");
+    assert_eq!(
+        st["warmup"]["neighbour_files_stored"].as_u64(),
+        Some(0),
+        "{st}"
+    );
+    assert_eq!(st["fuse_ops"]["read"].as_u64(), Some(40), "{st}");
+}

@@ -6,6 +6,7 @@ use super::error::FsError;
 use super::inode::{InodeTable, Node};
 use super::ledger::{Failure, FailureLedger};
 use super::opstats::FuseOpStats;
+use super::pages::KernelPages;
 use super::warmup::Warmup;
 use crate::fetcher::{FetchError, Fetcher};
 use crate::manifest::{ChunkInfo, EntryKind};
@@ -47,8 +48,10 @@ pub struct WsFs {
     /// FUSE requests and error replies by op (bumped by the adapter).
     pub ops: FuseOpStats,
     pub ledger: FailureLedger,
-    /// The kernel cache warm-up of `--prefetch all` (counters and stop control).
+    /// The kernel cache warm-up of `--prefetch tree|all` (counters and stop control).
     pub warmup: Warmup,
+    /// What has been pushed into the kernel's page cache, and the budget left for it.
+    pub pages: KernelPages,
 }
 
 /// One entry of a directory listing; `next` is the offset to resume after it.
@@ -70,6 +73,7 @@ fn to_time(sec: i64, nsec: u32) -> SystemTime {
 impl WsFs {
     pub fn new(table: InodeTable, fetcher: Arc<Fetcher>, uid: u32, gid: u32) -> WsFs {
         WsFs {
+            pages: KernelPages::new(table.len() + 1),
             table,
             fetcher,
             uid,

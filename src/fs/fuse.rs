@@ -4,6 +4,7 @@
 
 use super::error::FsError;
 use super::filesystem::{Attr, WsFs};
+use super::neighbours::NeighbourPush;
 use super::opstats::FuseOp;
 use crate::manifest::EntryKind;
 use fuser::{
@@ -25,23 +26,27 @@ pub struct FuseAdapter {
     rt: tokio::runtime::Handle,
     max_background: u16,
     readdirplus_always: bool,
+    neighbours: Option<NeighbourPush>,
 }
 
 impl FuseAdapter {
     /// `readdirplus_always`: every listing reply carries attributes (no kernel heuristic), so a
     /// listing read to its end instantiates every child in the kernel. The kernel cache
     /// warm-up relies on it; otherwise the heuristic saves attribute work for plain `ls`.
+    /// `neighbours`: told of every file read from its start (see `neighbours.rs`).
     pub fn new(
         fs: Arc<WsFs>,
         rt: tokio::runtime::Handle,
         max_background: u16,
         readdirplus_always: bool,
+        neighbours: Option<NeighbourPush>,
     ) -> FuseAdapter {
         FuseAdapter {
             fs,
             rt,
             max_background,
             readdirplus_always,
+            neighbours,
         }
     }
 }
@@ -168,7 +173,14 @@ impl fuser::Filesystem for FuseAdapter {
         let _s = tracing::debug_span!("read", ino = ino.0, offset, size).entered();
         self.count(FuseOp::Read);
         match self.rt.block_on(self.fs.read(ino.0, offset, size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                reply.data(&data);
+                if offset == 0 {
+                    if let Some(n) = &self.neighbours {
+                        n.file_read(ino.0);
+                    }
+                }
+            }
             Err(e) => reply.error(self.fail(FuseOp::Read, &e)),
         }
     }

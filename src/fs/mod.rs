@@ -6,7 +6,9 @@ pub mod filesystem;
 pub mod fuse;
 pub mod inode;
 pub mod ledger;
+pub mod neighbours;
 pub mod opstats;
+pub mod pages;
 pub mod warmup;
 
 pub use error::FsError;

@@ -24,9 +24,12 @@
 //! * [`Warmup::stop`] makes every worker finish within one directory or one file and waits for
 //!   them (bounded): `wsfs umount` and SIGTERM call it first, so the walk never makes an
 //!   unmount fail with EBUSY. Errors from the mount (it went away, was aborted) end the walk.
-//! * Page-cache bytes are bounded by the budget given at start (`--prefetch-page-cache`).
+//! * Page-cache bytes are bounded by `--prefetch-page-cache` ([`KernelPages`], shared with the
+//!   neighbour push), and no file is pushed twice.
 
 use super::inode::ROOT;
+#[cfg(doc)]
+use super::pages::KernelPages;
 use super::WsFs;
 use crate::manifest::EntryKind;
 use std::ffi::CString;
@@ -152,8 +155,9 @@ pub struct WarmupConfig {
     /// Worker threads. The walk is bound by round-trip latency, not CPU, so a few threads
     /// overlap their waits even on two cores.
     pub threads: usize,
-    /// At most this many bytes of file content are pushed into the page cache (0: names only).
-    pub page_cache_budget: u64,
+    /// Whether small files' contents are pushed too (`--prefetch all`), within the mount's
+    /// page-cache budget; otherwise names and attributes only.
+    pub push_files: bool,
 }
 
 /// Pushes verified bytes into the kernel's page cache for an inode. The daemon passes fuser's
@@ -183,9 +187,8 @@ struct Walk {
     root: OwnedFd,
     sink: Box<dyn PageCacheSink>,
     rt: tokio::runtime::Handle,
-    /// Whether file contents are pushed at all (a budget was given).
+    /// Whether file contents are pushed at all.
     push_files: bool,
-    budget: AtomicU64,
     queue: Mutex<Queue>,
     wake: Condvar,
     started: Instant,
@@ -214,8 +217,7 @@ pub fn start(
         root,
         sink,
         rt,
-        push_files: cfg.page_cache_budget > 0,
-        budget: AtomicU64::new(cfg.page_cache_budget),
+        push_files: cfg.push_files,
         queue: Mutex::new(Queue {
             dirs: vec![ROOT],
             busy: 0,
@@ -412,11 +414,12 @@ impl Walk {
         let Some(size) = self.fs.table().get(ino).map(|n| n.size) else {
             return;
         };
-        // Take the bytes from the budget first, so concurrent workers never overspend it.
-        let took = self
-            .budget
-            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(size));
-        if took.is_err() {
+        let pages = &self.fs.pages;
+        // Read through wsfs already, or pushed as a neighbour: its pages are in the kernel.
+        if !pages.claim(ino) {
+            return;
+        }
+        if !pages.take(size) {
             w.files_over_budget.fetch_add(1, Relaxed);
             return;
         }
@@ -435,7 +438,7 @@ impl Walk {
             }
         });
         let Some(content) = content else {
-            self.budget.fetch_add(size, Relaxed);
+            pages.give_back(size);
             return;
         };
         let data = match content {
@@ -443,7 +446,7 @@ impl Walk {
             Err(e) => {
                 tracing::debug!(ino, error = %e, "warm-up: file left to on-demand reads");
                 w.files_failed.fetch_add(1, Relaxed);
-                self.budget.fetch_add(size, Relaxed);
+                pages.give_back(size);
                 return;
             }
         };
@@ -455,7 +458,7 @@ impl Walk {
             Err(e) => {
                 tracing::debug!(ino, error = %e, "warm-up: the kernel refused the page-cache store");
                 w.files_failed.fetch_add(1, Relaxed);
-                self.budget.fetch_add(size, Relaxed);
+                pages.give_back(size);
             }
         }
     }

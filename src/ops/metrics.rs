@@ -176,6 +176,12 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         status.warmup.bytes_stored,
     );
     w.single(
+        "wsfs_neighbour_files_stored_total",
+        "counter",
+        "Small files pushed into the kernel page cache after a file of the same directory and chunk was read.",
+        status.warmup.neighbour_files_stored,
+    );
+    w.single(
         "wsfs_warmup_running",
         "gauge",
         "1 while the --prefetch all kernel warm-up runs.",

@@ -53,6 +53,12 @@ pub struct WarmupStatus {
     pub files_over_budget: u64,
     /// How long the warm-up took (0 while running).
     pub elapsed_ms: u64,
+    /// Small files pushed into the page cache because a file of the same directory and chunk
+    /// was read (`--prefetch tree|all`), and their bytes.
+    #[serde(default)]
+    pub neighbour_files_stored: u64,
+    #[serde(default)]
+    pub neighbour_bytes_stored: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -126,6 +132,8 @@ impl StatusSource {
             files_failed: get(&w.files_failed),
             files_over_budget: get(&w.files_over_budget),
             elapsed_ms: get(&w.elapsed_ms),
+            neighbour_files_stored: get(&self.fs.pages.neighbour_files),
+            neighbour_bytes_stored: get(&self.fs.pages.neighbour_bytes),
         };
         s.stores = self
             .chain
