@@ -1,18 +1,18 @@
-//! Kernel cache warm-up, the second half of `--prefetch all`.
+//! Kernel cache warm-up: `--prefetch tree` (the default) and `--prefetch all`.
 //!
-//! Fetching every chunk into wsfs's own caches (the first half, in `fetcher.rs`) still leaves a
-//! reader paying a LOOKUP and a READ round trip per file, and on a small VM each round trip is
-//! tens of microseconds of cross-CPU wake-ups (docs/benchmarks.md, "Profile"). The warm-up moves
-//! that work off the reader's path:
+//! Even with every chunk in wsfs's own caches (`--prefetch chunks`, in `fetcher.rs`), a reader
+//! pays a LOOKUP and a READ round trip per file, and on a small VM each round trip is tens of
+//! microseconds of cross-CPU wake-ups (docs/benchmarks.md, "Profile"). The warm-up moves that
+//! work off the reader's path, in parallel, right after mounting:
 //!
 //! * **Names and attributes.** Worker threads in the daemon list every directory of the mount
 //!   through the VFS, each to its end. The kernel asks wsfs with READDIRPLUS (always, not by
 //!   the kernel's heuristic, on mounts that warm up: see `FuseAdapter::new`), which hands it
 //!   every child's inode and attributes, so later path walks, `stat`s and listings are answered
 //!   from the kernel's dentry, inode and directory caches.
-//! * **Small file contents.** Each regular file of at most [`MAX_STORED_FILE`] bytes is assembled
-//!   from verified chunks and pushed into the kernel's page cache with `FUSE_NOTIFY_STORE`. A
-//!   reader then opens and reads it without any FUSE request.
+//! * **Small file contents** (`all` only). Each regular file of at most [`MAX_STORED_FILE`]
+//!   bytes is assembled from verified chunks and pushed into the kernel's page cache with
+//!   `FUSE_NOTIFY_STORE`. A reader then opens and reads it without any FUSE request.
 //!
 //! Invariants:
 //! * Only bytes that passed chunk verification are pushed, and only a file's whole content from
@@ -21,9 +21,11 @@
 //! * The walk opens directories relative to one descriptor of the mount's root, taken right
 //!   after mounting, so a lazily detached mountpoint is never confused with the directory under
 //!   it. A directory descriptor is open only while that directory is being listed.
-//! * [`Warmup::stop`] makes every worker finish within one directory or one file and waits for
-//!   them (bounded): `wsfs umount` and SIGTERM call it first, so the walk never makes an
-//!   unmount fail with EBUSY. Errors from the mount (it went away, was aborted) end the walk.
+//! * [`Warmup::stop`] makes every worker finish within one listing (a wait for a chunk is cut
+//!   short) and waits for them, bounded; the last worker closes the root descriptor before
+//!   the stop returns. `wsfs umount` and SIGTERM call it first, so the walk never makes an
+//!   unmount fail with EBUSY. Errors from the mount (it went away, was aborted) end the walk;
+//!   a directory the daemon may not open or reach is skipped.
 //! * Page-cache bytes are bounded by `--prefetch-page-cache` ([`KernelPages`], shared with the
 //!   neighbour push), and no file is pushed twice.
 
@@ -46,7 +48,7 @@ pub const MAX_STORED_FILE: u64 = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum WarmupState {
-    /// Not asked for (no `--prefetch all`).
+    /// Not asked for (`--prefetch none` or `chunks`).
     Off = 0,
     Running = 1,
     Done = 2,
