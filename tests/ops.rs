@@ -141,11 +141,9 @@ fn status_counters_agree_with_the_reads() {
         "{m}"
     );
     assert_eq!(m["pid"].as_i64().map(|p| p as i32), _m.pid());
-    // The text form carries the same ledger.
+    // The text form carries the same ledger, and the warm-up of the default `--prefetch tree`.
     let t = s.wsfs(&["status", mp.to_str().unwrap()]);
-    assert!(
-        String::from_utf8_lossy(&t.stdout).contains("EIO gone.txt"),
-        "{}",
-        text(&t)
-    );
+    let out = String::from_utf8_lossy(&t.stdout);
+    assert!(out.contains("EIO gone.txt"), "{}", text(&t));
+    assert!(out.contains("  warm-up: "), "{}", text(&t));
 }

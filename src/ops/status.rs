@@ -345,6 +345,24 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
             "  reads={} bytes_served={} failovers={} eio={} repairs={} cache: memory_hits={} disk_hits={} fetched={}",
             m.reads, m.bytes_served, m.failovers, m.eio, m.repairs, m.cache.memory_hits, m.cache.disk_hits, m.cache.fetched
         );
+        let w = &m.warmup;
+        if m.alive && !w.state.is_empty() && w.state != "off" {
+            println!(
+                "  warm-up: {} dirs_listed={} files_stored={} bytes_stored={} failed={} over_budget={}{} neighbours_pushed={}",
+                w.state,
+                w.dirs_listed,
+                w.files_stored,
+                w.bytes_stored,
+                w.files_failed,
+                w.files_over_budget,
+                if w.state == "running" {
+                    String::new()
+                } else {
+                    format!(" took={}ms", w.elapsed_ms)
+                },
+                w.neighbour_files_stored
+            );
+        }
         for s in &m.stores {
             let reqs: Vec<String> = s
                 .requests
@@ -363,9 +381,14 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
         }
         for f in &m.failures {
             println!(
-                "  EIO {} chunk {}: {}",
+                "  EIO {} chunk {}{}: {}",
                 f.path,
                 f.chunk,
+                if f.count > 1 {
+                    format!(" (x{})", f.count)
+                } else {
+                    String::new()
+                },
                 f.providers.join("; ")
             );
         }
