@@ -162,7 +162,6 @@ async fn readdir_offsets_resume_and_errors_map_to_errno() {
     let all: Vec<(u64, Vec<u8>)> = fs
         .readdir(dir, 0)
         .unwrap()
-        .iter()
         .map(|i| (i.next, i.name.to_vec()))
         .collect();
     assert_eq!(all.len(), 2 + 51, ". .. 50 files and sub");
@@ -173,7 +172,6 @@ async fn readdir_offsets_resume_and_errors_map_to_errno() {
         let rest: Vec<Vec<u8>> = fs
             .readdir(dir, all[k].0)
             .unwrap()
-            .iter()
             .map(|i| i.name.to_vec())
             .collect();
         let want: Vec<Vec<u8>> = all[k + 1..].iter().map(|(_, n)| n.clone()).collect();

@@ -1089,22 +1089,36 @@ fn umount_is_not_held_up_by_a_warm_up_waiting_for_a_hung_store() {
             "120s",
         ],
     );
-    let _m = m.unwrap_or_else(|o| panic!("mount failed: {}", text(&o)));
-    // Wait until the warm-up has listed everything and is waiting for chunks.
+    let m = m.unwrap_or_else(|o| panic!("mount failed: {}", text(&o)));
+    let dirs = walkdir::WalkDir::new(&src)
+        .into_iter()
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_type().is_dir()))
+        .count() as u64;
+    // Wait until the warm-up has listed every directory and is waiting for chunks.
     let t = Instant::now();
     loop {
         let st = status(&s, &mp);
         assert_eq!(st["warmup"]["state"], "running", "{st}");
-        if st["warmup"]["dirs_listed"].as_u64() >= Some(10) && proxy.request_count() > 0 {
+        if st["warmup"]["dirs_listed"].as_u64() == Some(dirs) && proxy.request_count() > 0 {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "warm-up did not start: {st}"
+            "warm-up did not list: {st}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
+    // With the listings done, the daemon holds nothing of the mount open while it waits for
+    // chunks, so any unmount (not only wsfs umount) would succeed.
+    let pid = m.pid().expect("daemon pid");
+    let open_inside: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|l| l.starts_with(&mp))
+        .collect();
+    assert!(open_inside.is_empty(), "daemon holds {open_inside:?}");
     let t = Instant::now();
     let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
     let took = t.elapsed();

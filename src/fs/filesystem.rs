@@ -143,37 +143,44 @@ impl WsFs {
         }
     }
 
-    /// Lists a directory from `offset` (0 = start): ".", "..", then children by name.
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirItem<'_>>, FsError> {
+    /// Lists a directory from `offset` (0 = start): ".", "..", then children by name. Lazy: a
+    /// reply holds about a page of entries, and building the whole rest of a directory of
+    /// 100,000 entries for each of its thousands of replies would make a listing quadratic.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = DirItem<'_>> + '_, FsError> {
         let n = self.node(ino)?;
         if n.kind != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
-        let mut out = Vec::new();
-        let dots: [(&[u8], u64); 2] = [(b".", ino), (b"..", n.parent)];
-        for (i, (name, target)) in dots.iter().enumerate() {
-            if (i as u64) >= offset {
-                out.push(DirItem {
-                    ino: *target,
-                    next: i as u64 + 1,
-                    kind: EntryKind::Dir,
-                    name,
-                });
-            }
-        }
-        let skip = offset.saturating_sub(2) as usize;
-        for (i, c) in n.children.iter().enumerate().skip(skip) {
-            let Some(child) = self.table.get(*c) else {
-                continue;
-            };
-            out.push(DirItem {
-                ino: *c,
-                next: i as u64 + 3,
-                kind: child.kind,
-                name: &child.name,
+        let dots = [(&b"."[..], ino), (&b".."[..], n.parent)]
+            .into_iter()
+            .enumerate()
+            .filter(move |(i, _)| (*i as u64) >= offset)
+            .map(|(i, (name, target))| DirItem {
+                ino: target,
+                next: i as u64 + 1,
+                kind: EntryKind::Dir,
+                name,
             });
-        }
-        Ok(out)
+        let skip = offset.saturating_sub(2) as usize;
+        let children = n
+            .children
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .filter_map(move |(i, c)| {
+                let child = self.table.get(*c)?;
+                Some(DirItem {
+                    ino: *c,
+                    next: i as u64 + 3,
+                    kind: child.kind,
+                    name: &child.name,
+                })
+            });
+        Ok(dots.chain(children))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<&[u8], FsError> {

@@ -12,13 +12,19 @@
 //! * Only a chunk already in the memory cache is used: a push never fetches and never waits, and
 //!   its bytes passed verification when the chunk was loaded.
 //! * A file is pushed whole (it lies in one extent of that chunk), at most once per mount
-//!   ([`KernelPages::claim`], shared with the warm-up), within `--prefetch-page-cache`.
+//!   ([`KernelPages`], shared with the warm-up), within `--prefetch-page-cache` (whole pages).
+//! * Only into a directory the warm-up has listed: its children are inodes the kernel holds (a
+//!   store to an inode the kernel lacks does nothing, yet would use up the file's one push).
+//! * Bounded work: a file that was claimed before its read (pushed already, or read before)
+//!   triggers no scan, so each chunk's neighbours in a directory are scanned about once.
 //! * The queue is bounded and the FUSE thread never blocks on it: when it is full, a push is
 //!   dropped and those files are read with READs as usual.
 //! * Active on mounts that warm the kernel (`--prefetch tree|all`): there the neighbours' inodes
 //!   are in the kernel; elsewhere a store would mostly find no inode and do nothing.
 
 use super::inode::Node;
+#[cfg(doc)]
+use super::pages::KernelPages;
 use super::warmup::{PageCacheSink, MAX_STORED_FILE};
 use super::WsFs;
 use crate::manifest::EntryKind;
@@ -87,9 +93,18 @@ fn single_extent(n: &Node) -> Option<(u32, u32)> {
 pub fn push_neighbours(fs: &WsFs, sink: &dyn PageCacheSink, ino: u64) {
     let table = fs.table();
     let pages = &fs.pages;
-    // The file itself was just read through wsfs: its pages are in the kernel already.
-    pages.claim(ino);
+    if pages.budget_left() == 0 {
+        return;
+    }
+    // The file itself was just read through wsfs: its pages are in the kernel already. If it
+    // was claimed before, its neighbours were handled when it was (or when one of them was).
+    if !pages.claim(ino) {
+        return;
+    }
     let Some(node) = table.get(ino) else { return };
+    if !pages.is_listed(node.parent) {
+        return;
+    }
     let Some((chunk, _)) = single_extent(node) else {
         return;
     };
@@ -114,7 +129,7 @@ pub fn push_neighbours(fs: &WsFs, sink: &dyn PageCacheSink, ino: u64) {
         let Some((c, offset)) = single_extent(s) else {
             continue;
         };
-        if c != chunk || !pages.claim(sib) {
+        if c != chunk {
             continue;
         }
         let (a, b) = (offset as usize, offset as usize + s.size as usize);
@@ -122,16 +137,18 @@ pub fn push_neighbours(fs: &WsFs, sink: &dyn PageCacheSink, ino: u64) {
         let Some(bytes) = data.get(a..b) else {
             continue;
         };
-        if !pages.take(s.size) {
-            return;
-        }
+        let charge = match pages.reserve(sib, s.size) {
+            Ok(c) => c,
+            Err(true) => return, // over budget
+            Err(false) => continue,
+        };
         match sink.store(sib, bytes) {
             Ok(()) => {
                 pages.neighbour_files.fetch_add(1, Relaxed);
                 pages.neighbour_bytes.fetch_add(s.size, Relaxed);
             }
             Err(e) => {
-                pages.give_back(s.size);
+                pages.give_back(charge);
                 tracing::debug!(ino = sib, error = %e, "neighbour push refused by the kernel");
             }
         }

@@ -20,14 +20,17 @@
 //!   chunks cannot be fetched is skipped: its reader gets the usual READ, and the usual EIO.
 //! * The walk opens directories relative to one descriptor of the mount's root, taken right
 //!   after mounting, so a lazily detached mountpoint is never confused with the directory under
-//!   it. A directory descriptor is open only while that directory is being listed.
+//!   it. A directory descriptor is open only while that directory is being listed, and the root
+//!   descriptor only until the last listing ends (file pushes after it hold nothing open).
 //! * [`Warmup::stop`] makes every worker finish within one listing (a wait for a chunk is cut
 //!   short) and waits for them, bounded; the last worker closes the root descriptor before
 //!   the stop returns. `wsfs umount` and SIGTERM call it first, so the walk never makes an
 //!   unmount fail with EBUSY. Errors from the mount (it went away, was aborted) end the walk;
 //!   a directory the daemon may not open or reach is skipped.
-//! * Page-cache bytes are bounded by `--prefetch-page-cache` ([`KernelPages`], shared with the
-//!   neighbour push), and no file is pushed twice.
+//! * Page-cache memory is bounded by `--prefetch-page-cache` ([`KernelPages`], shared with the
+//!   neighbour push, charged in whole pages), and no file is pushed twice.
+//! * A panic in a worker (a bug) ends the warm-up, not the daemon, and leaves no count that
+//!   other workers or a stop would wait on forever.
 
 use super::inode::ROOT;
 #[cfg(doc)]
@@ -36,8 +39,9 @@ use super::WsFs;
 use crate::manifest::EntryKind;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Larger files are left to the kernel's read-ahead: a few 1 MiB READs cost little per byte,
@@ -130,11 +134,16 @@ impl Warmup {
         }
     }
 
+    /// Tells every worker to stop, waking those waiting for a chunk.
+    fn request_stop(&self) {
+        self.stop.store(true, Relaxed);
+        self.stop_notify.notify_waiters();
+    }
+
     /// Asks every worker to stop and waits up to `wait` for them. Returns whether none is left.
     /// Safe to call at any time, also when the warm-up never ran.
     pub fn stop(&self, wait: Duration) -> bool {
-        self.stop.store(true, Relaxed);
-        self.stop_notify.notify_waiters();
+        self.request_stop();
         let deadline = Instant::now() + wait;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         while *running > 0 {
@@ -174,19 +183,36 @@ impl PageCacheSink for fuser::Notifier {
     }
 }
 
-/// Errors that end the warm-up of one directory, not of the whole mount.
-const SKIPPABLE: [i32; 6] = [
-    libc::EACCES,
-    libc::EPERM,
-    libc::ENOENT,
-    libc::ENOTDIR,
-    libc::ELOOP,
-    libc::ENAMETOOLONG,
-];
+/// Errors that mean the mount itself is gone (unmounted, aborted): the whole warm-up ends. Any
+/// other error only skips one directory (and what is below it): a mode the daemon may not
+/// read, a path longer than PATH_MAX, a transient ENOMEM or EMFILE. Those names are then
+/// looked up on demand as usual.
+fn mount_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ENODEV | libc::ECONNABORTED)
+    )
+}
+
+/// Retries a syscall interrupted by a signal (the daemon handles SIGTERM and SIGINT).
+fn retry_eintr(mut f: impl FnMut() -> i64) -> std::io::Result<i64> {
+    loop {
+        let r = f();
+        if r >= 0 {
+            return Ok(r);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
 
 struct Walk {
     fs: Arc<WsFs>,
-    root: OwnedFd,
+    /// The mount's root, while directories remain to be listed; closed as soon as the last
+    /// listing ends, so the (possibly slow) file pushes after it keep nothing of the mount open.
+    root: RwLock<Option<OwnedFd>>,
     sink: Box<dyn PageCacheSink>,
     rt: tokio::runtime::Handle,
     /// Whether file contents are pushed at all.
@@ -200,8 +226,10 @@ struct Queue {
     /// Directories still to list; a stack, so the walk goes depth-first in path order like the
     /// chunk prefetch, and the files it pushes are the ones whose chunks arrive first.
     dirs: Vec<u64>,
-    /// Workers listing a directory right now (they may push more).
+    /// Workers inside a directory (listing it or pushing its files).
     busy: usize,
+    /// Workers listing a directory right now (they may queue more).
+    listing: usize,
 }
 
 /// Starts the warm-up of the mount whose root directory is `root` (opened by the caller after
@@ -216,13 +244,14 @@ pub fn start(
     let threads = cfg.threads.max(1);
     let walk = Arc::new(Walk {
         fs: fs.clone(),
-        root,
+        root: RwLock::new(Some(root)),
         sink,
         rt,
         push_files: cfg.push_files,
         queue: Mutex::new(Queue {
             dirs: vec![ROOT],
             busy: 0,
+            listing: 0,
         }),
         wake: Condvar::new(),
         started: Instant::now(),
@@ -268,20 +297,7 @@ impl Walk {
 
     fn work(&self) {
         while let Some(dir) = self.next_dir() {
-            match self.warm_dir(dir) {
-                Ok(()) => {}
-                // A directory the daemon may not open (a mode without read or search for a
-                // non-root daemon) or cannot reach by path (longer than PATH_MAX): skip it and
-                // what is below it; those names are looked up on demand as usual.
-                Err(e) if SKIPPABLE.contains(&e.raw_os_error().unwrap_or(0)) => {
-                    tracing::debug!(error = %e, "warm-up skips a directory");
-                }
-                Err(e) => {
-                    // The mount went away or was aborted: nothing more can be warmed.
-                    tracing::debug!(error = %e, "warm-up ends: the mount did not answer");
-                    self.warmup().stop.store(true, Relaxed);
-                }
-            }
+            self.warm_dir(dir);
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.busy -= 1;
             self.wake.notify_all();
@@ -307,6 +323,7 @@ impl Walk {
             }
             if let Some(d) = q.dirs.pop() {
                 q.busy += 1;
+                q.listing += 1;
                 return Some(d);
             }
             if q.busy == 0 {
@@ -322,22 +339,57 @@ impl Walk {
     }
 
     /// Lists one directory through the kernel, queues its subdirectories, and pushes its small
-    /// files. An error is the directory's (see [`SKIPPABLE`]) or the mount's.
-    fn warm_dir(&self, ino: u64) -> std::io::Result<()> {
+    /// files. Never panics out: a panic (a bug) ends the warm-up, not the daemon, and never
+    /// leaves the counts that other workers wait on.
+    fn warm_dir(&self, ino: u64) {
+        let listed = catch_unwind(AssertUnwindSafe(|| self.list_dir(ino)))
+            .unwrap_or_else(|_| Err(std::io::Error::other("the warm-up panicked")));
+        self.done_listing();
+        let files = match listed {
+            Ok(files) => files,
+            Err(e) if mount_gone(&e) || e.raw_os_error().is_none() => {
+                tracing::debug!(error = %e, "warm-up ends");
+                self.warmup().request_stop();
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(ino, error = %e, "warm-up skips a directory");
+                return;
+            }
+        };
+        let pushed = catch_unwind(AssertUnwindSafe(|| {
+            for f in files {
+                if self.warmup().stopping() {
+                    break;
+                }
+                self.store_file(f);
+            }
+        }));
+        if pushed.is_err() {
+            tracing::error!("the warm-up panicked while pushing files; it ends here");
+            self.warmup().request_stop();
+        }
+    }
+
+    /// Lists a directory and queues its subdirectories; returns its files to push.
+    fn list_dir(&self, ino: u64) -> std::io::Result<Vec<u64>> {
         let table = self.fs.table();
         let Some(node) = table.get(ino) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let dir = self.open_dir(&node.path)?;
         self.list(&dir)?;
+        // The directory is closed, and its subdirectories handed to the other workers, before
+        // the (slower) file pushes: an unmount waits for no open descriptor of ours longer than
+        // one listing, and a slow chunk holds up only this directory's files.
+        drop(dir);
         self.warmup().dirs_listed.fetch_add(1, Relaxed);
+        // Its children are now inodes the kernel holds: pushes into it take effect.
+        self.fs.pages.mark_listed(ino);
         let mut subdirs = Vec::new();
         let mut files = Vec::new();
         for &c in &node.children {
             let Some(child) = table.get(c) else { continue };
-            // The listing above instantiated every child in the kernel (READDIRPLUS replies),
-            // so the stores below find their inodes. Should the kernel have dropped one since,
-            // its store is a no-op and the file is read through wsfs as usual.
             match child.kind {
                 EntryKind::Dir => subdirs.push(c),
                 EntryKind::File
@@ -348,18 +400,19 @@ impl Walk {
                 _ => {}
             }
         }
-        // The directory is closed, and its subdirectories handed to the other workers, before
-        // the (slower) file pushes: an unmount waits for no open descriptor of ours longer than
-        // one listing, and a slow chunk holds up only this directory's files.
-        drop(dir);
         self.enqueue(subdirs);
-        for f in files {
-            if self.warmup().stopping() {
-                break;
-            }
-            self.store_file(f);
+        Ok(files)
+    }
+
+    /// A worker has finished listing (or failed to list) a directory. After the last listing,
+    /// nothing more can be queued: the root is closed.
+    fn done_listing(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.listing -= 1;
+        if q.listing == 0 && (q.dirs.is_empty() || self.warmup().stopping()) {
+            self.root.write().unwrap_or_else(|p| p.into_inner()).take();
         }
-        Ok(())
+        self.wake.notify_all();
     }
 
     fn open_dir(&self, path: &[u8]) -> std::io::Result<OwnedFd> {
@@ -368,20 +421,24 @@ impl Walk {
         } else {
             CString::new(path)
         }
-        .map_err(std::io::Error::other)?;
-        // SAFETY: valid dirfd and NUL-terminated relative path.
-        let fd = unsafe {
-            libc::openat(
-                self.root.as_raw_fd(),
-                rel.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let root = self.root.read().unwrap_or_else(|p| p.into_inner());
+        let Some(root) = root.as_ref() else {
+            // Closed: the walk is over or stopping.
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTCONN));
         };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        let fd = retry_eintr(|| {
+            // SAFETY: valid dirfd (held by the read lock) and NUL-terminated relative path.
+            i64::from(unsafe {
+                libc::openat(
+                    root.as_raw_fd(),
+                    rel.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            })
+        })?;
+        // SAFETY: fd is a fresh descriptor we own (openat returns an int).
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     /// Reads the listing to its end. The entries themselves are not needed: the kernel caches
@@ -393,18 +450,17 @@ impl Walk {
     fn list(&self, dir: &OwnedFd) -> std::io::Result<()> {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            // SAFETY: buf is writable for its length; the fd is a directory.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    dir.as_raw_fd(),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            let n = retry_eintr(|| {
+                // SAFETY: buf is writable for its length; the fd is a directory.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_getdents64,
+                        dir.as_raw_fd(),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                }
+            })?;
             if n == 0 {
                 return Ok(());
             }
@@ -417,14 +473,17 @@ impl Walk {
             return;
         };
         let pages = &self.fs.pages;
-        // Read through wsfs already, or pushed as a neighbour: its pages are in the kernel.
-        if !pages.claim(ino) {
-            return;
-        }
-        if !pages.take(size) {
-            w.files_over_budget.fetch_add(1, Relaxed);
-            return;
-        }
+        // Not if read through wsfs already or pushed as a neighbour (its pages are in the
+        // kernel), nor beyond the budget.
+        let charge = match pages.reserve(ino, size) {
+            Ok(c) => c,
+            Err(over_budget) => {
+                if over_budget {
+                    w.files_over_budget.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+        };
         // Waiting for a chunk can take up to the read deadline on a slow store; a stop must not
         // wait that long (this worker holds the root descriptor, which keeps the mount busy).
         let content = self.rt.block_on(async {
@@ -440,7 +499,7 @@ impl Walk {
             }
         });
         let Some(content) = content else {
-            pages.give_back(size);
+            pages.give_back(charge);
             return;
         };
         let data = match content {
@@ -448,7 +507,7 @@ impl Walk {
             Err(e) => {
                 tracing::debug!(ino, error = %e, "warm-up: file left to on-demand reads");
                 w.files_failed.fetch_add(1, Relaxed);
-                pages.give_back(size);
+                pages.give_back(charge);
                 return;
             }
         };
@@ -460,7 +519,7 @@ impl Walk {
             Err(e) => {
                 tracing::debug!(ino, error = %e, "warm-up: the kernel refused the page-cache store");
                 w.files_failed.fetch_add(1, Relaxed);
-                pages.give_back(size);
+                pages.give_back(charge);
             }
         }
     }
