@@ -232,3 +232,92 @@ async fn concurrent_reads_of_one_chunk_fetch_it_once() {
         "the deadline bounds the wait"
     );
 }
+
+/// Records what would be pushed into the page cache.
+/// (inode, bytes) in the order they were pushed.
+type Pushed = Vec<(u64, Vec<u8>)>;
+
+#[derive(Clone, Default)]
+struct RecordingSink(Arc<std::sync::Mutex<Pushed>>);
+
+impl wsfs::fs::warmup::PageCacheSink for RecordingSink {
+    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((ino, data.to_vec()));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_pushes_exactly_its_packs_other_files_once_within_budget() {
+    use wsfs::fs::neighbours::Packs;
+    let mut files: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| (format!("a/f{i:02}"), data(300 + 50 * i, i as u8)))
+        .collect();
+    files.push(("b/x".into(), data(70, 200)));
+    // A chunk of its own: never pushed.
+    files.push(("b/big".into(), data(100_000, 201)));
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (fs, _) = build(&refs, &["a", "b"]).await;
+    let a = fs.lookup(1, b"a").unwrap().ino;
+    let b = fs.lookup(1, b"b").unwrap().ino;
+    let f05 = fs.lookup(a, b"f05").unwrap().ino;
+    // Bring the pack into memory, as the READ of f05 does.
+    assert_eq!(fs.read(f05, 0, 1 << 20).await.unwrap(), files[5].1);
+    let sink = RecordingSink::default();
+    let push = |packs: &mut Packs, ino: u64| {
+        let (fs, sink) = (&fs, sink.clone());
+        tokio::task::block_in_place(|| packs.push_after_read(fs, &sink, ino))
+    };
+    let mut packs = Packs::new(fs.table());
+
+    // Nothing is pushed into directories the warm-up has not listed, nor without a budget.
+    fs.pages.set_budget(1 << 30);
+    push(&mut packs, f05);
+    assert!(sink.0.lock().unwrap().is_empty());
+
+    // Listed (the warm-up got there): the next read from the pack pushes every other small file
+    // of it, each with exactly its bytes, once.
+    fs.pages.mark_listed(a);
+    fs.pages.mark_listed(b);
+    push(&mut packs, f05);
+    let pushed = sink.0.lock().unwrap().clone();
+    let mut want: Vec<(u64, Vec<u8>)> = files
+        .iter()
+        .filter(|(p, _)| p != "a/f05" && p != "b/big")
+        .map(|(p, d)| {
+            let (dir, name) = p.split_once('/').unwrap();
+            let parent = if dir == "a" { a } else { b };
+            (fs.lookup(parent, name.as_bytes()).unwrap().ino, d.clone())
+        })
+        .collect();
+    want.sort();
+    let mut got = pushed.clone();
+    got.sort();
+    assert_eq!(got, want);
+    // The files after the one read come first.
+    assert_eq!(pushed[0].0, fs.lookup(a, b"f06").unwrap().ino);
+    // Once per pack: another read from it pushes nothing more.
+    let f20 = fs.lookup(a, b"f20").unwrap().ino;
+    push(&mut packs, f20);
+    assert_eq!(sink.0.lock().unwrap().len(), pushed.len());
+    assert_eq!(
+        fs.pages
+            .neighbour_files
+            .load(std::sync::atomic::Ordering::Relaxed),
+        pushed.len() as u64
+    );
+
+    // A budget of two pages pushes two files and stops.
+    let (fs2, _) = build(&refs, &["a", "b"]).await;
+    let a2 = fs2.lookup(1, b"a").unwrap().ino;
+    fs2.pages.mark_listed(a2);
+    fs2.pages.mark_listed(fs2.lookup(1, b"b").unwrap().ino);
+    fs2.pages.set_budget(2 * 4096);
+    let g05 = fs2.lookup(a2, b"f05").unwrap().ino;
+    fs2.read(g05, 0, 1 << 20).await.unwrap();
+    let sink2 = RecordingSink::default();
+    let mut packs2 = Packs::new(fs2.table());
+    tokio::task::block_in_place(|| packs2.push_after_read(&fs2, &sink2, g05));
+    assert_eq!(sink2.0.lock().unwrap().len(), 2);
+    assert_eq!(fs2.pages.budget_left(), 0);
+}

@@ -375,7 +375,7 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
 }
 
 #[test]
-fn reading_one_small_file_pushes_its_neighbours_into_the_page_cache() {
+fn reading_one_small_file_pushes_its_pack_into_the_page_cache() {
     require_fuse();
     let s = Scratch::new();
     let src = s.path("src");
@@ -385,20 +385,29 @@ fn reading_one_small_file_pushes_its_neighbours_into_the_page_cache() {
     for i in 0..40 {
         std::fs::write(src.join(format!("pkg/f{i:02}.js")), body(i)).unwrap();
     }
+    // Same pack (small files are packed in path order), another directory.
     std::fs::write(src.join("other/x.js"), b"elsewhere").unwrap();
+    // 100 KB: a chunk of its own, never a pack neighbour.
+    let big = Rng::new(99).bytes(100_000);
+    std::fs::write(src.join("other/big.bin"), &big).unwrap();
     assert_ok(&persist(&s, &[s.store("s1")], "ws", "l1", &src, &[]));
 
-    // The default mount (`--prefetch tree`): one READ for the package directory.
+    // The default mount (`--prefetch tree`): one READ for the whole pack.
     let mp = s.mkdir("mnt");
     let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &[]);
     assert_eq!(wait_warm(&s, &mp)["warmup"]["state"], "done");
     let before = ops(&status_json(&s, &mp));
-    assert_eq!(std::fs::read(mp.join("pkg/f00.js")).unwrap(), body(0));
+    assert_eq!(std::fs::read(mp.join("pkg/f07.js")).unwrap(), body(7));
     let t = Instant::now();
     loop {
         let st = status_json(&s, &mp);
-        if st["warmup"]["neighbour_files_stored"].as_u64() == Some(39) {
-            let bytes: u64 = (1..40).map(|i| body(i).len() as u64).sum();
+        // 39 other pkg files and other/x.js.
+        if st["warmup"]["neighbour_files_stored"].as_u64() == Some(40) {
+            let bytes: u64 = (0..40)
+                .filter(|&i| i != 7)
+                .map(|i| body(i).len() as u64)
+                .sum::<u64>()
+                + 9;
             assert_eq!(
                 st["warmup"]["neighbour_bytes_stored"].as_u64(),
                 Some(bytes),
@@ -408,7 +417,7 @@ fn reading_one_small_file_pushes_its_neighbours_into_the_page_cache() {
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
-            "neighbours not pushed: {st}"
+            "pack not pushed: {st}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -416,12 +425,17 @@ fn reading_one_small_file_pushes_its_neighbours_into_the_page_cache() {
         let p = format!("pkg/f{i:02}.js");
         assert!(std::fs::read(mp.join(&p)).unwrap() == body(i), "{p}");
     }
-    let d = delta(&before, &ops(&status_json(&s, &mp)));
-    assert_eq!(d.get("read").copied(), Some(1), "{d:?}");
-    // Another directory's file was not pushed (it is not a neighbour).
     assert_eq!(std::fs::read(mp.join("other/x.js")).unwrap(), b"elsewhere");
     let d = delta(&before, &ops(&status_json(&s, &mp)));
-    assert_eq!(d.get("read").copied(), Some(2), "{d:?}");
+    assert_eq!(d.get("read").copied(), Some(1), "{d:?}");
+    // A file alone in its chunk is not pushed: reading it is a READ.
+    assert!(std::fs::read(mp.join("other/big.bin")).unwrap() == big);
+    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    assert!(d.get("read").copied().unwrap_or(0) >= 2, "{d:?}");
+    assert_eq!(
+        status_json(&s, &mp)["warmup"]["neighbour_files_stored"].as_u64(),
+        Some(40)
+    );
     drop(m);
 
     // `--prefetch none`: nothing is pushed; every file is a READ.

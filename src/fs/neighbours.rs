@@ -1,28 +1,31 @@
-//! Pushing a read file's neighbours into the kernel's page cache.
+//! Pushing a read file's pack neighbours into the kernel's page cache.
 //!
-//! Small files are packed with their path neighbours into one chunk, and reading one of them
-//! brings the whole chunk into wsfs's memory cache: the neighbours' bytes are verified and at
-//! hand. Each neighbour would still cost its reader a READ round trip, which on a small VM is
-//! most of the cost of reading a small file (docs/benchmarks.md, "Profile"). So after the first
-//! read of a small file, a background thread pushes the other small files of the same directory
-//! that live in the same chunk into the page cache with `FUSE_NOTIFY_STORE`; a build that reads a
-//! package's files then sends one READ per package directory instead of one per file.
+//! Small files are packed with their path neighbours into one chunk (about 4 MiB: a few thousand
+//! files of some dozens of packages), and reading one of them brings the whole chunk into wsfs's
+//! memory cache: the neighbours' bytes are verified and at hand. Each neighbour would still cost
+//! its reader a READ round trip, which on a small VM is most of the cost of reading a small file
+//! (docs/benchmarks.md, "Profile"). So after the first read from a pack, a background thread
+//! pushes every other file of that pack into the page cache with `FUSE_NOTIFY_STORE`, starting
+//! with the files after the one read (readers tend to go in path order). A build that reads a
+//! tree then sends about one READ per pack it touches, not one per file, and nothing is fetched
+//! that the reader did not already cause to be fetched.
 //!
 //! Invariants:
 //! * Only a chunk already in the memory cache is used: a push never fetches and never waits, and
 //!   its bytes passed verification when the chunk was loaded.
-//! * A file is pushed whole (it lies in one extent of that chunk), at most once per mount
+//! * A file is pushed whole (it lies in one extent of its pack), at most once per mount
 //!   ([`KernelPages`], shared with the warm-up), within `--prefetch-page-cache` (whole pages).
 //! * Only into a directory the warm-up has listed: its children are inodes the kernel holds (a
 //!   store to an inode the kernel lacks does nothing, yet would use up the file's one push).
-//! * Bounded work: a file that was claimed before its read (pushed already, or read before)
-//!   triggers no scan, so each chunk's neighbours in a directory are scanned about once.
+//! * Bounded work: a pack is pushed once, so a mount's pushes cost at most one store per small
+//!   file in total; only while the warm-up has not yet listed some of its directories can a
+//!   later read from the pack scan it again (for the files not yet pushed).
 //! * The queue is bounded and the FUSE thread never blocks on it: when it is full, a push is
 //!   dropped and those files are read with READs as usual.
-//! * Active on mounts that warm the kernel (`--prefetch tree|all`): there the neighbours' inodes
-//!   are in the kernel; elsewhere a store would mostly find no inode and do nothing.
+//! * Active on mounts that warm the kernel (`--prefetch tree|all`): there the files' inodes are in
+//!   the kernel; elsewhere a store would mostly find no inode and do nothing.
 
-use super::inode::Node;
+use super::inode::{InodeTable, Node};
 #[cfg(doc)]
 use super::pages::KernelPages;
 use super::warmup::{PageCacheSink, MAX_STORED_FILE};
@@ -32,7 +35,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
-/// Reads waiting for their neighbours to be pushed; more are dropped.
+/// Reads waiting for their pack to be pushed; more are dropped.
 const QUEUE: usize = 1024;
 
 /// The FUSE side: tells the pusher which file was read.
@@ -68,8 +71,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("wsfs-neighbours".into())
         .spawn(move || {
+            // Built here, not at mount: a mount is ready before this index exists.
+            let mut packs = Packs::new(fs.table());
             for ino in queue.rx {
-                push_neighbours(&fs, sink.as_ref(), ino);
+                packs.push_after_read(&fs, sink.as_ref(), ino);
             }
         })
         .map(|_| ())
@@ -89,68 +94,102 @@ fn single_extent(n: &Node) -> Option<(u32, u32)> {
     }
 }
 
-/// Pushes the small files of `ino`'s directory that share its chunk, if that chunk is in memory.
-pub fn push_neighbours(fs: &WsFs, sink: &dyn PageCacheSink, ino: u64) {
-    let table = fs.table();
-    let pages = &fs.pages;
-    if pages.budget_left() == 0 {
-        return;
-    }
-    // The file itself was just read through wsfs: its pages are in the kernel already. If it
-    // was claimed before, its neighbours were handled when it was (or when one of them was).
-    if !pages.claim(ino) {
-        return;
-    }
-    let Some(node) = table.get(ino) else { return };
-    if !pages.is_listed(node.parent) {
-        return;
-    }
-    let Some((chunk, _)) = single_extent(node) else {
-        return;
-    };
-    let Some(info) = table.chunk(chunk) else {
-        return;
-    };
-    // Alone in its chunk (a file of 64 KiB or more): there is no neighbour to push, and the
-    // directory need not be scanned (reading every file of a large directory would otherwise
-    // scan it once per file).
-    if u64::from(info.raw_len) == node.size {
-        return;
-    }
-    let Some(verified) = fs.fetcher().memory().get(&info.hash) else {
-        return;
-    };
-    let Some(parent) = table.get(node.parent) else {
-        return;
-    };
-    let data = verified.data();
-    for &sib in &parent.children {
-        let Some(s) = table.get(sib) else { continue };
-        let Some((c, offset)) = single_extent(s) else {
-            continue;
-        };
-        if c != chunk {
-            continue;
+/// The files of each pack chunk, in path (inode) order, and which packs were pushed.
+pub struct Packs {
+    /// By chunk index: the inodes of the small files inside it; empty for chunks that hold one
+    /// file (nothing to push) or none.
+    files: Vec<Vec<u64>>,
+    pushed: Vec<bool>,
+}
+
+impl Packs {
+    pub fn new(table: &InodeTable) -> Packs {
+        let mut files: Vec<Vec<u64>> = Vec::new();
+        for (ino, n) in table.iter() {
+            let Some((chunk, _)) = single_extent(n) else {
+                continue;
+            };
+            let Some(info) = table.chunk(chunk) else {
+                continue;
+            };
+            // Alone in its chunk (64 KiB or more): no neighbours.
+            if u64::from(info.raw_len) == n.size {
+                continue;
+            }
+            let i = chunk as usize;
+            if files.len() <= i {
+                files.resize_with(i + 1, Vec::new);
+            }
+            files[i].push(ino);
         }
-        let (a, b) = (offset as usize, offset as usize + s.size as usize);
-        // Validated extents lie inside their chunk; checked again rather than trusted.
-        let Some(bytes) = data.get(a..b) else {
-            continue;
+        let pushed = vec![false; files.len()];
+        Packs { files, pushed }
+    }
+
+    /// `ino` was read from its start: push the rest of its pack, once per pack.
+    pub fn push_after_read(&mut self, fs: &WsFs, sink: &dyn PageCacheSink, ino: u64) {
+        let table = fs.table();
+        let pages = &fs.pages;
+        // Its own pages came with the READ.
+        pages.claim(ino);
+        if pages.budget_left() == 0 {
+            return;
+        }
+        let Some((chunk, _)) = table.get(ino).and_then(single_extent) else {
+            return;
         };
-        let charge = match pages.reserve(sib, s.size) {
-            Ok(c) => c,
-            Err(true) => return, // over budget
-            Err(false) => continue,
+        let i = chunk as usize;
+        if self.files.get(i).is_none_or(|f| f.is_empty()) || self.pushed[i] {
+            return;
+        }
+        let Some(info) = table.chunk(chunk) else {
+            return;
         };
-        match sink.store(sib, bytes) {
-            Ok(()) => {
-                pages.neighbour_files.fetch_add(1, Relaxed);
-                pages.neighbour_bytes.fetch_add(s.size, Relaxed);
+        // Evicted since the read: no push (this pack may be pushed after a later read).
+        let Some(verified) = fs.fetcher().memory().get(&info.hash) else {
+            return;
+        };
+        self.pushed[i] = true;
+        // Files in directories the warm-up has not listed yet are left for a later read.
+        let mut deferred = false;
+        let data = verified.data();
+        let files = &self.files[i];
+        // The files after the one read first: a reader going in path order meets them next.
+        let at = files.partition_point(|&f| f <= ino);
+        for &f in files[at..].iter().chain(&files[..at]) {
+            let Some(n) = table.get(f) else { continue };
+            if !pages.is_listed(n.parent) {
+                deferred = true;
+                continue;
             }
-            Err(e) => {
-                pages.give_back(charge);
-                tracing::debug!(ino = sib, error = %e, "neighbour push refused by the kernel");
+            let Some((_, offset)) = single_extent(n) else {
+                continue;
+            };
+            // Validated extents lie inside their chunk; checked again rather than trusted.
+            let (a, b) = (offset as usize, offset as usize + n.size as usize);
+            let Some(bytes) = data.get(a..b) else {
+                continue;
+            };
+            let charge = match pages.reserve(f, n.size) {
+                Ok(c) => c,
+                Err(true) => return, // over budget
+                Err(false) => continue,
+            };
+            match sink.store(f, bytes) {
+                Ok(()) => {
+                    pages.neighbour_files.fetch_add(1, Relaxed);
+                    pages.neighbour_bytes.fetch_add(n.size, Relaxed);
+                }
+                Err(e) => {
+                    pages.give_back(charge);
+                    tracing::debug!(ino = f, error = %e, "neighbour push refused by the kernel");
+                }
             }
+        }
+        if deferred {
+            // Read again from this pack once the warm-up has got further (files pushed now are
+            // claimed, so a second pass only stores the rest).
+            self.pushed[i] = false;
         }
     }
 }
