@@ -148,9 +148,9 @@ pub enum Command {
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
         prefetch_concurrency: usize,
-        /// At most this many bytes of files are pushed into the kernel's page cache ahead of
-        /// reads: with `tree` or `all`, the small files of a directory that share a chunk with a
-        /// file just read; with `all`, every small file. 0: none. Clean page-cache pages are
+        /// At most this much page-cache memory is filled ahead of reads: with `tree` or `all`,
+        /// the other small files of a pack chunk a file was just read from; with `all`, every
+        /// small file. 0: none. Clean page-cache pages are
         /// reclaimable; an evicted file is simply read again through wsfs.
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         prefetch_page_cache: u64,

@@ -178,7 +178,7 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
     w.single(
         "wsfs_neighbour_files_stored_total",
         "counter",
-        "Small files pushed into the kernel page cache after a file of the same directory and chunk was read.",
+        "Small files pushed into the kernel page cache after a file of the same pack chunk was read.",
         status.warmup.neighbour_files_stored,
     );
     w.single(

@@ -53,8 +53,7 @@ pub struct WarmupStatus {
     pub files_over_budget: u64,
     /// How long the warm-up took (0 while running).
     pub elapsed_ms: u64,
-    /// Small files pushed into the page cache because a file of the same directory and chunk
-    /// was read (`--prefetch tree|all`), and their bytes.
+    /// Small files pushed into the page cache because a file of the same pack chunk was read (`--prefetch tree|all`), and their bytes.
     #[serde(default)]
     pub neighbour_files_stored: u64,
     #[serde(default)]
