@@ -34,7 +34,8 @@ pub struct FetchStats {
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
     pub failed: AtomicU64,
-    /// Chunks brought in by `--prefetch all`.
+    /// Chunks the background prefetch (`--prefetch chunks|all`) has dealt with: fetched, found
+    /// already cached, or failed (then a reader's own fetch reports it).
     pub prefetched: AtomicU64,
 }
 
@@ -108,10 +109,10 @@ impl Fetcher {
                 .for_each_concurrent(concurrency.max(1), |c| {
                     let this = this.clone();
                     async move {
-                        if this.memory.get(&c.hash).is_some() {
-                            return;
+                        // Already here (a reader or the kernel warm-up fetched it): done too.
+                        if this.memory.get(&c.hash).is_none() {
+                            let _ = this.start(&c).await;
                         }
-                        let _ = this.start(&c).await;
                         this.stats.prefetched.fetch_add(1, Relaxed);
                     }
                 })

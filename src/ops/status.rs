@@ -32,7 +32,8 @@ pub struct CacheStatus {
     pub disk_hits: u64,
     pub disk_corrupt: u64,
     pub fetched: u64,
-    /// Chunks brought in by `--prefetch chunks|all`.
+    /// Chunks the background prefetch (`--prefetch chunks|all`) has dealt with (fetched or
+    /// found cached); equal to the workspace's chunk count when it is done.
     #[serde(default)]
     pub prefetched: u64,
     pub memory_bytes: u64,
