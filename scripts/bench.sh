@@ -439,41 +439,28 @@ mount_read() { # LIST PARALLEL; PREFETCH=MODE mounts with --prefetch MODE (defau
     wsfs_mount "$mnt" bench tree ${PREFETCH:+--prefetch "$PREFETCH"}
     read_list "$mnt" "$1" "$2"
 }
+# cold_read KEY LIST PARALLEL [MODE]: page cache dropped, mount (with --prefetch MODE if given) +
+# read LIST with PARALLEL readers, recorded as KEY; then unmount.
+cold_read() {
+    drop_caches
+    record "$1" "$(PREFETCH=${4:-} secs mount_read "$2" "$3")"
+    wsfs_umount "$mnt"
+}
 for _ in $(seq "$runs"); do
-    drop_caches
-    record lazy_10pct_s "$(secs mount_read "$work/gen/sample.list" 1)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_10pct_pkg_s "$(secs mount_read "$work/gen/sample_pkg.list" 1)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_10pct_none_s "$(PREFETCH=none secs mount_read "$work/gen/sample.list" 1)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_10pct_all_s "$(PREFETCH=all secs mount_read "$work/gen/sample.list" 1)"
-    wsfs_umount "$mnt"
+    cold_read lazy_10pct_s "$work/gen/sample.list" 1
+    cold_read lazy_10pct_pkg_s "$work/gen/sample_pkg.list" 1
+    cold_read lazy_10pct_none_s "$work/gen/sample.list" 1 none
+    cold_read lazy_10pct_all_s "$work/gen/sample.list" 1 all
 done
 
 log "7/8 mount + read every file ($t_files), cold: 1 and 4 readers; default, --prefetch none, --prefetch all"
 for _ in $(seq "$runs"); do
-    drop_caches
-    record lazy_all_none_s "$(PREFETCH=none secs mount_read "$work/gen/files.list" 1)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_all_p4_none_s "$(PREFETCH=none secs mount_read "$work/gen/files.list" 4)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_all_s "$(secs mount_read "$work/gen/files.list" 1)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_all_p4_s "$(secs mount_read "$work/gen/files.list" 4)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_all_prefetch_s "$(PREFETCH=all secs mount_read "$work/gen/files.list" 1)"
-    wsfs_umount "$mnt"
-    drop_caches
-    record lazy_all_p4_prefetch_s "$(PREFETCH=all secs mount_read "$work/gen/files.list" 4)"
-    wsfs_umount "$mnt"
+    cold_read lazy_all_none_s "$work/gen/files.list" 1 none
+    cold_read lazy_all_p4_none_s "$work/gen/files.list" 4 none
+    cold_read lazy_all_s "$work/gen/files.list" 1
+    cold_read lazy_all_p4_s "$work/gen/files.list" 4
+    cold_read lazy_all_prefetch_s "$work/gen/files.list" 1 all
+    cold_read lazy_all_p4_prefetch_s "$work/gen/files.list" 4 all
 done
 # The warm-up on its own (nobody reading), from the daemon's status.
 warmup_ms() {
@@ -587,15 +574,9 @@ PY
         mkdir -p "$dest"
         drop_caches
         record s3_eager_extract_s "$(secs extract_s3)"
-        drop_caches
-        record s3_lazy_10pct_s "$(STORE_URL=$s3tree secs mount_read "$work/gen/sample.list" 1)"
-        wsfs_umount "$mnt"
-        drop_caches
-        record s3_lazy_all_p4_s "$(STORE_URL=$s3tree secs mount_read "$work/gen/files.list" 4)"
-        wsfs_umount "$mnt"
-        drop_caches
-        record s3_lazy_all_p4_prefetch_s "$(PREFETCH=all STORE_URL=$s3tree secs mount_read "$work/gen/files.list" 4)"
-        wsfs_umount "$mnt"
+        STORE_URL=$s3tree cold_read s3_lazy_10pct_s "$work/gen/sample.list" 1
+        STORE_URL=$s3tree cold_read s3_lazy_all_p4_s "$work/gen/files.list" 4
+        STORE_URL=$s3tree cold_read s3_lazy_all_p4_prefetch_s "$work/gen/files.list" 4 all
     done
     rm -rf "$dest"
     kill -TERM "$moto_pid" 2>/dev/null

@@ -240,7 +240,7 @@ type Pushed = Vec<(u64, Vec<u8>)>;
 #[derive(Clone, Default)]
 struct RecordingSink(Arc<std::sync::Mutex<Pushed>>);
 
-impl wsfs::fs::warmup::PageCacheSink for RecordingSink {
+impl wsfs::fs::pages::PageCacheSink for RecordingSink {
     fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
         self.0.lock().unwrap().push((ino, data.to_vec()));
         Ok(())

@@ -306,13 +306,6 @@ fn http_get(addr: &str, path: &str) -> (String, String, String) {
     (status.to_string(), headers.to_string(), body.to_string())
 }
 
-fn status_json(s: &Scratch, mp: &Path) -> serde_json::Value {
-    let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
-    assert_ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
-    v["mounts"][0].clone()
-}
-
 /// Compares the metrics with a status snapshot; returns the differences.
 fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
     let mut d = Vec::new();

@@ -22,13 +22,6 @@ fn setup(s: &Scratch, n: usize, big_mib: usize) -> std::path::PathBuf {
     src
 }
 
-fn status_json(s: &Scratch, mp: &Path) -> serde_json::Value {
-    let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
-    assert_ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
-    v["mounts"][0].clone()
-}
-
 #[test]
 fn mounted_tree_is_identical_to_its_source() {
     require_fuse();

@@ -9,11 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn status_json(s: &Scratch, mp: &Path) -> serde_json::Value {
-    let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
-    assert_ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
-    v["mounts"][0].clone()
+/// Mounts layer l1 of workspace ws from store s1 at `mp`.
+fn mount_s1(s: &Scratch, mp: &Path, flags: &[&str]) -> Mounted {
+    mount(s, &[s.store("s1")], "ws", &["l1"], mp, flags)
 }
 
 /// Waits (bounded) until the warm-up has ended; returns the final status.
@@ -83,14 +81,7 @@ fn prefetch_all_pushes_the_tree_into_the_kernel_and_reads_send_no_request() {
     let src = setup(&s, 1500, 3);
     let (dirs, small, small_bytes) = census(&src);
     let mp = s.mkdir("mnt");
-    let _m = mount(
-        &s,
-        &[s.store("s1")],
-        "ws",
-        &["l1"],
-        &mp,
-        &["--prefetch", "all"],
-    );
+    let _m = mount_s1(&s, &mp, &["--prefetch", "all"]);
     let st = wait_warm(&s, &mp);
     let w = &st["warmup"];
     assert_eq!(w["state"], "done", "{st}");
@@ -134,14 +125,7 @@ fn prefetch_tree_caches_names_and_attributes_but_not_contents() {
     let src = setup(&s, 600, 0);
     let (dirs, _, _) = census(&src);
     let mp = s.mkdir("mnt");
-    let _m = mount(
-        &s,
-        &[s.store("s1")],
-        "ws",
-        &["l1"],
-        &mp,
-        &["--prefetch", "tree"],
-    );
+    let _m = mount_s1(&s, &mp, &["--prefetch", "tree"]);
     let st = wait_warm(&s, &mp);
     assert_eq!(st["warmup"]["state"], "done", "{st}");
     assert_eq!(st["warmup"]["dirs_listed"].as_u64(), Some(dirs), "{st}");
@@ -213,14 +197,7 @@ fn a_missing_chunk_is_left_to_reads_which_fail_with_eio() {
     assert!(lost.len() > 10, "{lost:?}");
 
     let mp = s.mkdir("mnt");
-    let _m = mount(
-        &s,
-        &[s.store("s1")],
-        "ws",
-        &["l1"],
-        &mp,
-        &["--prefetch", "all"],
-    );
+    let _m = mount_s1(&s, &mp, &["--prefetch", "all"]);
     let st = wait_warm(&s, &mp);
     assert_eq!(st["warmup"]["state"], "done", "{st}");
     assert_eq!(
@@ -260,11 +237,8 @@ fn the_page_cache_budget_is_respected_and_the_rest_reads_on_demand() {
     let (_, small, _) = census(&src);
     let mp = s.mkdir("mnt");
     let budget = 100_000u64;
-    let _m = mount(
+    let _m = mount_s1(
         &s,
-        &[s.store("s1")],
-        "ws",
-        &["l1"],
         &mp,
         &["--prefetch", "all", "--prefetch-page-cache", "100000"],
     );
@@ -301,14 +275,7 @@ fn wsfs_umount_during_the_warm_up_is_not_refused_as_busy() {
     let mp = s.mkdir("mnt");
     let mut caught_running = 0;
     for _ in 0..5 {
-        let m = mount(
-            &s,
-            &[s.store("s1")],
-            "ws",
-            &["l1"],
-            &mp,
-            &["--prefetch", "all"],
-        );
+        let m = mount_s1(&s, &mp, &["--prefetch", "all"]);
         let pid = m.pid().expect("daemon pid");
         let running = status_json(&s, &mp)["warmup"]["state"] == "running";
         let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
@@ -346,14 +313,7 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
             .any(|l| l.contains("kernel cache warm-up finished") && l.contains("stopped"))
     };
     for _ in 0..8 {
-        let m = mount(
-            &s,
-            &[s.store("s1")],
-            "ws",
-            &["l1"],
-            &mp,
-            &["--prefetch", "tree"],
-        );
+        let m = mount_s1(&s, &mp, &["--prefetch", "tree"]);
         let pid = m.pid().expect("daemon pid");
         if status_json(&s, &mp)["warmup"]["state"] != "running" {
             // Finished before we could act; try again.
@@ -400,7 +360,7 @@ fn reading_one_small_file_pushes_its_pack_into_the_page_cache() {
 
     // The default mount (`--prefetch tree`): one READ for the whole pack.
     let mp = s.mkdir("mnt");
-    let m = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &[]);
+    let m = mount_s1(&s, &mp, &[]);
     assert_eq!(wait_warm(&s, &mp)["warmup"]["state"], "done");
     let before = ops(&status_json(&s, &mp));
     assert_eq!(std::fs::read(mp.join("pkg/f07.js")).unwrap(), body(7));
@@ -446,14 +406,7 @@ fn reading_one_small_file_pushes_its_pack_into_the_page_cache() {
 
     // `--prefetch none`: nothing is pushed; every file is a READ.
     let mp = s.mkdir("mnt-none");
-    let _m = mount(
-        &s,
-        &[s.store("s1")],
-        "ws",
-        &["l1"],
-        &mp,
-        &["--prefetch", "none"],
-    );
+    let _m = mount_s1(&s, &mp, &["--prefetch", "none"]);
     for i in 0..40 {
         assert!(std::fs::read(mp.join(format!("pkg/f{i:02}.js"))).unwrap() == body(i));
     }

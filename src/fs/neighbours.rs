@@ -28,7 +28,7 @@
 use super::inode::{InodeTable, Node};
 #[cfg(doc)]
 use super::pages::KernelPages;
-use super::warmup::{PageCacheSink, MAX_STORED_FILE};
+use super::pages::{PageCacheSink, MAX_STORED_FILE};
 use super::WsFs;
 use crate::manifest::EntryKind;
 use std::sync::atomic::Ordering::Relaxed;

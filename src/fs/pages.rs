@@ -1,5 +1,6 @@
-//! What wsfs pushes into the kernel's page cache (`FUSE_NOTIFY_STORE`): each inode at most once
-//! per mount, and in total no more page-cache memory than `--prefetch-page-cache`. Shared by the
+//! Pushing into the kernel's page cache (`FUSE_NOTIFY_STORE`, through a [`PageCacheSink`]), and
+//! what has been pushed: each inode at most once per mount, and in total no more page-cache
+//! memory than `--prefetch-page-cache`. Shared by the
 //! two pushers, the warm-up of `--prefetch all` and the neighbour push after a read. Also records
 //! which directories the warm-up has listed (their children are then inodes the kernel holds,
 //! so a push to one of them is not a silent no-op).
@@ -8,6 +9,22 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The page-cache unit a pushed file occupies at least.
 const PAGE: u64 = 4096;
+
+/// Larger files are left to the kernel's read-ahead: a few 1 MiB READs cost little per byte,
+/// and pushing them would only evict other pages.
+pub const MAX_STORED_FILE: u64 = 1 << 20;
+
+/// Pushes verified bytes into the kernel's page cache for an inode, whole file from offset 0.
+/// The daemon passes fuser's notifier (`FUSE_NOTIFY_STORE`); tests may pass anything.
+pub trait PageCacheSink: Send + Sync + 'static {
+    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+impl PageCacheSink for fuser::Notifier {
+    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
+        fuser::Notifier::store(self, fuser::INodeNo(ino), 0, data)
+    }
+}
 
 /// A set of inode numbers, one bit each, safe to update from any thread.
 #[derive(Debug, Default)]

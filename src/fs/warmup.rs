@@ -35,6 +35,7 @@
 use super::inode::ROOT;
 #[cfg(doc)]
 use super::pages::KernelPages;
+use super::pages::{PageCacheSink, MAX_STORED_FILE};
 use super::WsFs;
 use crate::manifest::EntryKind;
 use std::ffi::CString;
@@ -43,10 +44,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// Larger files are left to the kernel's read-ahead: a few 1 MiB READs cost little per byte,
-/// and pushing them would only evict other pages.
-pub const MAX_STORED_FILE: u64 = 1 << 20;
 
 /// Where the warm-up is; `status` and the metrics report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,18 +166,6 @@ pub struct WarmupConfig {
     /// Whether small files' contents are pushed too (`--prefetch all`), within the mount's
     /// page-cache budget; otherwise names and attributes only.
     pub push_files: bool,
-}
-
-/// Pushes verified bytes into the kernel's page cache for an inode. The daemon passes fuser's
-/// notifier; tests may pass anything.
-pub trait PageCacheSink: Send + Sync + 'static {
-    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()>;
-}
-
-impl PageCacheSink for fuser::Notifier {
-    fn store(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
-        fuser::Notifier::store(self, fuser::INodeNo(ino), 0, data)
-    }
 }
 
 /// Errors that mean the mount itself is gone (unmounted, aborted): the whole warm-up ends. Any
