@@ -5,11 +5,16 @@
 //! overlayfs is mounted at DIR with `lowerdir=<workspace>:<DIR>` (workspace files over the
 //! checkout's, as extracting a workspace over a checkout does) and `upperdir`/`workdir` in a
 //! scratch folder. Writes land in the scratch folder; DIR's own contents are never modified.
-//! `wsfs umount DIR` takes down the overlay and the workspace mount together and removes the
-//! scratch folder unless it was attached with `--keep-scratch`.
+//! `wsfs umount DIR` takes down the overlay and the workspace mount together.
+//!
+//! wsfs never deletes what it did not create: the scratch folder must be new or empty, and
+//! must not be, contain or lie inside DIR; wsfs creates `upper/` and `work/` in it and removes
+//! exactly those (unless `--keep-scratch`), and removes the folder itself — and any parent it
+//! had to create for it — only if it created them and they are empty. The same holds on every
+//! path where an attach fails.
 
 use crate::error::WsfsError;
-use crate::ops::{mountinfo, runtime};
+use crate::ops::{mountinfo, overlay, runtime, unmount};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,13 @@ pub struct AttachRecord {
     pub workspace_mount: PathBuf,
     pub scratch: PathBuf,
     pub keep_scratch: bool,
+    /// The directories wsfs created for the scratch folder, deepest first (the folder itself
+    /// and parents that did not exist); removed, if empty, after `upper/` and `work/`.
+    #[serde(default)]
+    pub scratch_created: Vec<PathBuf>,
+    /// The same for the workspace mount point under the run directory.
+    #[serde(default)]
+    pub workspace_created: Vec<PathBuf>,
 }
 
 pub struct AttachArgs {
@@ -71,6 +83,89 @@ fn check_overlay_path(p: &Path) -> Result<(), WsfsError> {
     Ok(())
 }
 
+/// Creates `dir` and any missing parents; returns what it created, deepest first.
+fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.symlink_metadata().is_ok() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    let mut created = Vec::with_capacity(missing.len());
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(&d) {
+            Ok(()) => created.insert(0, d),
+            // Someone else made it meanwhile: not ours to remove.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_created(&created);
+                return Err(e);
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes directories wsfs created, deepest first, each only if empty (`rmdir`): whatever
+/// someone else put there stays, and with it every directory above.
+fn remove_created(created: &[PathBuf]) {
+    for d in created {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+    }
+}
+
+/// The scratch folder's rules; returns what had to be created for it.
+fn prepare_scratch(scratch: &Path, at: &Path) -> Result<Vec<PathBuf>, WsfsError> {
+    if scratch == at || scratch.starts_with(at) || at.starts_with(scratch) {
+        return Err(WsfsError::Usage(format!(
+            "--scratch {} must not be the attached directory {}, lie inside it, or contain it: pick a separate, new or empty directory",
+            scratch.display(),
+            at.display()
+        )));
+    }
+    match scratch.symlink_metadata() {
+        Ok(m) if !m.is_dir() => Err(WsfsError::Usage(format!(
+            "--scratch {} exists and is not a directory: pick a new or empty directory",
+            scratch.display()
+        ))),
+        Ok(_) => {
+            let mut it = std::fs::read_dir(scratch)
+                .map_err(|e| WsfsError::Usage(format!("--scratch {}: {e}", scratch.display())))?;
+            if it.next().is_some() {
+                return Err(WsfsError::Usage(format!(
+                    "--scratch {} is not empty (a kept scratch folder, or someone's files?): wsfs only uses a new or empty directory; remove its contents yourself or pick another",
+                    scratch.display()
+                )));
+            }
+            Ok(Vec::new())
+        }
+        Err(_) => create_dirs(scratch)
+            .map_err(|e| WsfsError::Mount(format!("cannot create {}: {e}", scratch.display()))),
+    }
+}
+
+/// Everything an attach made so far, undone on failure.
+struct Made {
+    upper_work: Vec<PathBuf>,
+    scratch_created: Vec<PathBuf>,
+    workspace_created: Vec<PathBuf>,
+}
+
+impl Made {
+    fn undo(&self) {
+        for d in &self.upper_work {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        remove_created(&self.scratch_created);
+        remove_created(&self.workspace_created);
+    }
+}
+
 pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -93,47 +188,73 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
         .scratch
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/tmp/wsfs").join(&id));
-    let (scratch, _) = mountinfo::absolute_lexical(&scratch)
+    let (scratch, dotdot) = mountinfo::absolute_lexical(&scratch)
         .ok_or_else(|| WsfsError::Usage("bad --scratch path".into()))?;
-    for p in [&at, &ws_mount, &scratch] {
-        check_overlay_path(p)?;
-    }
-    if scratch.starts_with(&at) {
+    if dotdot {
         return Err(WsfsError::Usage(format!(
-            "--scratch {} must not be inside the attached directory {}",
-            scratch.display(),
-            at.display()
-        )));
-    }
-    if scratch.join("upper").exists() {
-        return Err(WsfsError::Usage(format!(
-            "scratch folder {} is already in use (a previous attach kept it?); remove it or pass another --scratch",
+            "--scratch {}: give a path without '..'",
             scratch.display()
         )));
     }
+    for p in [&at, &ws_mount, &scratch] {
+        check_overlay_path(p)?;
+    }
+    let scratch_created = prepare_scratch(&scratch, &at)?;
+    let mut made = Made {
+        upper_work: Vec::new(),
+        scratch_created,
+        workspace_created: Vec::new(),
+    };
     let upper = scratch.join("upper");
     let work = scratch.join("work");
-    for d in [&ws_mount, &upper, &work] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| WsfsError::Mount(format!("cannot create {}: {e}", d.display())))?;
+    for d in [&upper, &work] {
+        if let Err(e) = std::fs::create_dir(d) {
+            made.undo();
+            return Err(WsfsError::Mount(format!(
+                "cannot create {}: {e}",
+                d.display()
+            )));
+        }
+        made.upper_work.push(d.clone());
     }
-    let cleanup_dirs = || {
-        let _ = std::fs::remove_dir_all(&scratch);
-        let _ = std::fs::remove_dir(&ws_mount);
-    };
+    match create_dirs(&ws_mount) {
+        Ok(c) => made.workspace_created = c,
+        Err(e) => {
+            made.undo();
+            return Err(WsfsError::Mount(format!(
+                "cannot create {}: {e}",
+                ws_mount.display()
+            )));
+        }
+    }
 
     // 1. The read-only workspace, through the normal mount path (same readiness and exit codes).
-    let exe = std::env::current_exe()
-        .map_err(|e| WsfsError::Failed(format!("cannot find own executable: {e}")))?;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            made.undo();
+            return Err(WsfsError::Failed(format!(
+                "cannot find own executable: {e}"
+            )));
+        }
+    };
     let out = std::process::Command::new(exe)
         .arg("mount")
         .args(&args.mount_args)
+        .arg("--attach-lower")
+        .arg(&at)
         .arg(&ws_mount)
         .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| WsfsError::Failed(format!("cannot run wsfs mount: {e}")))?;
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            made.undo();
+            return Err(WsfsError::Failed(format!("cannot run wsfs mount: {e}")));
+        }
+    };
     if !out.status.success() {
-        cleanup_dirs();
+        made.undo();
         let msg = String::from_utf8_lossy(&out.stderr)
             .trim()
             .trim_start_matches("wsfs: error: ")
@@ -149,47 +270,56 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
         upper.display(),
         work.display()
     );
-    let (src, tgt, fstype, data) = (
-        cstr(Path::new("wsfs-overlay"))?,
-        cstr(&at)?,
-        cstr(Path::new("overlay"))?,
-        cstr(Path::new(&opts))?,
-    );
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        let _ = crate::ops::umount::run(Some(&ws_mount), false, Duration::from_secs(10), false);
-        cleanup_dirs();
-        return Err(WsfsError::Mount(format!(
-            "cannot mount the overlay at {}: {e}",
-            at.display()
-        )));
+    let mounted = (|| {
+        let (src, tgt, fstype, data) = (
+            cstr(Path::new(overlay::OVERLAY_SOURCE))?,
+            cstr(&at)?,
+            cstr(Path::new("overlay"))?,
+            cstr(Path::new(&opts))?,
+        );
+        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(WsfsError::Mount(format!(
+                "cannot mount the overlay at {}: {}",
+                at.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    })();
+    if let Err(e) = mounted {
+        // Nobody was told the workspace mount exists: take it down (forced, so it cannot stay).
+        let _ = crate::ops::umount::unmount_wsfs(&ws_mount, true, Duration::from_secs(10));
+        made.undo();
+        return Err(e);
     }
     let rec = AttachRecord {
         at: at.clone(),
         workspace_mount: ws_mount,
         scratch,
         keep_scratch: args.keep_scratch,
+        scratch_created: made.scratch_created.clone(),
+        workspace_created: made.workspace_created.clone(),
     };
-    std::fs::create_dir_all(records_dir())
-        .and_then(|_| {
-            std::fs::write(
-                record_path(&at),
-                serde_json::to_vec_pretty(&rec).unwrap_or_default(),
-            )
-        })
-        .map_err(|e| {
-            WsfsError::Failed(format!("attached, but cannot write the attach record: {e}"))
-        })?;
+    let written = std::fs::create_dir_all(records_dir()).and_then(|_| {
+        let bytes = serde_json::to_vec_pretty(&rec).map_err(std::io::Error::other)?;
+        std::fs::write(record_path(&at), bytes)
+    });
+    if let Err(e) = written {
+        let _ = detach(&rec, true, Duration::from_secs(10));
+        return Err(WsfsError::Failed(format!(
+            "cannot write the attach record ({e}); the attach was undone"
+        )));
+    }
     eprintln!(
         "wsfs: attached at {} (writes go to {})",
         at.display(),
@@ -198,22 +328,54 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
     Ok(())
 }
 
-/// Undoes an attach: overlay, then the workspace mount, then the scratch folder.
+/// Undoes an attach: overlay, then the workspace mount, then what wsfs made for the scratch
+/// folder. Without `force`, a busy overlay is left in place with an error naming its holders.
 pub fn detach(rec: &AttachRecord, force: bool, timeout: Duration) -> Result<(), WsfsError> {
-    let tgt = cstr(&rec.at)?;
-    // SAFETY: valid NUL-terminated path.
-    if unsafe { libc::umount2(tgt.as_ptr(), 0) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if !force {
-            return Err(WsfsError::Mount(format!(
-                "cannot unmount the overlay at {}: {e}; close what uses it, or use --force",
-                rec.at.display()
-            )));
+    let entries = mountinfo::read_mounts()
+        .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
+    if let Some(entry) = mountinfo::find_by_mountpoint(&entries, &rec.at)
+        .filter(|e| e.fs_type == "overlay" && e.source == overlay::OVERLAY_SOURCE)
+        .cloned()
+    {
+        match unmount::umount2_bounded(&rec.at, 0, timeout.min(Duration::from_secs(5))).flatten() {
+            Ok(()) => {}
+            Err(e) if !force => {
+                let mut errs = Vec::new();
+                let h = crate::ops::force_umount::find_holders(
+                    &entry,
+                    true,
+                    Duration::from_secs(2),
+                    &mut errs,
+                );
+                return Err(WsfsError::Mount(format!(
+                    "cannot unmount the overlay at {}: {e}{}; close what uses it, or use --force",
+                    rec.at.display(),
+                    if h.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (held by {})",
+                            h.iter()
+                                .map(|(p, c)| format!("{p} ({c})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                )));
+            }
+            Err(_) => {
+                unmount::umount2_bounded(&rec.at, libc::MNT_DETACH, Duration::from_secs(2))
+                    .flatten()
+                    .map_err(|e| {
+                        WsfsError::Mount(format!(
+                            "cannot detach the overlay at {}: {e}",
+                            rec.at.display()
+                        ))
+                    })?;
+            }
         }
-        // SAFETY: as above.
-        unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) };
     }
-    let ws = crate::ops::umount::run(Some(&rec.workspace_mount), force, timeout, false);
+    let ws = crate::ops::umount::unmount_wsfs(&rec.workspace_mount, force, timeout);
     if let Err(e) = ws {
         // Still mounted? Then report; otherwise it was already gone.
         let still = mountinfo::read_mounts()
@@ -223,18 +385,81 @@ pub fn detach(rec: &AttachRecord, force: bool, timeout: Duration) -> Result<(), 
             return Err(e);
         }
     }
-    let _ = std::fs::remove_dir(&rec.workspace_mount);
-    if let Some(p) = rec.workspace_mount.parent() {
-        let _ = std::fs::remove_dir(p);
+    if rec.workspace_created.is_empty() {
+        // A record from before wsfs tracked what it created: these two are wsfs's own.
+        let _ = std::fs::remove_dir(&rec.workspace_mount);
+        if let Some(p) = rec.workspace_mount.parent() {
+            let _ = std::fs::remove_dir(p);
+        }
+    } else {
+        remove_created(&rec.workspace_created);
     }
     if !rec.keep_scratch {
-        std::fs::remove_dir_all(&rec.scratch).map_err(|e| {
-            WsfsError::Failed(format!(
-                "detached, but cannot remove {}: {e}",
-                rec.scratch.display()
-            ))
-        })?;
+        for d in ["upper", "work"] {
+            let p = rec.scratch.join(d);
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(WsfsError::Failed(format!(
+                        "detached, but cannot remove {}: {e}",
+                        p.display()
+                    )))
+                }
+            }
+        }
+        remove_created(&rec.scratch_created);
     }
     let _ = std::fs::remove_file(record_path(&rec.at));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_directories_are_removed_only_when_empty() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let deep = t.path().join("a/b/c");
+        let made = create_dirs(&deep).expect("create");
+        assert_eq!(made.len(), 3);
+        std::fs::write(t.path().join("a/keep"), b"someone's").expect("write");
+        remove_created(&made);
+        assert!(!t.path().join("a/b").exists());
+        assert!(
+            t.path().join("a/keep").exists(),
+            "a file wsfs did not make stays"
+        );
+        assert!(create_dirs(t.path()).expect("exists").is_empty());
+    }
+
+    #[test]
+    fn scratch_rules() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let at = t.path().join("at");
+        std::fs::create_dir(&at).expect("mkdir");
+        for bad in [at.clone(), at.join("inner"), t.path().to_path_buf()] {
+            assert!(matches!(
+                prepare_scratch(&bad, &at),
+                Err(WsfsError::Usage(_))
+            ));
+        }
+        let full = t.path().join("full");
+        std::fs::create_dir(&full).expect("mkdir");
+        std::fs::write(full.join("precious"), b"x").expect("write");
+        assert!(matches!(
+            prepare_scratch(&full, &at),
+            Err(WsfsError::Usage(_))
+        ));
+        assert!(full.join("precious").exists());
+        let empty = t.path().join("empty");
+        std::fs::create_dir(&empty).expect("mkdir");
+        assert_eq!(
+            prepare_scratch(&empty, &at).expect("ok"),
+            Vec::<PathBuf>::new()
+        );
+        let fresh = t.path().join("new/scratch");
+        assert_eq!(prepare_scratch(&fresh, &at).expect("ok").len(), 2);
+    }
 }

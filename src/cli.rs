@@ -112,10 +112,12 @@ pub enum Command {
         /// Memory cache bound.
         #[arg(long, default_value = "512M", value_parser = parse_size)]
         memory_cache: u64,
-        /// Let other users read the mount (the kernel enforces file modes).
+        /// Let other users read the mount (the kernel then enforces file modes). Without it only
+        /// the user who mounts (and nobody else, not even for cached files) can reach the tree.
         #[arg(long)]
         allow_other: bool,
-        /// Owner of every file (default: the user who mounts).
+        /// Owner of every file (default: the user who mounts). Needs --allow-other: otherwise
+        /// that user could not reach the mount at all.
         #[arg(long)]
         uid: Option<u32>,
         #[arg(long)]
@@ -162,6 +164,12 @@ pub enum Command {
         ready_timeout: std::time::Duration,
         #[arg(long = "notify-ready", hide = true)]
         notify_ready: bool,
+        /// Internal: run as the daemon of a keeper (its socket at descriptor 3).
+        #[arg(long = "serve-daemon", hide = true)]
+        serve_daemon: bool,
+        /// Internal: this mount is the read-only workspace under `wsfs attach --at DIR`.
+        #[arg(long, hide = true, value_name = "DIR")]
+        attach_lower: Option<PathBuf>,
     },
     /// Mount a workspace as a writable overlay over DIR.
     Attach {

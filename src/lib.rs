@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod cache;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod fetcher;
 pub mod fs;

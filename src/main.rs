@@ -14,8 +14,10 @@ fn init_logging(cli: &Cli, default: &str) {
         .unwrap_or_else(|| default.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only for a terminal: daemon logs go to files.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cli.log_format == "json" {
         b.json().init();
@@ -124,11 +126,28 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             read_ahead_kb,
             ready_timeout,
             notify_ready,
+            serve_daemon,
+            attach_lower,
         } => {
             let specs = specs(&store)?;
-            if !foreground {
-                return wsfs::mount::spawn_daemon(&mountpoint, ready_timeout);
+            if (uid.is_some() || gid.is_some()) && !allow_other && attach_lower.is_none() {
+                return Err(WsfsError::Usage(
+                    "--uid/--gid make the files another user's, but without --allow-other the kernel lets only the mounting user into the mount: add --allow-other (file modes then decide who may read what)".into(),
+                ));
             }
+            if !foreground {
+                return wsfs::mount::spawn_keeper(&mountpoint, ready_timeout);
+            }
+            // Keeper and daemons refer to the mount point by its absolute path (records, the
+            // mount table); relative paths resolve against the caller's directory, as given.
+            let mountpoint = wsfs::ops::mountinfo::absolute_lexical(&mountpoint)
+                .map(|(a, _)| a)
+                .ok_or_else(|| {
+                    WsfsError::Usage(format!(
+                        "{}: cannot make the path absolute",
+                        mountpoint.display()
+                    ))
+                })?;
             let cpus = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2);
@@ -155,7 +174,14 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 prefetch_concurrency,
                 prefetch_page_cache,
                 read_ahead_kb,
+                attach_lower,
             };
+            if serve_daemon {
+                return wsfs::daemon::serve::run(args);
+            }
+            // Foreground: this process is the keeper. The mount point is checked here so that
+            // a busy or missing one fails before any daemon starts.
+            let mountpoint = wsfs::mount::check_mountpoint(&args.mountpoint)?;
             let mut notified = false;
             let mut ready = |r: Result<(), &WsfsError>| {
                 if notified {
@@ -170,7 +196,13 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                     );
                 }
             };
-            wsfs::mount::run_daemon(args, &mut ready)
+            wsfs::daemon::keeper::run(
+                wsfs::daemon::keeper::KeeperArgs {
+                    mountpoint,
+                    daemon_args: wsfs::mount::daemon_args(),
+                },
+                &mut ready,
+            )
         }
         Command::Attach {
             store,

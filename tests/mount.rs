@@ -90,7 +90,7 @@ fn mounted_tree_is_identical_to_its_source() {
     assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
     assert!(!is_mounted(&mp));
     assert!(
-        !wsfs::ops::runtime::pid_alive(pid),
+        !wsfs::ops::process::pid_alive(pid),
         "daemon {pid} still running after umount"
     );
     let ours = s.dir.path().display().to_string();
@@ -393,13 +393,29 @@ fn ownership_follows_uid_gid_flags() {
     let s = Scratch::new();
     setup(&s, 5, 0);
     let mp = s.mkdir("mnt");
-    let _m = mount(
+    // Without --allow-other that user could not even reach the mount: refused, with the fix.
+    let o = mount_cmd(
         &s,
         &[s.store("s1")],
         "ws",
         &["l1"],
         &mp,
         &["--uid", "1234", "--gid", "5678"],
+    );
+    assert_code(&o, 2);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--allow-other"),
+        "{}",
+        text(&o)
+    );
+    assert!(!is_mounted(&mp));
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--uid", "1234", "--gid", "5678", "--allow-other"],
     );
     let m = std::fs::symlink_metadata(mp.join("run.sh")).unwrap();
     assert_eq!((m.uid(), m.gid()), (1234, 5678));

@@ -282,7 +282,7 @@ fn wsfs_umount_during_the_warm_up_is_not_refused_as_busy() {
         assert_ok(&o);
         assert!(!is_mounted(&mp), "still mounted after wsfs umount");
         assert!(
-            !wsfs::ops::runtime::pid_alive(pid),
+            !wsfs::ops::process::pid_alive(pid),
             "daemon {pid} still running"
         );
         if running {
@@ -323,7 +323,7 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
         // SAFETY: signalling the daemon this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         let t = Instant::now();
-        while wsfs::ops::runtime::pid_alive(pid) {
+        while wsfs::ops::process::pid_alive(pid) {
             assert!(t.elapsed() < Duration::from_secs(15), "daemon did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }

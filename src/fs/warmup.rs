@@ -45,6 +45,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// How long an unmount waits for the warm-up's workers to put down their directories. Each
+/// finishes within one listing or one file, so this is only reached if the mount stops answering.
+pub const WARMUP_STOP_WAIT: Duration = Duration::from_secs(3);
+
 /// Where the warm-up is; `status` and the metrics report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

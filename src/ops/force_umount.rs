@@ -20,16 +20,16 @@
 //! * `/proc/<pid>/{fd,cwd,root}` are only `readlink`-ed and
 //!   `/proc/<pid>/{fdinfo,maps}` only read, never followed.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::bounded::{run_bounded, Bounded};
 use super::fusectl;
 use super::mountinfo::{self, MountEntry};
+use super::unmount::umount2_bounded;
 
 /// Default overall budget of [`force_unmount`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -205,14 +205,7 @@ fn unmount_steps(
         r.still_mounted = true;
         return None;
     }
-    let path = match CString::new(entry.mount_point.as_os_str().as_bytes()) {
-        Ok(p) => p,
-        Err(e) => {
-            r.errors.push(format!("mount point contains NUL: {e}"));
-            r.still_mounted = true;
-            return Some(entry);
-        }
-    };
+    let path = entry.mount_point.clone();
 
     // 2. Holders, while paths still identify them.
     let scan_wait = HOLDER_SCAN_WAIT.min(remaining(deadline) / 5);
@@ -223,7 +216,7 @@ fn unmount_steps(
     // 3. Polite attempt.
     let clean_wait = CLEAN_UMOUNT_WAIT.min(remaining(deadline) / 5);
     let mut stuck_clean: Option<Receiver<io::Result<()>>> = None;
-    match umount2_bounded(path.clone(), 0, clean_wait) {
+    match umount2_bounded(&path, 0, clean_wait) {
         Bounded::Done(Ok(())) => r.note(start, "umount2(0) succeeded"),
         Bounded::Done(Err(e)) => r.note(start, format!("umount2(0) failed: {e}")),
         Bounded::TimedOut(rx) => {
@@ -274,7 +267,7 @@ fn unmount_steps(
         r.note(start, "mount gone before lazy detach");
     } else {
         let wait = STEP_WAIT.min(remaining(deadline));
-        match umount2_bounded(path, libc::MNT_DETACH, wait) {
+        match umount2_bounded(&path, libc::MNT_DETACH, wait) {
             Bounded::Done(Ok(())) => {
                 r.lazily_detached = true;
                 r.note(start, "umount2(MNT_DETACH) succeeded");
@@ -310,82 +303,14 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-/// Outcome of [`run_bounded`].
-enum Bounded<T> {
-    /// The closure finished in time.
-    Done(T),
-    /// Still running; the receiver yields the result if it ever finishes.
-    TimedOut(Receiver<T>),
-    /// No time was left, the thread could not be spawned, or it panicked.
-    Failed(io::Error),
-}
-
-/// Runs `f` on a detached helper thread and waits at most `wait` for it.
-///
-/// Why a thread and not a signal/alarm: a syscall stuck in an uninterruptible
-/// FUSE wait ignores signals; the only way to not hang is to not wait. The
-/// thread is never joined; dropping its handle detaches it.
-fn run_bounded<T, F>(name: &str, wait: Duration, f: F) -> Bounded<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    if wait.is_zero() {
-        return Bounded::Failed(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "deadline exhausted before the step started",
-        ));
-    }
-    let (tx, rx) = mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new()
-        .name(name.to_owned())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            // The receiver may be gone if we were abandoned; that is fine.
-            let _ = tx.send(f());
-        });
-    if let Err(e) = spawned {
-        return Bounded::Failed(e);
-    }
-    match rx.recv_timeout(wait) {
-        Ok(v) => Bounded::Done(v),
-        Err(RecvTimeoutError::Timeout) => Bounded::TimedOut(rx),
-        Err(RecvTimeoutError::Disconnected) => {
-            Bounded::Failed(io::Error::other("helper thread panicked"))
-        }
-    }
-}
-
-fn umount2_bounded(path: CString, flags: libc::c_int, wait: Duration) -> Bounded<io::Result<()>> {
-    run_bounded("umount2", wait, move || {
-        // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
-        let rc = unsafe { libc::umount2(path.as_ptr(), flags) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Daemon handling
 
-/// Scheduler state of `pid` from `/proc/<pid>/stat` (`R`, `S`, `D`, `T`, `Z`,
-/// ...), or `None` if there is no such process.
-pub fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces and parentheses: the state follows the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.trim_start().chars().next()
+fn proc_state(pid: i32) -> Option<char> {
+    super::process::Stat::read(pid).map(|s| s.state)
 }
 
-/// True if `pid` exists and is not a zombie. A zombie has released its
-/// `/dev/fuse` descriptor and mounts, which is what matters here; reaping it
-/// is its parent's business.
-pub fn pid_alive(pid: i32) -> bool {
-    pid > 0 && !matches!(proc_state(pid), None | Some('Z') | Some('X') | Some('x'))
-}
+use super::process::pid_alive;
 
 fn wait_dead(pid: i32, until: Instant) -> bool {
     loop {
@@ -720,113 +645,10 @@ fn comm(pid: i32) -> String {
 // ---------------------------------------------------------------------------
 // Stale mounts
 
-/// Outcome of [`remove_stale`] for one mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaleRemoval {
-    /// Mount id from mountinfo.
-    pub mount_id: u64,
-    /// Where it was mounted.
-    pub mount_point: PathBuf,
-    /// Its source (`wsfs:<name>`).
-    pub source: String,
-    /// The fusectl abort succeeded.
-    pub aborted: bool,
-    /// `umount2(MNT_DETACH)` succeeded.
-    pub detached: bool,
-    /// The mount has left mountinfo.
-    pub gone: bool,
-    /// What went wrong.
-    pub errors: Vec<String>,
-}
-
 /// True for FUSE mounts that belong to wsfs: `fuse.wsfs` type or a source
 /// mentioning `wsfs`.
 pub fn is_wsfs_mount(e: &MountEntry) -> bool {
     e.is_fuse() && (e.fs_type.contains("wsfs") || e.source.contains("wsfs"))
-}
-
-/// Cleans up wsfs mounts whose daemon is dead: aborts the connection (so
-/// nothing stays blocked on it) and lazily detaches it.
-///
-/// `entries` may be the whole mount table: entries that are not wsfs FUSE
-/// mounts ([`is_wsfs_mount`]) are ignored, as are those for which
-/// `daemon_alive` returns true. The kernel gives no reliable way to tell a
-/// dead daemon from a live one without touching the mount, so the caller
-/// decides (for instance from a pid file and [`pid_alive`]). Nested mounts
-/// are handled children first. Every kernel call is bounded; the whole call
-/// takes at most `timeout`.
-pub fn remove_stale<F>(
-    entries: &[MountEntry],
-    mut daemon_alive: F,
-    timeout: Duration,
-) -> Vec<StaleRemoval>
-where
-    F: FnMut(&MountEntry) -> bool,
-{
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    // mountinfo lists parents before children, so reverse order detaches
-    // nested mounts first.
-    for e in entries.iter().rev().filter(|e| is_wsfs_mount(e)) {
-        if daemon_alive(e) {
-            continue;
-        }
-        let mut rep = StaleRemoval {
-            mount_id: e.mount_id,
-            mount_point: e.mount_point.clone(),
-            source: e.source.clone(),
-            aborted: false,
-            detached: false,
-            gone: false,
-            errors: Vec::new(),
-        };
-        let conn = e.connection_id();
-        match run_bounded(
-            "fusectl-abort",
-            STEP_WAIT.min(remaining(deadline)),
-            move || {
-                fusectl::ensure_fusectl_mounted()?;
-                fusectl::abort(conn)
-            },
-        ) {
-            Bounded::Done(Ok(())) => rep.aborted = true,
-            Bounded::Done(Err(err)) | Bounded::Failed(err) => {
-                rep.errors.push(format!("fusectl abort: {err}"))
-            }
-            Bounded::TimedOut(_) => rep.errors.push("fusectl abort timed out".into()),
-        }
-        match CString::new(e.mount_point.as_os_str().as_bytes()) {
-            Ok(path) => {
-                let wait = STEP_WAIT.min(remaining(deadline));
-                match umount2_bounded(path, libc::MNT_DETACH, wait) {
-                    Bounded::Done(Ok(())) => rep.detached = true,
-                    Bounded::Done(Err(err)) | Bounded::Failed(err) => {
-                        rep.errors.push(format!("umount2(MNT_DETACH): {err}"))
-                    }
-                    Bounded::TimedOut(_) => rep.errors.push("umount2(MNT_DETACH) timed out".into()),
-                }
-            }
-            Err(err) => rep.errors.push(format!("mount point contains NUL: {err}")),
-        }
-        out.push(rep);
-    }
-    if !out.is_empty() {
-        match mountinfo::read_mounts() {
-            Ok(now) => {
-                for rep in &mut out {
-                    rep.gone = !now
-                        .iter()
-                        .any(|e| e.mount_id == rep.mount_id && e.mount_point == rep.mount_point);
-                }
-            }
-            Err(err) => {
-                for rep in &mut out {
-                    rep.errors.push(format!("reading mountinfo: {err}"));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -856,16 +678,6 @@ mod tests {
     }
 
     #[test]
-    fn proc_state_and_liveness() {
-        let me = std::process::id() as i32;
-        assert!(pid_alive(me));
-        assert!(matches!(proc_state(me), Some('R') | Some('S')));
-        assert!(!pid_alive(0));
-        assert!(!pid_alive(-5));
-        assert!(!pid_alive(i32::MAX));
-    }
-
-    #[test]
     fn hex_dev_parsing() {
         assert_eq!(parse_hex_dev("00:2f"), Some((0, 47)));
         assert_eq!(parse_hex_dev("103:1a5"), Some((259, 421)));
@@ -887,20 +699,6 @@ mod tests {
             .map(|e| e.mount_id)
             .collect();
         assert_eq!(ids, vec![1, 2]);
-    }
-
-    #[test]
-    fn bounded_runner_abandons_slow_work() {
-        let t = Instant::now();
-        let r = run_bounded("slow", Duration::from_millis(50), || {
-            std::thread::sleep(Duration::from_secs(3));
-        });
-        assert!(matches!(r, Bounded::TimedOut(_)));
-        assert!(t.elapsed() < Duration::from_secs(1));
-        assert!(matches!(
-            run_bounded("zero", Duration::ZERO, || ()),
-            Bounded::Failed(_)
-        ));
     }
 
     #[test]

@@ -2,10 +2,15 @@
 //! hang), fusectl, forced unmount of hung or dead mounts, runtime records of live daemons, status,
 //! Prometheus metrics.
 
+pub mod bounded;
 pub mod force_umount;
 pub mod fusectl;
 pub mod metrics;
 pub mod mountinfo;
+pub mod overlay;
+pub mod probe;
+pub mod process;
 pub mod runtime;
 pub mod status;
 pub mod umount;
+pub mod unmount;

@@ -1,13 +1,27 @@
 //! Runtime records: one JSON file per live mount under the run directory (`/run/wsfs/mounts/` for
-//! root), written by the daemon when the mount is ready and removed when it exits. `wsfs status`
-//! and `wsfs umount` find daemons (pid, control socket, log) through them.
+//! root), written by the daemon when the mount is ready (again by each replacement daemon) and
+//! removed when the mount ends. `wsfs status` and `wsfs umount` find daemons (pid, keeper,
+//! control socket, log) through them. Records are a convenience, never the judge of whether a
+//! mount is alive: that is asked of the kernel (`probe.rs`), because records can be lost or
+//! belong to another run directory.
 
+use super::process::ProcId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MountRecord {
+    /// The daemon serving requests now.
     pub pid: i32,
+    /// Its start time (with `pid`, the process identity; 0 in records of older versions).
+    #[serde(default)]
+    pub pid_start: u64,
+    /// The keeper holding the connection, if any.
+    #[serde(default)]
+    pub keeper: Option<ProcId>,
+    /// Replacement daemons started by the keeper so far.
+    #[serde(default)]
+    pub takeovers: u32,
     pub mountpoint: PathBuf,
     pub workspace: String,
     pub layers: Vec<String>,
@@ -17,6 +31,18 @@ pub struct MountRecord {
     pub started: i64,
     pub socket: PathBuf,
     pub log: Option<PathBuf>,
+    /// Set when this mount is the read-only workspace under an attach at that directory.
+    #[serde(default)]
+    pub attached_at: Option<PathBuf>,
+}
+
+impl MountRecord {
+    pub fn daemon(&self) -> ProcId {
+        ProcId {
+            pid: self.pid,
+            start: self.pid_start,
+        }
+    }
 }
 
 /// The directory for records, sockets and daemon logs: `$WSFS_RUN_DIR`, else `/run/wsfs` for
@@ -55,6 +81,12 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     records_dir().join(format!("{}.sock", mount_id(mountpoint)))
 }
 
+/// Where the first daemon keeps a copy of each manifest it mounted, for replacements: a takeover
+/// then needs no store. Removed by the keeper when the mount ends.
+pub fn pins_dir(mountpoint: &Path) -> PathBuf {
+    records_dir().join(format!("{}.pins", mount_id(mountpoint)))
+}
+
 pub fn log_path(mountpoint: &Path) -> PathBuf {
     run_dir()
         .join("logs")
@@ -83,6 +115,13 @@ pub fn remove_record(mountpoint: &Path) {
     let _ = std::fs::remove_file(socket_path(mountpoint));
 }
 
+/// Removes everything the run directory holds for a mount that has ended: record, socket and
+/// pinned manifests.
+pub fn remove_all(mountpoint: &Path) {
+    remove_record(mountpoint);
+    let _ = std::fs::remove_dir_all(pins_dir(mountpoint));
+}
+
 pub fn all_records() -> Vec<MountRecord> {
     let Ok(rd) = std::fs::read_dir(records_dir()) else {
         return Vec::new();
@@ -95,20 +134,4 @@ pub fn all_records() -> Vec<MountRecord> {
         .collect();
     out.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
     out
-}
-
-/// Whether a process exists (signal 0). A zombie counts as gone.
-pub fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        if let Some(rest) = stat.rsplit(')').next() {
-            if rest.trim_start().starts_with('Z') {
-                return false;
-            }
-        }
-    }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    unsafe { libc::kill(pid, 0) == 0 }
 }

@@ -29,6 +29,9 @@ pub struct Served<T> {
 pub struct ResolvedLayer {
     pub digest: Digest,
     pub manifest: Manifest,
+    /// The manifest's bytes as stored (they hash to `digest`): a mount keeps a copy, so that a
+    /// replacement daemon can rebuild the same tree without any store.
+    pub bytes: Bytes,
     pub created: i64,
 }
 
@@ -214,10 +217,24 @@ impl Chain {
 
     /// Fetches a manifest, verifies its bytes against `digest`, and decodes it.
     pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Served<Manifest>, AllMissed> {
+        let s = self.fetch_manifest_bytes(digest).await?;
+        Ok(Served {
+            value: s.value.0,
+            provider: s.provider,
+            attempts: s.attempts,
+        })
+    }
+
+    /// As [`Chain::fetch_manifest`], also returning the verified bytes.
+    pub async fn fetch_manifest_bytes(
+        &self,
+        digest: &Digest,
+    ) -> Result<Served<(Manifest, Bytes)>, AllMissed> {
         let what = format!("manifest {}", digest.short());
         self.fetch(&what, &keys::manifest(digest), |b| {
             verify_blob(digest, b)?;
-            manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+            let m = manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))?;
+            Ok((m, b.clone()))
         })
         .await
     }
@@ -245,11 +262,11 @@ impl Chain {
             )
             .await?;
         let (layer_ref, digest) = r.value;
-        let m = self.fetch_manifest(&digest).await.map_err(|mut e| {
+        let m = self.fetch_manifest_bytes(&digest).await.map_err(|mut e| {
             e.what = format!("manifest {} of {what}", digest.short());
             e
         })?;
-        let manifest = m.value;
+        let (manifest, bytes) = m.value;
         if manifest.workspace != workspace || manifest.layer != layer {
             return Err(AllMissed {
                 what: format!("manifest of {what}"),
@@ -266,6 +283,7 @@ impl Chain {
         Ok(ResolvedLayer {
             digest,
             manifest,
+            bytes,
             created: layer_ref.created,
         })
     }

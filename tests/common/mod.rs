@@ -3,6 +3,8 @@
 //! the FUSE connection if the daemon hangs) so no test leaves a mount or a process behind.
 #![allow(dead_code)]
 
+pub mod emulators;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -84,48 +86,83 @@ pub fn assert_code(o: &Output, code: i32) {
     assert_eq!(o.status.code(), Some(code), "unexpected exit: {}", text(o));
 }
 
-/// A mount made by `wsfs mount` (a detached daemon). Drop tears it down without ever hanging:
-/// force_unmount aborts the connection if the daemon is stuck, and stops the daemon.
+/// A mount made by `wsfs mount` (a keeper and its daemon). Drop tears it down without ever
+/// hanging: the keeper is killed first (so it replaces nothing), then force_unmount aborts the
+/// connection if the daemon is stuck, detaches, and stops the daemon.
 pub struct Mounted {
     pub mountpoint: PathBuf,
     pub run_dir: PathBuf,
 }
 
 impl Mounted {
-    pub fn pid(&self) -> Option<i32> {
-        let rec = self.record_path()?;
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rec).ok()?).ok()?;
-        v["pid"].as_i64().map(|p| p as i32)
+    /// The runtime record of this mount in the test's run dir.
+    pub fn record(&self) -> Option<wsfs::ops::runtime::MountRecord> {
+        read_record(&self.run_dir, &self.mountpoint)
     }
 
-    fn record_path(&self) -> Option<PathBuf> {
-        let dir = self.run_dir.join("mounts");
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
-            if e.path().extension().is_some_and(|x| x == "json") {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-                if v["mountpoint"].as_str() == Some(&self.mountpoint.display().to_string()) {
-                    return Some(e.path());
-                }
-            }
-        }
-        None
+    /// The daemon serving the mount now.
+    pub fn pid(&self) -> Option<i32> {
+        self.record().map(|r| r.pid)
+    }
+
+    /// The keeper holding the mount's connection.
+    pub fn keeper(&self) -> Option<i32> {
+        self.record().and_then(|r| r.keeper).map(|k| k.pid)
+    }
+}
+
+/// The runtime record of the mount at `mp` in `run_dir`.
+pub fn read_record(run_dir: &Path, mp: &Path) -> Option<wsfs::ops::runtime::MountRecord> {
+    let p = run_dir
+        .join("mounts")
+        .join(format!("{}.json", wsfs::ops::runtime::mount_id(mp)));
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// Tears down a mount (and its processes) the test made, whatever state it is in.
+pub fn teardown(run_dir: &Path, mp: &Path) {
+    let rec = read_record(run_dir, mp);
+    let running = rec
+        .as_ref()
+        .is_some_and(|r| r.daemon().alive() || r.keeper.is_some_and(|k| k.alive()));
+    if !is_mounted(mp) && !running {
+        return;
+    }
+    let r = wsfs::ops::umount::force_remove(mp, rec.as_ref(), Duration::from_secs(5));
+    if !r.success() {
+        eprintln!("test teardown of {} not clean: {r:?}", mp.display());
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if !is_mounted(&self.mountpoint) {
-            return;
+        teardown(&self.run_dir, &self.mountpoint);
+    }
+}
+
+/// An attach the test made: Drop detaches it by force (overlay, workspace mount, processes)
+/// through the test's run dir, if the test did not already.
+pub struct Attached {
+    pub at: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if is_mounted(&self.at) {
+            let _ = Command::new(WSFS)
+                .args(["umount", "--force", "--timeout", "5s"])
+                .arg(&self.at)
+                .env("WSFS_RUN_DIR", &self.run_dir)
+                .output();
         }
-        let pid = self.pid();
-        let r =
-            wsfs::ops::force_umount::force_unmount(&self.mountpoint, pid, Duration::from_secs(5));
-        if !r.success() {
-            eprintln!(
-                "test mount guard: teardown of {} not clean: {r:?}",
-                self.mountpoint.display()
-            );
+        // The workspace mount under the run dir, if the attach was half undone.
+        let ws_root = self.run_dir.join("attach");
+        for m in mount_table() {
+            let p = PathBuf::from(&m);
+            if p.starts_with(&ws_root) {
+                teardown(&self.run_dir, &p);
+            }
         }
     }
 }

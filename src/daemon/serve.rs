@@ -1,0 +1,614 @@
+//! The daemon: builds a workspace's filesystem and serves one FUSE connection until the
+//! connection ends. Started by a keeper (`keeper.rs`), either as the first daemon (resolve the
+//! layers, mount, hand the connection to the keeper) or as a replacement (rebuild the same tree
+//! from the pinned manifests and take over the connection).
+//!
+//! In steps: [`build`] the filesystem → [`connect`] (mount, or take over) → [`start_serving`]
+//! (session, status socket, metrics, background work) → tell the keeper `Ready` → [`wait`]
+//! until the session ends (exit 0) — SIGTERM/SIGINT unmount if nothing is open, and otherwise
+//! leave the mount serving and say who holds it.
+
+use super::fuse_dev::{self, MountOptions, Role};
+use super::handover::{Channel, ConnState, Msg, PinnedLayer};
+use crate::cache::DiskCache;
+use crate::error::WsfsError;
+use crate::fetcher::Fetcher;
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::warmup::WARMUP_STOP_WAIT;
+use crate::fs::{InodeTable, WsFs};
+use crate::layers;
+use crate::manifest::{Digest, Manifest};
+use crate::mount::{check_mountpoint, MountArgs};
+use crate::ops::process::{unix_now, ProcId};
+use crate::ops::runtime::{self, MountRecord};
+use crate::ops::status::{self, MountStatus, StatusSource};
+use crate::ops::{force_umount, metrics, mountinfo, unmount};
+use crate::store::Chain;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a daemon waits for the keeper's first message.
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// Threads of the kernel cache warm-up. Its requests are latency-bound (cross-CPU wake-ups), so
+/// more threads than cores overlap them: on 2 cores, 50,000 entries warmed in 675/453/332/289/298
+/// ms with 1/2/4/8/16 threads (docs/benchmarks.md).
+const WARMUP_THREADS: usize = 8;
+
+/// How this daemon came to be.
+enum Start {
+    First,
+    Takeover {
+        conn: ConnState,
+        fd: OwnedFd,
+        takeovers: u32,
+    },
+}
+
+/// Runs the daemon started by a keeper (its socket at descriptor 3). Returns when the mount's
+/// session has ended; an error is also reported to the keeper.
+pub fn run(args: MountArgs) -> Result<(), WsfsError> {
+    // SAFETY: `mount --serve-daemon` is only started by the keeper, with its socket at fd 3.
+    let chan = unsafe { Channel::inherited() }.map_err(|e| WsfsError::Usage(e.to_string()))?;
+    let start = first_message(&chan)?;
+    let r = serve(args, &chan, start);
+    if let Err(e) = &r {
+        let _ = chan.send(
+            &Msg::Failed {
+                code: e.exit_code(),
+                message: e.to_string(),
+            },
+            None,
+        );
+    }
+    r
+}
+
+fn first_message(chan: &Channel) -> Result<Start, WsfsError> {
+    let lost = |why: String| WsfsError::Failed(format!("daemon: no word from the keeper: {why}"));
+    if !chan
+        .readable(FIRST_MESSAGE_WAIT)
+        .map_err(|e| lost(e.to_string()))?
+    {
+        return Err(lost("timed out".into()));
+    }
+    match chan.recv().map_err(|e| lost(e.to_string()))? {
+        Some((Msg::Start, _)) => Ok(Start::First),
+        Some((Msg::Takeover { conn, takeovers }, Some(fd))) => Ok(Start::Takeover {
+            conn,
+            fd,
+            takeovers,
+        }),
+        Some((other, _)) => Err(lost(format!("unexpected {other:?}"))),
+        None => Err(lost("the keeper closed its socket".into())),
+    }
+}
+
+/// The filesystem, built and ready to mount.
+struct Built {
+    rt: tokio::runtime::Runtime,
+    chain: Arc<Chain>,
+    fs: Arc<WsFs>,
+    pinned: Vec<PinnedLayer>,
+    layer_names: Vec<String>,
+    metrics_file: Option<PathBuf>,
+    metrics_listener: Option<std::net::TcpListener>,
+}
+
+fn serve(args: MountArgs, chan: &Channel, start: Start) -> Result<(), WsfsError> {
+    let t0 = Instant::now();
+    let mut built = build(&args, &start)?;
+    let (conn, fd, takeovers) = connect(&args, chan, start, &built)?;
+    let serving = start_serving(&args, &mut built, &conn, fd, takeovers)?;
+    let _ = chan.send(&Msg::Ready, None);
+    tracing::info!(
+        mountpoint = %args.mountpoint.display(),
+        workspace = %args.workspace,
+        entries = built.fs.table().len(),
+        takeovers,
+        ready_ms = t0.elapsed().as_millis() as u64,
+        "serving"
+    );
+    watch_keeper(chan);
+    wait(&args, &built, &conn, serving)
+}
+
+/// Step 1: stores, manifests (resolved from refs, or the pinned ones of a takeover), merged
+/// tree, inode table, caches. Nothing is mounted yet; every failure here is an exit code.
+fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
+    let first = matches!(start, Start::First);
+    if first {
+        check_mountpoint(&args.mountpoint)?;
+    }
+    // Metrics flags are checked (and the port bound) before anything is mounted. A replacement
+    // must not fail over them: the old daemon's port may take a moment to be free again.
+    let metrics_file = match args.metrics_file.as_deref().map(metrics::check_file) {
+        Some(Err(e)) if first => return Err(e),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "metrics file unusable after takeover");
+            None
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    let metrics_listener = match args.metrics_addr.map(metrics::bind_http) {
+        Some(Err(e)) if first => return Err(e),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "metrics port unusable after takeover");
+            None
+        }
+        Some(Ok(l)) => Some(l),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.clamp(2, 8))
+        .thread_name("wsfs-io")
+        .enable_all()
+        .build()
+        .map_err(|e| WsfsError::Failed(format!("cannot start runtime: {e}")))?;
+    let _guard = rt.enter();
+    let mut chain =
+        Chain::from_specs(&args.specs, args.limits).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    if args.repair {
+        chain.enable_repair();
+    }
+    let chain = Arc::new(chain);
+    let (manifests, pinned) = match start {
+        Start::First => {
+            let resolved = rt.block_on(layers::resolve_closure(
+                &chain,
+                &args.workspace,
+                &args.layers,
+            ))?;
+            let pinned = pin(&args.mountpoint, &resolved);
+            (resolved.into_iter().map(|l| l.manifest).collect(), pinned)
+        }
+        Start::Takeover { conn, .. } => {
+            let ms = rt.block_on(load_pinned(&chain, &args.mountpoint, &conn.layers))?;
+            (ms, conn.layers.clone())
+        }
+    };
+    let layer_names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
+    let merged = layers::merge(manifests)?;
+    let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)
+        .map_err(|e| WsfsError::Integrity(e.to_string()))?;
+    drop(merged.entries);
+    let disk = match &args.cache_dir {
+        Some(d) => Some(Arc::new(
+            DiskCache::open(d, args.disk_cache_bytes)
+                .map_err(|e| WsfsError::Usage(format!("cache directory {}: {e}", d.display())))?,
+        )),
+        None => None,
+    };
+    let fetcher = Fetcher::new(
+        chain.clone(),
+        args.memory_cache_bytes,
+        disk,
+        args.read_deadline,
+    );
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = Arc::new(WsFs::new(
+        table,
+        fetcher,
+        args.uid.unwrap_or(uid),
+        args.gid.unwrap_or(gid),
+    ));
+    fs.pages.set_budget(args.prefetch_page_cache);
+    drop(_guard);
+    Ok(Built {
+        rt,
+        chain,
+        fs,
+        pinned,
+        layer_names,
+        metrics_file,
+        metrics_listener,
+    })
+}
+
+/// Keeps a copy of each resolved manifest beside the runtime record, so a replacement daemon
+/// needs no store to rebuild the tree. Best effort: without the copies a takeover fetches the
+/// pinned manifests by digest from the stores.
+fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -> Vec<PinnedLayer> {
+    let dir = runtime::pins_dir(mountpoint);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot keep manifest copies; a takeover will fetch them");
+    }
+    resolved
+        .iter()
+        .map(|l| {
+            let hex = l.digest.to_hex();
+            let p = dir.join(&hex);
+            if let Err(e) = std::fs::write(&p, &l.bytes) {
+                tracing::debug!(path = %p.display(), error = %e, "cannot keep a manifest copy");
+            }
+            PinnedLayer {
+                name: l.manifest.layer.clone(),
+                manifest: hex,
+            }
+        })
+        .collect()
+}
+
+/// The pinned manifests, in order: the local copy if it still hashes to its digest, otherwise
+/// from the stores (verified the same way).
+async fn load_pinned(
+    chain: &Chain,
+    mountpoint: &Path,
+    pins: &[PinnedLayer],
+) -> Result<Vec<Manifest>, WsfsError> {
+    let dir = runtime::pins_dir(mountpoint);
+    let mut out = Vec::with_capacity(pins.len());
+    for p in pins {
+        let digest = Digest::from_hex(&p.manifest).ok_or_else(|| {
+            WsfsError::Integrity(format!("pinned manifest {:?} is not a digest", p.manifest))
+        })?;
+        let local = std::fs::read(dir.join(&p.manifest))
+            .ok()
+            .filter(|b| Digest::of(b) == digest)
+            .and_then(|b| crate::manifest::decode(&b).ok());
+        let m = match local {
+            Some(m) => m,
+            None => {
+                tracing::warn!(layer = %p.name, "no usable local copy of the pinned manifest; fetching it");
+                chain
+                    .fetch_manifest(&digest)
+                    .await
+                    .map_err(|m| WsfsError::from_missed(&m))?
+                    .value
+            }
+        };
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Step 2: the connection. The first daemon mounts and hands the keeper a duplicate of the
+/// connection; a replacement was handed one.
+fn connect(
+    args: &MountArgs,
+    chan: &Channel,
+    start: Start,
+    built: &Built,
+) -> Result<(ConnState, OwnedFd, u32), WsfsError> {
+    match start {
+        Start::Takeover {
+            conn,
+            fd,
+            takeovers,
+        } => Ok((conn, fd, takeovers)),
+        Start::First => {
+            let mp = &args.mountpoint;
+            let before: Vec<u64> = mount_ids_at(mp);
+            let opts = MountOptions {
+                fsname: format!("wsfs:{}", args.workspace),
+                allow_other: args.allow_other,
+            };
+            let fd = fuse_dev::mount(mp, &opts)
+                .map_err(|e| WsfsError::Mount(format!("cannot mount at {}: {e}", mp.display())))?;
+            let init = fuse_dev::read_init(fd.as_fd()).map_err(|e| {
+                WsfsError::Mount(format!(
+                    "the kernel's INIT request at {}: {e}",
+                    mp.display()
+                ))
+            })?;
+            let mount_id = mount_ids_at(mp)
+                .into_iter()
+                .rev()
+                .find(|id| !before.contains(id))
+                .unwrap_or(0);
+            let conn = ConnState {
+                init: hex::encode(&init),
+                mount_id,
+                layers: built.pinned.clone(),
+            };
+            // The keeper holds the connection from here on: a death of this daemon no longer
+            // takes the mount with it.
+            if let Err(e) = chan.send(&Msg::Mounted { conn: conn.clone() }, Some(fd.as_fd())) {
+                tracing::warn!(error = %e, "cannot hand the connection to the keeper; no takeover if this daemon dies");
+            }
+            Ok((conn, fd, 0))
+        }
+    }
+}
+
+fn mount_ids_at(mp: &Path) -> Vec<u64> {
+    mountinfo::read_mounts()
+        .map(|m| {
+            m.iter()
+                .filter(|e| e.mount_point == mp)
+                .map(|e| e.mount_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What runs while the daemon serves.
+struct Serving {
+    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    metrics: Option<metrics::FileExporter>,
+}
+
+/// Step 3: the FUSE session on the connection, the status socket and runtime record, metrics,
+/// and background work (chunk prefetch; the kernel warm-up, only after a fresh mount: the
+/// kernel's caches survive a takeover).
+fn start_serving(
+    args: &MountArgs,
+    built: &mut Built,
+    conn: &ConnState,
+    fd: OwnedFd,
+    takeovers: u32,
+) -> Result<Serving, WsfsError> {
+    let first = takeovers == 0;
+    let fs = &built.fs;
+    let _guard = built.rt.enter();
+    let (neighbours, neighbour_queue) = crate::fs::neighbours::channel();
+    let adapter = FuseAdapter::new(
+        fs.clone(),
+        built.rt.handle().clone(),
+        64,
+        args.warm_kernel,
+        args.warm_kernel.then_some(neighbours),
+    );
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(args.threads.max(2));
+    // One descriptor shared by all FUSE threads: requests a daemon has read live on that
+    // descriptor's queue, which the keeper's duplicate keeps alive for a resend. A cloned
+    // descriptor would die with the daemon, and the kernel would fail its requests.
+    config.clone_fd = false;
+    let acl = if args.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let init = hex::decode(&conn.init)
+        .map_err(|e| WsfsError::Failed(format!("bad INIT in the handover: {e}")))?;
+    let role = if first {
+        Role::First
+    } else {
+        Role::Replacement
+    };
+    let session = fuse_dev::start_session(adapter, fd.as_fd(), &init, role, acl, config)
+        .map_err(|e| WsfsError::Mount(format!("cannot start the FUSE session: {e}")))?;
+    if !first {
+        // The requests the dead daemon had read but not answered go back to the queue, for us.
+        if let Err(e) = fuse_dev::notify_resend(fd.as_fd()) {
+            tracing::error!(error = %e, "FUSE_NOTIFY_RESEND failed: requests in flight when the last daemon died may wait until wsfs umount --force");
+        }
+    }
+    drop(fd);
+    let notifier = session.notifier();
+    if args.warm_kernel {
+        if let Err(e) =
+            crate::fs::neighbours::start(neighbour_queue, fs.clone(), Box::new(notifier.clone()))
+        {
+            tracing::warn!(error = %e, "cannot start the neighbour push; reads work as usual");
+        }
+    }
+    let (done_tx, done) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name("wsfs-fuse".into())
+        .spawn(move || {
+            let _ = done_tx.send(session.run());
+        })
+        .map_err(|e| WsfsError::Failed(format!("cannot start the FUSE thread: {e}")))?;
+
+    let me = ProcId::me();
+    // SAFETY: getppid has no preconditions.
+    let keeper = ProcId::of(unsafe { libc::getppid() });
+    let mp = args.mountpoint.clone();
+    let record = MountRecord {
+        pid: me.pid,
+        pid_start: me.start,
+        keeper,
+        takeovers,
+        mountpoint: mp.clone(),
+        workspace: args.workspace.clone(),
+        layers: built.layer_names.clone(),
+        stores: built
+            .chain
+            .providers()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect(),
+        started: unix_now(),
+        socket: runtime::socket_path(&mp),
+        log: None,
+        attached_at: args.attach_lower.clone(),
+    };
+    let source = Arc::new(StatusSource {
+        fs: fs.clone(),
+        chain: built.chain.clone(),
+        base: MountStatus {
+            mountpoint: mp.display().to_string(),
+            workspace: args.workspace.clone(),
+            layers: built.layer_names.clone(),
+            pid: me.pid,
+            keeper_pid: keeper.map(|k| k.pid),
+            takeovers,
+            started: record.started,
+            ..Default::default()
+        },
+    });
+    if let Err(e) =
+        status::serve(&record.socket, source.clone()).and_then(|_| runtime::write_record(&record))
+    {
+        tracing::warn!(error = %e, "cannot write the runtime record; wsfs status will not see this mount's counters");
+    }
+    let metrics = match &built.metrics_file {
+        Some(p) => {
+            match metrics::FileExporter::start(p.clone(), source.clone(), metrics::FILE_INTERVAL) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the metrics file writer");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(l) = built.metrics_listener.take() {
+        if let Err(e) = metrics::serve_http(l, source.clone()) {
+            tracing::warn!(error = %e, "cannot start the metrics server");
+        }
+    }
+    if first {
+        set_read_ahead(&mp, args.read_ahead_kb);
+    }
+    if args.prefetch_chunks {
+        fs.fetcher()
+            .prefetch_all(fs.table().chunks_in_path_order(), args.prefetch_concurrency);
+    }
+    if args.warm_kernel && first {
+        start_warmup(fs, &mp, notifier, built.rt.handle().clone(), args);
+    }
+    Ok(Serving { done, metrics })
+}
+
+/// Logs once if the keeper goes away: from then on this daemon's death ends the mount (ENOTCONN).
+fn watch_keeper(chan: &Channel) {
+    let Ok(fd) = chan.fd().try_clone_to_owned() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("wsfs-keeper-watch".into())
+        .spawn(move || {
+            let chan = Channel::new(fd);
+            while let Ok(Some(m)) = chan.recv() {
+                tracing::warn!(?m, "unexpected message from the keeper");
+            }
+            tracing::warn!("the keeper is gone: if this daemon dies now, the mount fails with ENOTCONN until wsfs umount");
+        });
+}
+
+/// Step 4: serve until the session ends. SIGTERM/SIGINT: stop the warm-up and unmount if
+/// nothing is open; if the mount is busy, keep serving and say who holds it (a lazy detach
+/// would leave the job an empty directory under its feet).
+fn wait(
+    args: &MountArgs,
+    built: &Built,
+    conn: &ConnState,
+    serving: Serving,
+) -> Result<(), WsfsError> {
+    let Serving { done, metrics } = serving;
+    let mp = args.mountpoint.clone();
+    built.rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut ended = tokio::task::spawn_blocking(move || done.recv());
+        loop {
+            let stop = async {
+                match (term.as_mut(), int.as_mut()) {
+                    (Some(t), Some(i)) => {
+                        tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+                    }
+                    _ => futures::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = stop => {
+                    let fs = built.fs.clone();
+                    let mp = mp.clone();
+                    let id = conn.mount_id;
+                    let _ = tokio::task::spawn_blocking(move || stop_requested(&fs, &mp, id)).await;
+                }
+                r = &mut ended => {
+                    if let Ok(Ok(Err(e))) = r {
+                        tracing::warn!(error = %e, "the FUSE session ended with an error");
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    if let Some(x) = metrics {
+        x.finish();
+    }
+    runtime::remove_record(&mp);
+    tracing::info!(mountpoint = %mp.display(), "the mount's session ended; daemon exiting");
+    Ok(())
+}
+
+/// A stop signal: unmount if nothing is open, else keep serving and name the holders.
+fn stop_requested(fs: &WsFs, mp: &Path, mount_id: u64) {
+    tracing::info!(mountpoint = %mp.display(), "stop requested: unmounting if nothing is open");
+    // The warm-up's open directories would make the unmount busy.
+    fs.warmup.stop(WARMUP_STOP_WAIT);
+    let Ok(mounts) = mountinfo::read_mounts() else {
+        tracing::warn!("cannot read the mount table; not unmounting");
+        return;
+    };
+    let Some(entry) = mountinfo::find_by_mountpoint(&mounts, mp).filter(|e| e.mount_id == mount_id)
+    else {
+        tracing::warn!(mountpoint = %mp.display(), "this daemon's mount is not the one at its mount point (covered or gone); not unmounting");
+        return;
+    };
+    match unmount::umount(mp) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            let mut errs = Vec::new();
+            let me = std::process::id() as i32;
+            let holders: Vec<String> =
+                force_umount::find_holders(entry, true, Duration::from_secs(2), &mut errs)
+                    .into_iter()
+                    .filter(|(p, _)| *p != me)
+                    .map(|(p, c)| format!("{p} ({c})"))
+                    .collect();
+            tracing::warn!(
+                mountpoint = %mp.display(),
+                holders = %holders.join(", "),
+                "the mount is busy: still serving (a job is using it). Close what holds it and stop again, or remove it with wsfs umount --force"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; still serving")
+        }
+    }
+}
+
+/// Starts the kernel cache warm-up of `--prefetch tree|all` on the mount this process serves.
+/// Best effort: if the root cannot be opened, the mount serves everything on demand as usual.
+fn start_warmup(
+    fs: &Arc<WsFs>,
+    mountpoint: &Path,
+    notifier: fuser::Notifier,
+    rt: tokio::runtime::Handle,
+    args: &MountArgs,
+) {
+    // One descriptor of the mount's root, taken while it is certainly ours; the walk opens
+    // everything relative to it.
+    let root = std::fs::File::open(mountpoint).map(OwnedFd::from);
+    match root {
+        Ok(root) => crate::fs::warmup::start(
+            fs.clone(),
+            root,
+            Box::new(notifier),
+            rt,
+            crate::fs::warmup::WarmupConfig {
+                threads: WARMUP_THREADS,
+                push_files: args.warm_files,
+            },
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot open the mount's root; no kernel warm-up"),
+    }
+}
+
+/// Raises the kernel's read-ahead for this mount (its backing device info in sysfs). The default
+/// of 128 KiB turns a sequential read of a large file into many small FUSE reads; chunks are
+/// ~1 MiB. Best effort: a failure only costs throughput.
+fn set_read_ahead(mountpoint: &Path, kb: u32) {
+    let Ok(mounts) = mountinfo::read_mounts() else {
+        return;
+    };
+    let Some(m) = mounts.iter().find(|m| m.mount_point == mountpoint) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", m.major, m.minor);
+    if let Err(e) = std::fs::write(&path, kb.to_string()) {
+        tracing::debug!(%path, error = %e, "cannot set read_ahead_kb");
+    }
+}
