@@ -63,6 +63,7 @@ die() {
 
 WSFS=$repo/target/release/wsfs
 RAW_GET=$repo/target/release/examples/raw_get
+TAKEOVER=$repo/target/release/examples/takeover_load
 work=
 mounts=()   # mountpoints this run may have mounted
 pids=()     # background processes this run started
@@ -143,8 +144,8 @@ grep -qs ' /sys/fs/fuse/connections fusectl ' /proc/self/mounts ||
     mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null || true
 
 if ((do_build)); then
-    log "cargo build --release (binary and examples/raw_get)"
-    cargo build --release --quiet --bin wsfs --example raw_get
+    log "cargo build --release (binary, examples/raw_get and examples/takeover_load)"
+    cargo build --release --quiet --bin wsfs --example raw_get --example takeover_load
 fi
 [[ -x $WSFS ]] || die "$WSFS is missing (run without --no-build)"
 
@@ -154,6 +155,8 @@ results=$work/results.tsv
 log "work directory: $work"
 store=$work/store
 mkdir -p "$store" "$work/gen" "$work/logs"
+# Records, sockets and daemon logs of this run's mounts stay in the work dir.
+export WSFS_RUN_DIR=$work/run
 
 # ---------------------------------------------------------------- helpers ---
 
@@ -507,6 +510,36 @@ for _ in $(seq "$runs"); do
     wsfs_umount "$mnt"
 done
 
+# Issue 11: 4 readers read every file of the tree in a loop (each read checked against the
+# source), first without kills (the baseline: the longest single read of the same loop), then
+# while the daemon is SIGKILLed 5 times, a second apart. Every run is counted, not the best.
+log "takeover: 4 readers in a loop, the daemon SIGKILLed 5 times"
+for _ in $(seq "$runs"); do
+    drop_caches
+    wsfs_mount "$mnt" bench tree
+    "$TAKEOVER" --mount "$mnt" --source "$work/gen/tree" --list "$work/gen/files.list" \
+        --run-dir "$WSFS_RUN_DIR" --readers 4 --kills 0 --duration-ms 5000 \
+        >>"$work/logs/takeover_base.json" 2>>"$work/logs/takeover.err" || true
+    "$TAKEOVER" --mount "$mnt" --source "$work/gen/tree" --list "$work/gen/files.list" \
+        --run-dir "$WSFS_RUN_DIR" --readers 4 --kills 5 --interval-ms 1000 \
+        >>"$work/logs/takeover.json" 2>>"$work/logs/takeover.err" || true
+    wsfs_umount "$mnt"
+done
+eval "$(python3 - "$work/logs/takeover_base.json" "$work/logs/takeover.json" <<'PY'
+import json, sys
+base = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+kill = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+for b in base:
+    print(f"record takeover_base_max_ms {b['max_stall_ms']}")
+for k in kill:
+    print(f"record takeover_failed {k['failed'] + k['wrong'] + len(k['errors'])}")
+    print(f"record takeover_reads {k['reads']}")
+    print(f"record takeover_max_stall_ms {k['max_stall_ms']}")
+    for t in k["takeover_ms"]:
+        print(f"record takeover_ms {t:.1f}")
+PY
+)"
+
 if ((do_perf)); then
     command -v perf >/dev/null 2>&1 || die "perf is missing"
     log "profile: perf record of the daemon during one cold full read"
@@ -660,6 +693,17 @@ if v["s3_eager_extract_s"]:
                               ("s3_lazy_all_p4_prefetch_s", "from moto: mount `--prefetch all` + read every file, cold, 4 readers", 1.2)):
         t = best_t(key)
         add(what, fmt_s(t), f"{fmt_s(se)} (curl tree.tar.zst from moto \\| zstd -dc \\| tar -x, cold)", f"{t / se:.2f}x time", f"<= {target}x", verdict(t / se, target, True))
+if v["takeover_reads"]:
+    failed, reads = sum(v["takeover_failed"]), sum(v["takeover_reads"])
+    stall, base = max(v["takeover_max_stall_ms"]), max(v["takeover_base_max_ms"])
+    tk = sorted(v["takeover_ms"])
+    ok = failed == 0 and stall <= 2000
+    add(f"4 readers read every file in a loop while the daemon is SIGKILLed 5 times ({len(v['takeover_reads'])} runs)",
+        f"{failed} failed or wrong of {reads:.0f} reads; longest read {stall:.0f} ms",
+        f"longest read without kills {base:.0f} ms (same loop, same run)", "-",
+        "0 failed, longest stall <= 2 s", "met" if ok else f"missed ({failed:.0f} failed, {stall:.0f} ms)")
+    add(f"takeover: SIGKILL to the replacement recorded as serving ({len(tk)} takeovers)",
+        f"median {tk[len(tk) // 2]:.0f} ms, max {tk[-1]:.0f} ms", "-", "-", "about 1 s", "met" if tk[-1] <= 1000 else "missed")
 hwm = best_t("mem8_hwm_MiB")
 cfg = float(E["BENCH_MEMCACHE_MIB"])
 over = hwm - cfg

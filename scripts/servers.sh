@@ -10,9 +10,9 @@
 #   scripts/servers.sh mkbucket-s3 NAME  create an S3 bucket on moto
 #   scripts/servers.sh mkbucket-gcs NAME create a GCS bucket on fake-gcs-server
 #   scripts/servers.sh selftest          bucket/upload/read/list/delete round trip on both
-#   scripts/servers.sh list-mounts       list wsfs FUSE mounts (from /proc/self/mountinfo)
-#   scripts/servers.sh detach-mounts [KEEP]  abort + lazily unmount wsfs FUSE mounts
-#                                     (except those listed in file KEEP)
+#   scripts/servers.sh list-mounts DIR   list wsfs mounts under DIR (from /proc/self/mountinfo)
+#   scripts/servers.sh detach-mounts DIR abort + lazily unmount the wsfs mounts under DIR
+#                                     (a test run's leftovers; never anything outside DIR)
 #
 # Library: `source scripts/servers.sh` defines the wsfs_servers_* functions and
 # runs nothing.  After wsfs_servers_start, source "$(wsfs_servers_env_file)".
@@ -201,56 +201,77 @@ wsfs_mount_fusectl() {
     return 0
 }
 
-# wsfs FUSE mounts, deepest (most recent) first, one per line:
-# "MOUNT_ID MAJOR:MINOR PATH" with PATH escaped as in /proc/self/mountinfo.
-# A mount is a wsfs mount if its fstype is fuse* and fstype or source mentions wsfs.
-wsfs_list_mounts() {
-    local line pre post id devmm mnt fstype src
+# Mounts under directory $1 that wsfs or its tests made (wsfs FUSE mounts and the
+# overlays of `wsfs attach`), deepest (most recent) first, one per line:
+# "MOUNT_ID MAJOR:MINOR FSTYPE PATH" with PATH escaped as in /proc/self/mountinfo.
+# Nothing outside $1 is ever listed: a CI machine has other jobs' live workspaces mounted.
+wsfs_list_mounts_under() {
+    local under=${1:?wsfs_list_mounts_under needs a directory} line pre post id devmm mnt fstype src path
     local -a found=()
     [[ -r /proc/self/mountinfo ]] || return 0
+    under=${under%/}
     while IFS= read -r line; do
         pre=${line%% - *}
         post=${line#* - }
         read -r id _ devmm _ mnt _ <<<"$pre"
         read -r fstype src _ <<<"$post"
-        case $fstype in fuse | fuse.* | fuseblk | fuseblk.*) ;; *) continue ;; esac
-        [[ ${fstype,,} == *wsfs* || ${src,,} == *wsfs* ]] || continue
-        found=("$id $devmm $mnt" "${found[@]}")
+        case $fstype in
+        fuse | fuse.* | fuseblk | fuseblk.*) [[ ${fstype,,} == *wsfs* || ${src,,} == *wsfs* ]] || continue ;;
+        overlay) [[ $src == wsfs-overlay ]] || continue ;;
+        *) continue ;;
+        esac
+        # mountinfo escapes space, tab, newline and backslash as \ooo; %b wants \0ooo.
+        path=$(printf '%b' "${mnt//\\/\\0}")
+        [[ $path == "$under"/* ]] || continue
+        found=("$id $devmm $fstype $mnt" "${found[@]}")
     done </proc/self/mountinfo
     if ((${#found[@]})); then printf '%s\n' "${found[@]}"; fi
 }
 
-# wsfs_detach_mounts [KEEP_FILE]: lazily detach wsfs FUSE mounts (e.g. left by
-# a crashed or killed test), except those whose "MOUNT_ID MAJOR:MINOR" is
-# listed in KEEP_FILE (output of an earlier wsfs_list_mounts).  Never stats a
-# mount point: the list comes from /proc/self/mountinfo, the connection is
-# aborted through fusectl first (so nothing can hang on a dead daemon), then
-# `umount -l -c` (lazy, no path canonicalization).
-wsfs_detach_mounts() {
-    local keep=${1:-} line id devmm mnt major minor conn path
+# wsfs_detach_mounts_under DIR: removes the mounts wsfs_list_mounts_under lists (a failed or
+# killed test's leftovers). Never stats a mount point: FUSE connections are aborted through
+# fusectl first (so nothing can hang on a dead daemon), then `umount -l -c` (lazy, no path
+# canonicalization). Only for mounts no job uses: the test's own.
+wsfs_detach_mounts_under() {
+    local under=${1:?wsfs_detach_mounts_under needs a directory} line id devmm fstype mnt major minor conn path
     local -a todo=()
-    mapfile -t todo < <(wsfs_list_mounts)
+    mapfile -t todo < <(wsfs_list_mounts_under "$under")
     for line in "${todo[@]}"; do
-        read -r id devmm mnt <<<"$line"
-        if [[ -n $keep && -f $keep ]] && grep -q "^$id $devmm " "$keep"; then
-            _wsfs_log "leaving alone wsfs mount that predates this run: $mnt"
-            continue
-        fi
+        read -r id devmm fstype mnt <<<"$line"
         major=${devmm%%:*}
         minor=${devmm#*:}
-        # fusectl names a connection by the kernel's dev_t: (major << 20) | minor.
-        conn=/sys/fs/fuse/connections/$(((major << 20) | minor))
-        # mountinfo escapes space, tab, newline and backslash as \ooo; %b wants \0ooo.
         path=$(printf '%b' "${mnt//\\/\\0}")
-        if [[ -e $conn/abort ]]; then
-            echo 1 >"$conn/abort" 2>/dev/null || _wsfs_log "could not abort FUSE connection $conn"
+        if [[ $fstype != overlay ]]; then
+            # fusectl names a connection by the kernel's dev_t: (major << 20) | minor.
+            conn=/sys/fs/fuse/connections/$(((major << 20) | minor))
+            if [[ -e $conn/abort ]]; then
+                echo 1 >"$conn/abort" 2>/dev/null || _wsfs_log "could not abort FUSE connection $conn"
+            fi
         fi
-        if umount -l -c -- "$path" 2>/dev/null || fusermount3 -u -z -- "$path" 2>/dev/null; then
-            _wsfs_log "detached leftover wsfs mount $path"
+        if umount -l -c -- "$path" 2>/dev/null; then
+            _wsfs_log "detached leftover mount $path"
         else
-            _wsfs_log "failed to detach leftover wsfs mount $path"
+            _wsfs_log "failed to detach leftover mount $path"
         fi
     done
+    return 0
+}
+
+# wsfs_kill_under DIR: kills wsfs processes (commands, keepers, daemons: their executable is a
+# file named wsfs) whose command line names a path under DIR — the ones a test started.
+wsfs_kill_under() {
+    local under=${1:?wsfs_kill_under needs a directory} p exe cmd
+    local -a pids=()
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        exe=$(readlink "/proc/$p/exe" 2>/dev/null) || continue
+        [[ ${exe%% (deleted)} == */wsfs ]] || continue
+        cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) || continue
+        [[ $cmd == *"$under"/* ]] && pids+=("$p")
+    done
+    ((${#pids[@]})) || return 0
+    _wsfs_log "killing wsfs processes of this run: ${pids[*]}"
+    kill -KILL "${pids[@]}" 2>/dev/null
     return 0
 }
 
@@ -495,11 +516,11 @@ _wsfs_servers_main() {
     install) wsfs_servers_install ;;
     mkbucket-s3) wsfs_mkbucket_s3 "$@" ;;
     mkbucket-gcs) wsfs_mkbucket_gcs "$@" ;;
-    list-mounts) wsfs_list_mounts ;;
-    detach-mounts) wsfs_detach_mounts "$@" ;;
+    list-mounts) wsfs_list_mounts_under "$@" ;;
+    detach-mounts) wsfs_detach_mounts_under "$@" ;;
     selftest) wsfs_servers_selftest ;;
     *)
-        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|list-mounts|detach-mounts|selftest" >&2
+        echo "usage: $0 start|stop|env|status|install|mkbucket-s3 NAME|mkbucket-gcs NAME|list-mounts DIR|detach-mounts DIR|selftest" >&2
         return 2
         ;;
     esac

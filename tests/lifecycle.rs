@@ -605,18 +605,16 @@ fn sigterm_with_a_file_open_keeps_serving_and_names_the_holder() {
 
 const IN_PRIVATE_NS: &str = "WSFS_TEST_IN_PRIVATE_MOUNT_NS";
 
-#[test]
-fn all_stale_removes_only_dead_mounts_whatever_the_run_dir() {
-    require_fuse();
-    // The sweep runs in a mount namespace of its own: it must never see (let alone touch) the
-    // machine's other mounts.
+/// Runs the (ignored) test `scenario` of this binary in a mount namespace of its own, and
+/// asserts that it ran and passed.
+fn run_in_private_namespace(scenario: &str) {
     let exe = std::env::current_exe().unwrap();
     let ns = std::fs::read_link("/proc/self/ns/mnt").expect("ns link");
     let o = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--"])
         .arg(exe)
         .args([
-            "all_stale_scenario_in_a_private_namespace",
+            scenario,
             "--exact",
             "--include-ignored",
             "--nocapture",
@@ -631,19 +629,32 @@ fn all_stale_removes_only_dead_mounts_whatever_the_run_dir() {
     assert!(out.contains("1 passed"), "the scenario ran: {out}");
 }
 
-#[test]
-#[ignore = "run by all_stale_removes_only_dead_mounts_whatever_the_run_dir, in a private mount namespace"]
-fn all_stale_scenario_in_a_private_namespace() {
-    require_fuse();
-    // The outer test names its own namespace; this one must be another.
+/// In a scenario: asserts that this process runs in another mount namespace than its outer
+/// test (which names its own in the environment).
+fn assert_in_private_namespace() {
     let outer = std::env::var_os(IN_PRIVATE_NS)
-        .expect("this scenario sweeps the mount table: run it only through its outer test");
+        .expect("this scenario changes the mount table: run it only through its outer test");
     let mine = std::fs::read_link("/proc/self/ns/mnt").expect("ns link");
     assert_ne!(
         mine.as_os_str(),
         outer.as_os_str(),
-        "not in a private mount namespace: refusing to run --all-stale"
+        "not in a private mount namespace: refusing to run"
     );
+}
+
+#[test]
+fn all_stale_removes_only_dead_mounts_whatever_the_run_dir() {
+    require_fuse();
+    // The sweep runs in a mount namespace of its own: it must never see (let alone touch) the
+    // machine's other mounts.
+    run_in_private_namespace("all_stale_scenario_in_a_private_namespace");
+}
+
+#[test]
+#[ignore = "run by all_stale_removes_only_dead_mounts_whatever_the_run_dir, in a private mount namespace"]
+fn all_stale_scenario_in_a_private_namespace() {
+    require_fuse();
+    assert_in_private_namespace();
     let s = Scratch::new();
     setup(&s);
     let healthy = s.mkdir("healthy");
@@ -879,4 +890,101 @@ fn as_another_user_the_default_mount_refuses_even_what_the_kernel_has_cached() {
         "{}",
         entry.super_options
     );
+}
+
+#[test]
+fn an_unprivileged_user_mounts_through_fusermount3_and_keeps_the_takeover() {
+    require_fuse();
+    // Machines (and containers) differ in who may open /dev/fuse; the scenario gives itself a
+    // world-usable one in a mount namespace of its own, as a stock distribution has.
+    run_in_private_namespace("unprivileged_mount_scenario_in_a_private_namespace");
+}
+
+#[test]
+#[ignore = "run by an_unprivileged_user_mounts_through_fusermount3_and_keeps_the_takeover, in a private mount namespace"]
+fn unprivileged_mount_scenario_in_a_private_namespace() {
+    require_fuse();
+    assert_in_private_namespace();
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let s = Scratch::new();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // /dev/fuse as a stock system has it (crw-rw-rw-), in this namespace only.
+    let dev = s.path("fuse-dev");
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path; creates a character device node for (10, 229), /dev/fuse.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = Command::new("mount")
+        .arg("--bind")
+        .arg(&dev)
+        .arg("/dev/fuse")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "bind /dev/fuse: {}", text(&o));
+    let src = setup(&s);
+    let want = std::fs::read(src.join("run.sh")).unwrap();
+    let mp = s.mkdir("mnt");
+    let run = s.mkdir("nobody-run");
+    for d in [&mp, &run] {
+        chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(args)
+            .env("WSFS_RUN_DIR", &run)
+            .output()
+            .unwrap()
+    };
+    let store = s.store("s1");
+    let o = as_nobody(&[
+        WSFS,
+        "mount",
+        "--store",
+        &store,
+        "--workspace",
+        "ws",
+        "--layer",
+        "l1",
+        mp.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let m = Mounted {
+        mountpoint: mp.clone(),
+        run_dir: run.clone(),
+    };
+    let entry = wsfs::ops::mountinfo::read_mounts()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.mount_point == mp)
+        .expect("mounted");
+    assert_eq!(entry.fs_type, "fuse.wsfs");
+    assert!(
+        entry.super_options.contains("user_id=65534"),
+        "{}",
+        entry.super_options
+    );
+    assert!(
+        !entry.super_options.contains("allow_other"),
+        "{}",
+        entry.super_options
+    );
+    let cat = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", text(o));
+        assert!(o.stdout == want);
+    };
+    let file = mp.join("run.sh").display().to_string();
+    cat(&as_nobody(&["cat", &file]));
+    // The takeover works the same for an unprivileged mount.
+    let rec = m.record().expect("record");
+    kill(rec.pid, libc::SIGKILL);
+    cat(&as_nobody(&["cat", &file]));
+    wait_replaced(&run, &mp, rec.pid);
+    // The user unmounts it (fusermount3 -u underneath); daemon and keeper exit.
+    let o = as_nobody(&[WSFS, "umount", mp.to_str().unwrap()]);
+    assert_ok(&o);
+    assert!(!is_mounted(&mp));
+    let keeper = rec.keeper.expect("keeper");
+    assert!(keeper.wait_gone(Duration::from_secs(10)));
 }

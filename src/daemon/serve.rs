@@ -547,7 +547,28 @@ fn stop_requested(fs: &WsFs, mp: &Path, mount_id: u64) {
         tracing::warn!(mountpoint = %mp.display(), "this daemon's mount is not the one at its mount point (covered or gone); not unmounting");
         return;
     };
-    match unmount::umount(mp) {
+    let r = unmount::umount(mp).or_else(|e| {
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+        // Mounted through fusermount3 by an unprivileged user: it unmounts for us (never
+        // lazily: without -z it refuses a busy mount with EBUSY, as umount2 does).
+        let out = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("--")
+            .arg(mp)
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let msg = String::from_utf8_lossy(&out.stderr).to_string();
+        Err(if msg.contains("busy") {
+            std::io::Error::from_raw_os_error(libc::EBUSY)
+        } else {
+            std::io::Error::other(format!("fusermount3 -u: {}", msg.trim()))
+        })
+    });
+    match r {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             let mut errs = Vec::new();

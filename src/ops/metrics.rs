@@ -133,8 +133,14 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
     w.single(
         "wsfs_start_time_seconds",
         "gauge",
-        "When the mount daemon started, in seconds since the Unix epoch.",
+        "When the daemon serving the mount started (after a takeover: the replacement), in seconds since the Unix epoch.",
         status.started.max(0) as u64,
+    );
+    w.single(
+        "wsfs_takeovers_total",
+        "counter",
+        "Replacement daemons the keeper started for this mount after a daemon died (the other counters restart at 0 with each).",
+        u64::from(status.takeovers),
     );
     w.single(
         "wsfs_bytes_served_total",
@@ -509,6 +515,7 @@ mod tests {
             workspace: "ws".into(),
             layers: vec!["a".into(), "b".into()],
             alive: true,
+            takeovers: 4,
             started: 1_700_000_000,
             entries: 12,
             bytes_served: 4096,
@@ -608,6 +615,7 @@ mod tests {
         for m in [
             "wsfs_up",
             "wsfs_layers",
+            "wsfs_takeovers_total",
             "wsfs_provider_requests_total",
             "wsfs_provider_request_duration_seconds",
             "wsfs_failovers_total",
@@ -630,6 +638,7 @@ mod tests {
         let has = |s: &str| assert!(out.contains(s), "missing {s:?} in\n{out}");
         let l = r#"mountpoint="/mnt/we\"ird\\path\nx",workspace="ws""#;
         has(&format!("wsfs_layers{{{l}}} 2\n"));
+        has(&format!("wsfs_takeovers_total{{{l}}} 4\n"));
         has(&format!("wsfs_eio_total{{{l}}} 1\n"));
         has(&format!("wsfs_failovers_total{{{l}}} 3\n"));
         has(&format!("wsfs_cache_hits_total{{{l},tier=\"disk\"}} 6\n"));
