@@ -255,8 +255,11 @@ impl Keeper {
         )
         .map_err(|e| WsfsError::Failed(format!("keeper: socketpair: {e}")))?;
         let theirs_raw = theirs.as_raw_fd();
+        // This very binary, even if the file was replaced by an upgrade since: a replacement
+        // must answer the kernel exactly as the first daemon did.
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.args(&self.args.daemon_args)
+        cmd.arg0("wsfs")
+            .args(&self.args.daemon_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // SAFETY: only async-signal-safe calls (sigprocmask, dup2, fcntl, setpgid) between fork

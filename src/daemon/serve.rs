@@ -25,6 +25,7 @@ use crate::ops::status::{self, MountStatus, StatusSource};
 use crate::ops::{force_umount, metrics, mountinfo, unmount};
 use crate::store::Chain;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,7 +215,13 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
 /// pinned manifests by digest from the stores.
 fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -> Vec<PinnedLayer> {
     let dir = runtime::pins_dir(mountpoint);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    // Private: the manifests list every path of a mount that only its owner may read.
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
+    if let Err(e) = made {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot keep manifest copies; a takeover will fetch them");
     }
     resolved
