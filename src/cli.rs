@@ -41,7 +41,7 @@ pub struct StoreArgs {
 
 pub fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
     crate::store::config::parse_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration (try 5s or 500ms)"))
+        .ok_or_else(|| format!("{s:?} is not a duration (try 500ms, 5s, 10m, 2h or 15d)"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -87,8 +87,56 @@ pub enum Command {
         /// Chunks uploaded concurrently.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Commit the layer even if it holds nothing (patterns that match nothing, an empty root).
+        #[arg(long)]
+        allow_empty: bool,
+        /// How long to wait for a `wsfs gc` running on a store before failing there.
+        #[arg(long, default_value = "10m", value_parser = parse_dur)]
+        gc_wait: std::time::Duration,
         /// Paths or globs relative to --root (default: everything).
         paths: Vec<String>,
+    },
+    /// List workspaces and their layers (parents, pins, age, sizes, which stores have them).
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Stable JSON (docs/operations.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove layer refs (the named layers, or every layer of the workspace) from every store.
+    /// Chunks and manifests go with the next `wsfs gc`.
+    Rm {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long = "layer")]
+        layers: Vec<String>,
+    },
+    /// Expire refs older than a retention, then delete what nothing reaches any more (per store).
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Expire layers committed longer ago than this (e.g. 15d). Workspaces a live mount holds
+        /// a lease on are kept whatever their age.
+        #[arg(long, value_parser = parse_dur)]
+        older_than: std::time::Duration,
+        /// Never delete an unreached object younger than this (longer than any persist).
+        #[arg(long, default_value = "1h", value_parser = parse_dur)]
+        grace: std::time::Duration,
+        /// Report what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON summary per store (docs/operations.md).
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for persists in flight on a store before skipping it.
+        #[arg(long, default_value = "15m", value_parser = parse_dur)]
+        wait: std::time::Duration,
     },
     /// Mount a workspace read-only.
     Mount {
@@ -233,5 +281,9 @@ pub enum Command {
         /// Require every store to be complete.
         #[arg(long)]
         all: bool,
+        /// Rewrite missing or damaged chunks of an incomplete store from a good copy on
+        /// another store (then verify again).
+        #[arg(long)]
+        repair: bool,
     },
 }

@@ -12,6 +12,13 @@ use crate::store::{Chain, ResolvedLayer};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Fetches the requested layers and all their ancestors; returns them ancestors-first.
+///
+/// The requested layers are found by their current refs. Their ancestors are the versions the
+/// refs pin (the manifests the layers were persisted against), fetched by digest, so
+/// re-persisting a parent later does not change what a child's mount shows. A ref without pins
+/// (written by an older version) has its parents resolved by name, with a warning. Two layers
+/// that pin different versions of the same ancestor (or pin another version than is requested)
+/// are a conflict: the mount is refused, naming both.
 pub async fn resolve_closure(
     chain: &Chain,
     workspace: &str,
@@ -23,8 +30,28 @@ pub async fn resolve_closure(
         ));
     }
     let mut found: BTreeMap<String, ResolvedLayer> = BTreeMap::new();
-    let mut queue: Vec<String> = requested.to_vec();
-    while let Some(name) = queue.pop() {
+    // Which version of each layer the closure needs, and who asked for it.
+    let mut want: BTreeMap<String, (Digest, String)> = BTreeMap::new();
+    let mut need = |name: &str, d: Digest, by: &str| -> Result<(), WsfsError> {
+        match want.get(name) {
+            Some((have, who)) if *have != d => Err(WsfsError::Conflict(format!(
+                "layer {name:?} is needed in two versions: manifest {} ({who}) and manifest {} ({by}); persist the downstream layers again against one version",
+                have.short(),
+                d.short()
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                want.insert(name.to_string(), (d, by.to_string()));
+                Ok(())
+            }
+        }
+    };
+    // The requested layers, by their refs; unpinned parents by name.
+    let mut by_name: Vec<(String, String)> = requested
+        .iter()
+        .map(|r| (r.clone(), "requested".to_string()))
+        .collect();
+    while let Some((name, by)) = by_name.pop() {
         if found.contains_key(&name) {
             continue;
         }
@@ -32,14 +59,94 @@ pub async fn resolve_closure(
             .resolve_layer(workspace, &name)
             .await
             .map_err(|m| WsfsError::from_missed(&m))?;
-        for p in &layer.manifest.parents {
-            if !found.contains_key(p) {
-                queue.push(p.clone());
+        need(&name, layer.digest, &by)?;
+        if layer.ancestors.is_empty() {
+            if !layer.manifest.parents.is_empty() {
+                tracing::warn!(
+                    layer = %name,
+                    parents = ?layer.manifest.parents,
+                    "the ref of this layer pins no parent versions (persisted by an older wsfs): its parents are resolved by name, as they are now"
+                );
+            }
+            for p in &layer.manifest.parents {
+                by_name.push((p.clone(), format!("parent of {name}, by name")));
+            }
+        } else {
+            for (a, d) in &layer.ancestors {
+                need(a, *d, &format!("pinned by {name}"))?;
             }
         }
         found.insert(name, layer);
     }
+    // Pinned ancestors not requested: by digest.
+    for (name, (digest, by)) in &want {
+        if let Some(l) = found.get(name) {
+            if l.digest != *digest {
+                return Err(WsfsError::Conflict(format!(
+                    "layer {name:?} is requested at manifest {} but {by} at manifest {}; persist the downstream layers again against one version",
+                    l.digest.short(),
+                    digest.short()
+                )));
+            }
+            continue;
+        }
+        let m = chain.fetch_manifest_bytes(digest).await.map_err(|mut m| {
+            m.what = format!("manifest {} of layer {name:?} ({by})", digest.short());
+            WsfsError::from_missed(&m)
+        })?;
+        let (manifest, bytes) = m.value;
+        if manifest.workspace != workspace || manifest.layer != *name {
+            return Err(WsfsError::Integrity(format!(
+                "the manifest {by} as {name:?} is layer {:?} of workspace {:?}",
+                manifest.layer, manifest.workspace
+            )));
+        }
+        found.insert(
+            name.clone(),
+            ResolvedLayer {
+                digest: *digest,
+                created: manifest.created,
+                manifest,
+                bytes,
+                ancestors: BTreeMap::new(),
+            },
+        );
+    }
+    // Every parent a pinned manifest names must be in the closure (pins are whole closures).
+    for (name, l) in &found {
+        for p in &l.manifest.parents {
+            if !found.contains_key(p) {
+                return Err(WsfsError::Integrity(format!(
+                    "layer {name:?} names parent {p:?}, which no ref pins: the pins are incomplete"
+                )));
+            }
+        }
+    }
     topo_order(found)
+}
+
+/// The manifests of a new layer's parents and all their ancestors (name → digest), as the
+/// stores hold them now: what its ref pins. Every parent must exist.
+pub async fn pins_for(
+    chain: &Chain,
+    workspace: &str,
+    parents: &[String],
+) -> Result<BTreeMap<String, Digest>, WsfsError> {
+    if parents.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let closure = resolve_closure(chain, workspace, parents)
+        .await
+        .map_err(|e| match e {
+            WsfsError::Missing(m) => WsfsError::Missing(format!(
+                "a --parent layer is missing: {m} (a layer's parents are the layers its job attached)"
+            )),
+            other => other,
+        })?;
+    Ok(closure
+        .into_iter()
+        .map(|l| (l.manifest.layer.clone(), l.digest))
+        .collect())
 }
 
 /// Kahn's algorithm over the closure; among layers ready at the same time the smallest name

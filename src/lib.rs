@@ -13,5 +13,6 @@ pub mod manifest;
 pub mod mount;
 pub mod ops;
 pub mod persist;
+pub mod retention;
 pub mod store;
 pub mod verify;

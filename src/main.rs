@@ -62,6 +62,8 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             root,
             require,
             concurrency,
+            allow_empty,
+            gc_wait,
             paths,
         } => {
             let require = require.parse().map_err(WsfsError::Usage)?;
@@ -80,6 +82,8 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                     require,
                     concurrency,
                     progress,
+                    gc_wait,
+                    allow_empty,
                 },
             ))?;
             for s in &report.skipped_special {
@@ -88,17 +92,82 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             println!("{}", report.summary());
             Ok(())
         }
+        Command::Ls {
+            store,
+            workspace,
+            json,
+        } => {
+            let rt = runtime()?;
+            let _g = rt.enter();
+            let provs = providers(&store)?;
+            let l = rt.block_on(wsfs::retention::ls::list(&provs, workspace.as_deref()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default());
+            } else {
+                print!("{}", wsfs::retention::ls::render(&l));
+            }
+            Ok(())
+        }
+        Command::Rm {
+            store,
+            workspace,
+            layers,
+        } => {
+            let rt = runtime()?;
+            let _g = rt.enter();
+            let provs = providers(&store)?;
+            let r = rt.block_on(wsfs::retention::rm::rm(&provs, &workspace, &layers))?;
+            print!("{}", r.render());
+            Ok(())
+        }
+        Command::Gc {
+            store,
+            older_than,
+            grace,
+            dry_run,
+            json,
+            wait,
+        } => {
+            let rt = runtime()?;
+            let _g = rt.enter();
+            let provs = providers(&store)?;
+            let opts = wsfs::retention::gc::GcOptions {
+                older_than,
+                grace,
+                dry_run,
+                wait,
+                progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let (stores, verdict) = rt.block_on(wsfs::retention::gc::gc(&provs, &opts));
+            if json {
+                let doc = serde_json::json!({ "dry_run": dry_run, "stores": stores });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                print!("{}", wsfs::retention::gc::render(&stores));
+            }
+            verdict
+        }
         Command::Verify {
             store,
             workspace,
             layers,
             deep,
             all,
+            repair,
         } => {
             let rt = runtime()?;
             let _g = rt.enter();
             let provs = providers(&store)?;
-            let reports = rt.block_on(wsfs::verify::verify(&provs, &workspace, &layers, deep));
+            let mut reports = rt.block_on(wsfs::verify::verify(&provs, &workspace, &layers, deep));
+            if repair && reports.iter().any(|r| !r.complete()) {
+                let (text, _) = wsfs::verify::judge(&reports, all);
+                print!("{text}");
+                for line in rt.block_on(wsfs::verify::repair(&provs, &workspace, &reports)) {
+                    println!("repair: {line}");
+                }
+                println!("after repair:");
+                reports = rt.block_on(wsfs::verify::verify(&provs, &workspace, &layers, deep));
+            }
             let (text, verdict) = wsfs::verify::judge(&reports, all);
             print!("{text}");
             verdict
@@ -276,6 +345,19 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
 
 fn main() {
     let cli = Cli::parse();
+    // Listing commands behave as Unix tools in a pipe (`wsfs ls | head`): a closed stdout ends
+    // them quietly. Daemons keep SIGPIPE ignored (a status client hanging up must not kill one).
+    if matches!(
+        cli.command,
+        Command::Ls { .. }
+            | Command::Gc { .. }
+            | Command::Rm { .. }
+            | Command::Status { .. }
+            | Command::Verify { .. }
+    ) {
+        // SAFETY: setting a signal disposition at start-up, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let default_log = match &cli.command {
         Command::Mount { .. } => "info",
         _ => "warn",

@@ -52,6 +52,10 @@ pub struct PersistOptions {
     /// Chunks uploaded at once (each to every store).
     pub concurrency: usize,
     pub progress: bool,
+    /// How long to wait for a gc running on a store before failing there.
+    pub gc_wait: std::time::Duration,
+    /// Commit a layer even if the path patterns matched nothing.
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Default)]
@@ -145,10 +149,12 @@ fn build_globs(paths: &[String]) -> Result<Option<GlobSet>, WsfsError> {
 }
 
 /// Walks `root` (never following symlinks) and returns the entries to persist, sorted by path.
+/// With patterns, `unmatched` gets the index of every pattern that matched nothing.
 fn walk(
     root: &Path,
     globs: Option<&GlobSet>,
     skipped: &mut Vec<String>,
+    unmatched: &mut Vec<usize>,
 ) -> Result<Vec<Walked>, WsfsError> {
     let mut all = Vec::new();
     for item in walkdir::WalkDir::new(root)
@@ -185,11 +191,16 @@ fn walk(
     };
     // CircleCI semantics: a path matching a pattern is included with everything under it; the
     // directories leading to it come along so the tree stays connected.
-    let matches = |rel: &[u8]| {
+    let mut hit = vec![false; globs.len()];
+    let mut matches = |rel: &[u8]| {
         let mut prefix_end = Some(rel.len());
         while let Some(end) = prefix_end {
             let p = Path::new(std::ffi::OsStr::from_bytes(&rel[..end]));
-            if globs.is_match(p) {
+            let m = globs.matches(p);
+            if !m.is_empty() {
+                for i in m {
+                    hit[i] = true;
+                }
                 return true;
             }
             prefix_end = rel[..end].iter().rposition(|&b| b == b'/');
@@ -207,6 +218,7 @@ fn walk(
             }
         }
     }
+    unmatched.extend(hit.iter().enumerate().filter(|(_, h)| !**h).map(|(i, _)| i));
     let mut out: Vec<Walked> = all.into_iter().filter(|w| keep.contains(&w.rel)).collect();
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(out)
@@ -279,6 +291,13 @@ pub async fn persist(
         )));
     }
     let globs = build_globs(&opts.paths)?;
+    // The parents as the stores hold them now: the ref pins them, so a later re-persist of a
+    // parent cannot change what this layer's mounts show. A parent that does not exist is an
+    // error now, not at the first mount.
+    let ancestors = {
+        let chain = crate::store::Chain::from_arcs(providers.to_vec());
+        crate::layers::pins_for(&chain, &opts.workspace, &opts.parents).await?
+    };
     let root_meta = {
         let (sec, nsec) = mtime(&root_meta);
         manifest::RootMeta {
@@ -292,11 +311,29 @@ pub async fn persist(
     let entries = {
         let mut skipped = Vec::new();
         let entries = tokio::task::spawn_blocking(move || {
-            let r = walk(&root, globs.as_ref(), &mut skipped);
-            r.map(|e| (e, skipped))
+            let mut unmatched = Vec::new();
+            let r = walk(&root, globs.as_ref(), &mut skipped, &mut unmatched);
+            r.map(|e| (e, skipped, unmatched))
         })
         .await
         .map_err(|e| WsfsError::Failed(e.to_string()))??;
+        if !opts.allow_empty {
+            if !entries.2.is_empty() {
+                let names: Vec<&str> = entries.2.iter().map(|i| opts.paths[*i].as_str()).collect();
+                return Err(WsfsError::Usage(format!(
+                    "path pattern(s) matched nothing under {}: {} (check the paths, or pass --allow-empty)",
+                    opts.root.display(),
+                    names.join(", ")
+                )));
+            }
+            if entries.0.is_empty() {
+                return Err(WsfsError::Usage(format!(
+                    "nothing to persist: {} is empty (pass --allow-empty to commit an empty layer)",
+                    opts.root.display()
+                )));
+            }
+        }
+        let entries = (entries.0, entries.1);
         for s in &entries.1 {
             tracing::warn!(path = %s, "skipping special file (socket, fifo or device)");
         }
@@ -324,6 +361,32 @@ pub async fn persist(
         None
     };
 
+    // A persist lease on every store: a gc waits for it before deleting anything, and this
+    // persist waits for a gc already running (see retention/lease.rs).
+    let (lease, blocked) =
+        crate::retention::lease::persist_gate(providers, &opts.workspace, opts.gc_wait).await;
+    let result = upload_and_commit(
+        providers, &opts, entries, bar, root_meta, ancestors, &lease, &blocked, report, started,
+    )
+    .await;
+    lease.release().await;
+    result
+}
+
+/// Chunks and uploads the walked tree, then commits manifest and ref per store.
+#[allow(clippy::too_many_arguments)]
+async fn upload_and_commit(
+    providers: &[Arc<Provider>],
+    opts: &PersistOptions,
+    entries: Vec<Walked>,
+    bar: Option<indicatif::ProgressBar>,
+    root_meta: manifest::RootMeta,
+    ancestors: std::collections::BTreeMap<String, Digest>,
+    lease: &crate::retention::lease::Held,
+    blocked: &[(usize, String)],
+    mut report: PersistReport,
+    started: std::time::Instant,
+) -> Result<PersistReport, WsfsError> {
     let states: Arc<Vec<StoreState>> = Arc::new(
         providers
             .iter()
@@ -335,6 +398,13 @@ pub async fn persist(
             })
             .collect(),
     );
+    for (i, why) in blocked {
+        if let Some(st) = states.get(*i) {
+            if let Ok(mut e) = st.error.lock() {
+                e.get_or_insert_with(|| why.clone());
+            }
+        }
+    }
 
     // Chunking runs on a blocking thread and hands new chunks to the uploaders through a bounded
     // channel, so memory stays bounded however large the tree is.
@@ -446,8 +516,20 @@ pub async fn persist(
     let digest = Digest::of(&encoded);
     report.manifest = Some(digest);
     let encoded = Bytes::from(encoded);
-    let layer_ref = Bytes::from(LayerRef::new(digest, created).to_bytes());
+    let layer_ref = Bytes::from(LayerRef::with_ancestors(digest, created, &ancestors).to_bytes());
 
+    pause_for_tests("before-commit").await;
+    // A store where the lease lapsed (unreachable for longer than it lasts) may have been
+    // collected meanwhile: no ref there.
+    for (i, st) in states.iter().enumerate() {
+        if !lease.holds_on(i) {
+            if let Ok(mut e) = st.error.lock() {
+                e.get_or_insert_with(|| {
+                    "the persist lease lapsed on this store (unreachable too long?): a gc may have run; not committing there — persist again".to_string()
+                });
+            }
+        }
+    }
     // Manifest, then ref, per store; a store that failed anything gets no ref.
     let commits = providers.iter().zip(states.iter()).map(|(p, st)| {
         let encoded = encoded.clone();
@@ -466,10 +548,29 @@ pub async fn persist(
             if let Err(o) = p.put(&keys::manifest(&digest), encoded).await {
                 return (false, Some(format!("manifest upload failed: {o}")));
             }
-            match p.put(&keys::layer_ref(&ws, &layer), layer_ref).await {
-                Ok(()) => (true, None),
-                Err(o) => (false, Some(format!("ref upload failed: {o}"))),
+            let key = keys::layer_ref(&ws, &layer);
+            if let Err(o) = p.put(&key, layer_ref).await {
+                return (false, Some(format!("ref upload failed: {o}")));
             }
+            pause_for_tests("before-readback").await;
+            // Two persists of one layer race: the last ref wins. Read it back, and say so if
+            // it is not ours (the layer is still complete: whichever ref won names a complete
+            // layer on this store).
+            let note = match p
+                .get_capped(&key, crate::manifest::layer_ref::MAX_REF_BYTES as u64)
+                .await
+                .map(|b| LayerRef::parse(&b))
+            {
+                Ok(Ok((_, d))) if d == digest => None,
+                Ok(Ok((_, other))) => Some(format!(
+                    "another persist of this layer committed after this one: the ref now names manifest {} (not {})",
+                    other.to_hex(),
+                    digest.to_hex()
+                )),
+                Ok(Err(e)) => Some(format!("the ref read back is damaged: {e}")),
+                Err(o) => Some(format!("the ref could not be read back: {o}")),
+            };
+            (true, note)
         }
     });
     let results = futures::future::join_all(commits).await;
@@ -498,6 +599,28 @@ pub async fn persist(
         )));
     }
     Ok(report)
+}
+
+/// Test hook: with `WSFS_TEST_PAUSE=POINT:FILE` set, a persist reaching `POINT` creates
+/// `FILE.paused` and waits while `FILE` exists — so a test can run gc, or another persist,
+/// against a persist in flight. Points: `before-commit` (every chunk uploaded, no manifest or
+/// ref written yet), `before-readback` (the ref written, not yet read back).
+async fn pause_for_tests(point: &str) {
+    let Some(spec) = std::env::var_os("WSFS_TEST_PAUSE") else {
+        return;
+    };
+    let spec = spec.to_string_lossy().to_string();
+    let Some((at, file)) = spec.split_once(':') else {
+        return;
+    };
+    if at != point {
+        return;
+    }
+    let f = PathBuf::from(file);
+    let _ = std::fs::write(format!("{file}.paused"), b"");
+    while f.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 fn tokio_stream_of<T: Send + 'static>(

@@ -2,7 +2,9 @@
 //! chunk present)? `--deep` downloads and hashes every chunk instead of a HEAD.
 
 use crate::error::WsfsError;
+use crate::manifest::layer_ref::MAX_REF_BYTES;
 use crate::manifest::{self, keys, Digest, LayerRef, Manifest};
+use crate::store::chain::chunk_cap;
 use crate::store::verified::verify_blob;
 use crate::store::{Outcome, Provider, VerifiedChunk};
 use futures::StreamExt;
@@ -17,6 +19,8 @@ pub enum LayerState {
     Incomplete {
         chunks: usize,
         missing: Vec<Digest>,
+        /// How many of `missing` were there but damaged (not just absent).
+        corrupt: usize,
         problems: Vec<String>,
     },
     NoRef(Outcome),
@@ -39,12 +43,12 @@ impl StoreReport {
 
 async fn manifest_on(p: &Provider, ws: &str, layer: &str) -> Result<Manifest, LayerState> {
     let r = p
-        .get(&keys::layer_ref(ws, layer))
+        .get_capped(&keys::layer_ref(ws, layer), MAX_REF_BYTES as u64)
         .await
         .map_err(LayerState::NoRef)?;
     let (_, digest) = LayerRef::parse(&r).map_err(|e| LayerState::BadManifest(e.to_string()))?;
     let body = p
-        .get(&keys::manifest(&digest))
+        .get_capped(&keys::manifest(&digest), manifest::MAX_MANIFEST_BYTES)
         .await
         .map_err(|o| LayerState::BadManifest(format!("manifest {}: {o}", digest.short())))?;
     verify_blob(&digest, &body)
@@ -52,32 +56,40 @@ async fn manifest_on(p: &Provider, ws: &str, layer: &str) -> Result<Manifest, La
     manifest::decode(&body).map_err(|e| LayerState::BadManifest(e.to_string()))
 }
 
+/// One chunk's check: Err((message, damaged)), damaged meaning the object was there but did
+/// not verify (as opposed to absent or unreachable).
+type ChunkCheck = Result<(), (String, bool)>;
+
 async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerState, Vec<String>) {
     let m = match manifest_on(p, ws, layer).await {
         Ok(m) => m,
         Err(s) => return (s, Vec::new()),
     };
-    let results: Vec<(Digest, Result<(), String>)> = futures::stream::iter(m.chunks.iter())
+    let results: Vec<(Digest, ChunkCheck)> = futures::stream::iter(m.chunks.iter())
         .map(|c| async move {
             let key = keys::chunk(&c.hash);
+            let damaged = |o: &Outcome| matches!(o, Outcome::Corrupt(_) | Outcome::Short { .. });
             let r = if deep {
-                match p.get(&key).await {
+                match p.get_capped(&key, chunk_cap(c)).await {
                     Ok(b) => VerifiedChunk::from_stored(c, &b)
                         .map(|_| ())
-                        .map_err(|o| o.to_string()),
-                    Err(o) => Err(o.to_string()),
+                        .map_err(|o| (o.to_string(), true)),
+                    Err(o) => Err((o.to_string(), damaged(&o))),
                 }
             } else {
                 match p.head(&key).await {
                     Ok(size) if size == u64::from(c.stored_len) => Ok(()),
                     // Another length may be another valid encoding: only the content decides.
-                    Ok(size) => match p.get(&key).await {
+                    Ok(size) => match p.get_capped(&key, chunk_cap(c)).await {
                         Ok(b) => VerifiedChunk::from_stored(c, &b).map(|_| ()).map_err(|o| {
-                            format!("stored size {size}, expected {}: {o}", c.stored_len)
+                            (
+                                format!("stored size {size}, expected {}: {o}", c.stored_len),
+                                true,
+                            )
                         }),
-                        Err(o) => Err(o.to_string()),
+                        Err(o) => Err((o.to_string(), damaged(&o))),
                     },
-                    Err(o) => Err(o.to_string()),
+                    Err(o) => Err((o.to_string(), damaged(&o))),
                 }
             };
             (c.hash, r)
@@ -87,11 +99,13 @@ async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerS
         .await;
     let mut missing = Vec::new();
     let mut problems = Vec::new();
+    let mut corrupt = 0;
     for (d, r) in results {
-        if let Err(why) = r {
+        if let Err((why, bad)) = r {
             if problems.len() < 5 {
                 problems.push(format!("chunk {}: {why}", d.short()));
             }
+            corrupt += usize::from(bad);
             missing.push(d);
         }
     }
@@ -104,6 +118,7 @@ async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerS
         LayerState::Incomplete {
             chunks: m.chunks.len(),
             missing,
+            corrupt,
             problems,
         }
     };
@@ -161,9 +176,10 @@ pub fn judge(reports: &[StoreReport], all: bool) -> (String, Result<(), WsfsErro
                 LayerState::Incomplete {
                     chunks,
                     missing,
+                    corrupt,
                     problems,
                 } => format!(
-                    "incomplete: {} of {chunks} chunks missing or bad [{}]",
+                    "incomplete: {} of {chunks} chunks missing, {corrupt} of them damaged [{}]",
                     missing.len(),
                     problems.join("; ")
                 ),
@@ -180,13 +196,25 @@ pub fn judge(reports: &[StoreReport], all: bool) -> (String, Result<(), WsfsErro
                 .any(|(n, s)| n == l && matches!(s, LayerState::Complete { .. }))
         })
     };
+    // Damage found anywhere makes a failure an integrity failure (exit 4), not a missing one.
+    let damaged = reports.iter().any(|r| {
+        r.layers.iter().any(|(_, s)| {
+            matches!(s, LayerState::Incomplete { corrupt, .. } if *corrupt > 0)
+                || matches!(s, LayerState::BadManifest(_))
+        })
+    });
+    let fail = |msg: String| {
+        if damaged {
+            WsfsError::Integrity(format!("{msg} (damaged objects found)"))
+        } else {
+            WsfsError::Missing(msg)
+        }
+    };
     let verdict = if all {
         if reports.iter().all(|r| r.complete()) {
             Ok(())
         } else {
-            Err(WsfsError::Missing(
-                "not every store is complete (--all)".into(),
-            ))
+            Err(fail("not every store is complete (--all)".into()))
         }
     } else {
         let bad: Vec<&str> = layer_names
@@ -197,11 +225,72 @@ pub fn judge(reports: &[StoreReport], all: bool) -> (String, Result<(), WsfsErro
         if bad.is_empty() && !layer_names.is_empty() {
             Ok(())
         } else {
-            Err(WsfsError::Missing(format!(
+            Err(fail(format!(
                 "no store holds a complete copy of layer(s): {}",
                 bad.join(", ")
             )))
         }
     };
     (text, verdict)
+}
+
+/// `verify --repair`: writes every missing or damaged chunk of an incomplete store back from a
+/// good copy (fetched and verified through the chain of the other stores). Returns lines of
+/// what was done; refs are never written (a store's ref promises a complete layer, which a
+/// repair of chunks alone cannot know for layers verify did not check).
+pub async fn repair(providers: &[Arc<Provider>], ws: &str, reports: &[StoreReport]) -> Vec<String> {
+    let chain = crate::store::Chain::from_arcs(providers.to_vec());
+    let mut out = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        let Some(p) = providers.get(i) else { continue };
+        for (layer, state) in &r.layers {
+            let LayerState::Incomplete { missing, .. } = state else {
+                continue;
+            };
+            let m = match chain.resolve_layer(ws, layer).await {
+                Ok(m) => m.manifest,
+                Err(e) => {
+                    out.push(format!(
+                        "{}: layer {layer}: cannot read its manifest: {e}",
+                        p.name
+                    ));
+                    continue;
+                }
+            };
+            let (mut fixed, mut failed) = (0, 0);
+            for d in missing {
+                let Some(info) = m.chunks.iter().find(|c| c.hash == *d) else {
+                    continue;
+                };
+                let good = match chain.fetch_chunk(info).await {
+                    Ok(c) => c.value,
+                    Err(_) => {
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let stored = match crate::manifest::chunker::compress(good.data()) {
+                    Ok(s) => bytes::Bytes::from(s),
+                    Err(_) => {
+                        failed += 1;
+                        continue;
+                    }
+                };
+                match p.put(&keys::chunk(d), stored).await {
+                    Ok(()) => fixed += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            out.push(format!(
+                "{}: layer {layer}: {fixed} chunk(s) rewritten from a good copy{}",
+                p.name,
+                if failed > 0 {
+                    format!(", {failed} could not be (no good copy, or the write failed)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    out
 }

@@ -1077,11 +1077,14 @@ async fn resolve_layer_with_manifest_missing_everywhere_fails() {
         .await
         .err()
         .expect("no manifest");
-    assert!(e.all_not_found());
+    // Store 1's ref was unusable (its manifest is nowhere), so store 2's ref was tried: none.
+    assert_eq!(labels(&e.attempts), ["unavailable", "not_found"], "{e}");
     assert!(
         e.to_string().contains(&format!("manifest {}", d.short())),
         "{e}"
     );
+    // Nothing damaged: a missing layer (exit 3), not an integrity failure.
+    assert_eq!(wsfs::error::WsfsError::from_missed(&e).exit_code(), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -151,8 +151,36 @@ fn file_versus_directory_is_a_conflict_and_missing_layers_exit_3() {
     let _m = mount(&s, &[s.store("st")], "ws", &["g"], &mp, &[]);
     assert_eq!(read(&mp, "thing"), "now a file");
     drop(_m);
-    // A parent no store has: exit 3, naming it.
+    // A parent no store has: the persist is refused (exit 3), naming it.
+    let orphan = s.path("src-orphan");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("o.txt"), "o").unwrap();
+    let o = persist(
+        &s,
+        &[s.store("st")],
+        "ws",
+        "orphan",
+        &orphan,
+        &["--parent", "ghost"],
+    );
+    assert_code(&o, 3);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"ghost\""),
+        "{}",
+        text(&o)
+    );
+    // A pinned parent whose manifest is gone from every store: the mount fails (exit 3),
+    // naming it.
+    layer(&s, "ghost", &[], &[("g.txt", "g")]);
     layer(&s, "orphan", &["ghost"], &[("o.txt", "o")]);
+    let ghost_ref: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("st/workspaces/ws/layers/ghost")).unwrap())
+            .unwrap();
+    std::fs::remove_file(s.path(&format!(
+        "st/manifests/{}",
+        ghost_ref["manifest"].as_str().unwrap()
+    )))
+    .unwrap();
     let o = mount_cmd(&s, &[s.store("st")], "ws", &["orphan"], &mp, &[]);
     assert_code(&o, 3);
     assert!(

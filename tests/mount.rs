@@ -444,7 +444,10 @@ fn a_file_that_cannot_be_read_fails_the_persist() {
         "{}",
         text(&o)
     );
-    assert!(!s.path("s3/workspaces").exists(), "no ref committed");
+    assert!(
+        !s.path("s3/workspaces/ws/layers/outer").exists(),
+        "no ref committed"
+    );
 }
 
 #[test]

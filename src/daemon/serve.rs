@@ -337,6 +337,9 @@ fn mount_ids_at(mp: &Path) -> Vec<u64> {
 struct Serving {
     done: std::sync::mpsc::Receiver<std::io::Result<()>>,
     metrics: Option<metrics::FileExporter>,
+    /// The mount's lease on its stores (gc keeps what it names), taken in the background so
+    /// that a slow store does not delay readiness.
+    lease: tokio::task::JoinHandle<crate::retention::lease::Held>,
 }
 
 /// Step 3: the FUSE session on the connection, the status socket and runtime record, metrics,
@@ -472,7 +475,21 @@ fn start_serving(
     if args.warm_kernel && first {
         start_warmup(fs, &mp, notifier, built.rt.handle().clone(), args);
     }
-    Ok(Serving { done, metrics })
+    // The same lease key for every daemon of this mount: a replacement renews it.
+    let (providers, workspace, lease_mp) = (
+        built.chain.providers().to_vec(),
+        args.workspace.clone(),
+        mp.clone(),
+    );
+    let manifests = conn.layers.iter().map(|l| l.manifest.clone()).collect();
+    let lease = built.rt.spawn(async move {
+        crate::retention::lease::hold_for_mount(&providers, &workspace, &lease_mp, manifests).await
+    });
+    Ok(Serving {
+        done,
+        metrics,
+        lease,
+    })
 }
 
 /// Logs once if the keeper goes away: from then on this daemon's death ends the mount (ENOTCONN).
@@ -500,7 +517,11 @@ fn wait(
     conn: &ConnState,
     serving: Serving,
 ) -> Result<(), WsfsError> {
-    let Serving { done, metrics } = serving;
+    let Serving {
+        done,
+        metrics,
+        lease,
+    } = serving;
     let mp = args.mountpoint.clone();
     built.rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -535,6 +556,15 @@ fn wait(
     if let Some(x) = metrics {
         x.finish();
     }
+    // Unmounted: nothing is in use any more.
+    let _ = built.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            if let Ok(held) = lease.await {
+                held.release().await;
+            }
+        })
+        .await
+    });
     runtime::remove_record(&mp);
     tracing::info!(mountpoint = %mp.display(), "the mount's session ended; daemon exiting");
     Ok(())

@@ -14,6 +14,8 @@ const HEADER_LEN: usize = 12;
 /// Upper bound on a decompressed manifest body: ~2M entries. Protects the decoder from a
 /// decompression bomb in a corrupt or hostile manifest.
 const MAX_BODY: usize = 512 << 20;
+/// Upper bound on a stored (compressed) manifest: a larger object is not read.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_BODY>()

@@ -8,7 +8,7 @@ pub mod names;
 pub mod types;
 pub mod validate;
 
-pub use codec::{decode, encode, FORMAT_VERSION};
+pub use codec::{decode, encode, FORMAT_VERSION, MAX_MANIFEST_BYTES};
 pub use layer_ref::LayerRef;
 pub use types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, RootMeta};
 
@@ -42,4 +42,17 @@ pub mod keys {
     pub fn layer_ref(workspace: &str, layer: &str) -> String {
         format!("workspaces/{workspace}/layers/{layer}")
     }
+
+    /// Everything per workspace (refs and leases) lives under this prefix.
+    pub const WORKSPACES: &str = "workspaces";
+    pub const CHUNKS: &str = "chunks";
+    pub const MANIFESTS: &str = "manifests";
+
+    /// A lease: a mount, a persist or a gc saying "I am using this store until …".
+    pub fn lease(workspace: &str, id: &str) -> String {
+        format!("workspaces/{workspace}/leases/{id}")
+    }
+
+    /// The lock a gc holds on a store while it deletes (persists wait for it).
+    pub const GC_LOCK: &str = "gc/lock";
 }

@@ -7,6 +7,7 @@ use super::outcome::{AllMissed, Attempt, Outcome};
 use super::provider::{Provider, ProviderBuildError};
 use super::stats::{inc, ChainStats};
 use super::verified::{verify_blob, VerifiedChunk};
+use crate::manifest::layer_ref::MAX_REF_BYTES;
 use crate::manifest::{self, keys, ChunkInfo, Digest, LayerRef, Manifest};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct ResolvedLayer {
     /// replacement daemon can rebuild the same tree without any store.
     pub bytes: Bytes,
     pub created: i64,
+    /// The ancestors the ref pins (name → manifest digest); empty for refs of older versions.
+    pub ancestors: std::collections::BTreeMap<String, Digest>,
 }
 
 struct RepairJob {
@@ -59,6 +62,15 @@ impl Chain {
             .map(|s| Provider::from_spec(s, limits))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Chain::new(providers))
+    }
+
+    /// A chain of providers that are shared (persist, verify, gc hold them too).
+    pub fn from_arcs(providers: Vec<Arc<Provider>>) -> Chain {
+        Chain {
+            providers,
+            stats: Arc::default(),
+            repair: None,
+        }
     }
 
     pub fn providers(&self) -> &[Arc<Provider>] {
@@ -95,16 +107,31 @@ impl Chain {
     /// Tries `key` on each provider in order; `check` turns the body into a verified value or a
     /// miss. A provider whose breaker is open is skipped, and asked last only if every other
     /// provider missed.
+    /// `cap` bounds the object: a larger one is a miss (`corrupt`) without being read whole.
     pub async fn fetch<T>(
         &self,
         what: &str,
         key: &str,
+        cap: u64,
+        check: impl Fn(&Bytes) -> Result<T, Outcome>,
+    ) -> Result<Served<T>, AllMissed> {
+        let all: Vec<usize> = (0..self.providers.len()).collect();
+        self.fetch_among(&all, what, key, cap, check).await
+    }
+
+    /// [`Chain::fetch`] over some of the providers (indexes, in order).
+    async fn fetch_among<T>(
+        &self,
+        order: &[usize],
+        what: &str,
+        key: &str,
+        cap: u64,
         check: impl Fn(&Bytes) -> Result<T, Outcome>,
     ) -> Result<Served<T>, AllMissed> {
         let mut attempts: Vec<Attempt> = Vec::with_capacity(self.providers.len());
         let mut skipped = Vec::new();
         let mut missed_here = Vec::new();
-        let order: Vec<usize> = (0..self.providers.len()).collect();
+        let order: Vec<usize> = order.to_vec();
         for pass in 0..2 {
             let candidates: Vec<usize> = if pass == 0 {
                 order.clone()
@@ -123,7 +150,7 @@ impl Chain {
                     skipped.push(i);
                     continue;
                 }
-                let (r, elapsed) = p.attempt(p.get(key)).await;
+                let (r, elapsed) = p.attempt(p.get_capped(key, cap)).await;
                 let verified = r.and_then(|body| check(&body).map(|v| (v, body)));
                 match verified {
                     Ok((value, body)) => {
@@ -209,7 +236,7 @@ impl Chain {
     /// Fetches and verifies one chunk.
     pub async fn fetch_chunk(&self, info: &ChunkInfo) -> Result<Served<VerifiedChunk>, AllMissed> {
         let what = format!("chunk {}", info.hash.short());
-        self.fetch(&what, &keys::chunk(&info.hash), |b| {
+        self.fetch(&what, &keys::chunk(&info.hash), chunk_cap(info), |b| {
             VerifiedChunk::from_stored(info, b)
         })
         .await
@@ -231,60 +258,124 @@ impl Chain {
         digest: &Digest,
     ) -> Result<Served<(Manifest, Bytes)>, AllMissed> {
         let what = format!("manifest {}", digest.short());
-        self.fetch(&what, &keys::manifest(digest), |b| {
-            verify_blob(digest, b)?;
-            let m = manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))?;
-            Ok((m, b.clone()))
-        })
+        self.fetch(
+            &what,
+            &keys::manifest(digest),
+            manifest::MAX_MANIFEST_BYTES,
+            |b| {
+                verify_blob(digest, b)?;
+                let m = manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))?;
+                Ok((m, b.clone()))
+            },
+        )
         .await
     }
 
-    /// Finds a layer: its ref on the first provider that has one, then that manifest through the
-    /// whole chain (verified against the digest the ref names).
+    /// Finds a layer: its ref on the first provider that has a valid one, then that manifest
+    /// through the whole chain (verified against the digest the ref names). A ref whose manifest
+    /// no provider can serve (missing, damaged, or another layer's) falls over to the next
+    /// provider's ref: the first store with a complete, valid ref → manifest wins.
     pub async fn resolve_layer(
         &self,
         workspace: &str,
         layer: &str,
     ) -> Result<ResolvedLayer, AllMissed> {
         let what = format!("layer {layer:?} of workspace {workspace:?}");
-        let r = self
-            .fetch(
-                &format!("ref of {what}"),
-                &keys::layer_ref(workspace, layer),
-                |b| {
-                    // Nothing arrived (a 200 with an empty body): `short`, as for manifests and
-                    // chunks, not a damaged ref.
-                    if b.is_empty() {
-                        return Err(Outcome::Short { got: 0, want: 1 });
+        let key = keys::layer_ref(workspace, layer);
+        let mut candidates: Vec<usize> = (0..self.providers.len()).collect();
+        // Refs that were found but whose manifest could not be had, as attempts of their store.
+        let mut unusable: Vec<Attempt> = Vec::new();
+        loop {
+            let r = self
+                .fetch_among(
+                    &candidates,
+                    &format!("ref of {what}"),
+                    &key,
+                    MAX_REF_BYTES as u64,
+                    |b| {
+                        // Nothing arrived (a 200 with an empty body): `short`, as for manifests
+                        // and chunks, not a damaged ref.
+                        if b.is_empty() {
+                            return Err(Outcome::Short { got: 0, want: 1 });
+                        }
+                        LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+                    },
+                )
+                .await;
+            let r = match r {
+                Ok(r) => r,
+                Err(mut missed) => {
+                    // Stores whose ref was fine but whose manifest was not say so.
+                    for u in unusable {
+                        missed.attempts.retain(|a| a.provider != u.provider);
+                        missed.attempts.push(u);
                     }
-                    LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))
-                },
-            )
-            .await?;
-        let (layer_ref, digest) = r.value;
-        let m = self.fetch_manifest_bytes(&digest).await.map_err(|mut e| {
-            e.what = format!("manifest {} of {what}", digest.short());
-            e
-        })?;
-        let (manifest, bytes) = m.value;
-        if manifest.workspace != workspace || manifest.layer != layer {
-            return Err(AllMissed {
-                what: format!("manifest of {what}"),
-                attempts: vec![Attempt {
-                    provider: self.providers[m.provider].name.clone(),
-                    outcome: Outcome::Corrupt(format!(
-                        "the ref points at the manifest of layer {:?} of workspace {:?}",
+                    let pos = |name: &str| self.providers.iter().position(|p| p.name == name);
+                    missed.attempts.sort_by_key(|a| pos(&a.provider));
+                    missed.what = format!("ref of {what}");
+                    return Err(missed);
+                }
+            };
+            let (layer_ref, digest) = r.value;
+            let from = r.provider;
+            let problem = match self.fetch_manifest_bytes(&digest).await {
+                Ok(m) => {
+                    let (manifest, bytes) = m.value;
+                    if manifest.workspace == workspace && manifest.layer == layer {
+                        let ancestors = layer_ref.pinned().unwrap_or_default();
+                        return Ok(ResolvedLayer {
+                            digest,
+                            manifest,
+                            bytes,
+                            created: layer_ref.created,
+                            ancestors,
+                        });
+                    }
+                    Outcome::Corrupt(format!(
+                        "its ref points at the manifest of layer {:?} of workspace {:?}",
                         manifest.layer, manifest.workspace
-                    )),
-                    elapsed: Default::default(),
-                }],
+                    ))
+                }
+                Err(missed) => {
+                    let corrupt = missed
+                        .attempts
+                        .iter()
+                        .find(|a| matches!(a.outcome, Outcome::Corrupt(_)));
+                    match corrupt {
+                        Some(a) => Outcome::Corrupt(format!(
+                            "its ref names manifest {}, which is damaged ({}: {})",
+                            digest.short(),
+                            a.provider,
+                            a.outcome
+                        )),
+                        None => Outcome::Unavailable(format!(
+                            "its ref names manifest {}, which no store could serve ({missed})",
+                            digest.short()
+                        )),
+                    }
+                }
+            };
+            tracing::warn!(
+                store = %self.providers[from].name,
+                layer,
+                workspace,
+                problem = %problem,
+                "the layer's ref on this store is unusable; trying the next store's ref"
+            );
+            unusable.push(Attempt {
+                provider: self.providers[from].name.clone(),
+                outcome: problem,
+                elapsed: Default::default(),
             });
+            candidates.retain(|&i| i > from);
         }
-        Ok(ResolvedLayer {
-            digest,
-            manifest,
-            bytes,
-            created: layer_ref.created,
-        })
     }
+}
+
+/// The most a chunk's stored object may weigh: its recorded stored length, or — for another
+/// valid encoding of the same bytes — zstd's bound for its raw length. Anything larger is not
+/// read.
+pub fn chunk_cap(info: &ChunkInfo) -> u64 {
+    let raw = u64::from(info.raw_len);
+    u64::from(info.stored_len).max(raw + raw / 128 + 1024)
 }

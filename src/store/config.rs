@@ -148,6 +148,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "ms" => n / 1000.0,
         "s" | "sec" | "secs" => n,
         "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return None,
     };
     Some(Duration::from_secs_f64(secs))
@@ -160,6 +162,11 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_duration("15d"),
+            Some(Duration::from_secs(15 * 86_400))
+        );
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));

@@ -19,5 +19,5 @@ pub mod verified;
 pub use chain::{Chain, ResolvedLayer, Served};
 pub use config::{chain_specs, Limits, StoreSpec};
 pub use outcome::{AllMissed, Attempt, Outcome};
-pub use provider::Provider;
+pub use provider::{Listed, Provider};
 pub use verified::VerifiedChunk;

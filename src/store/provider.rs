@@ -14,11 +14,27 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// An object found by [`Provider::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The key, relative to the store's prefix (`chunks/ab/ab12…`).
+    pub key: String,
+    pub size: u64,
+    /// Last modified, Unix seconds.
+    pub modified: i64,
+}
+
+/// The longest a whole listing may take (pages are bounded by the request timeout).
+pub const LIST_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 pub struct Provider {
     /// Display name: the URL without credentials or query, e.g. `s3://bucket/prefix`.
     pub name: String,
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
+    /// For a `file://` store, its directory (gc sweeps upload leftovers there, which object
+    /// listings do not show).
+    local_dir: Option<std::path::PathBuf>,
     pub limits: Limits,
     pub breaker: Breaker,
     pub stats: ProviderStats,
@@ -67,10 +83,14 @@ impl Provider {
                 url: display_name(&url),
                 why,
             })?;
+        let local_dir = (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten();
         Ok(Provider {
             name: display_name(&url),
             store,
             prefix,
+            local_dir,
             limits,
             breaker: Breaker::default(),
             stats: ProviderStats::default(),
@@ -84,6 +104,7 @@ impl Provider {
             name: name.to_string(),
             store,
             prefix: StorePath::default(),
+            local_dir: None,
             limits,
             breaker: Breaker::default(),
             stats: ProviderStats::default(),
@@ -99,15 +120,71 @@ impl Provider {
         p
     }
 
-    /// GETs a whole object. Chunks are fetched whole: they are small, and some servers (moto)
-    /// read the whole object for every range request anyway.
-    pub async fn get(&self, key: &str) -> Result<Bytes, Outcome> {
+    /// GETs a whole object of at most `cap` bytes. Chunks are fetched whole: they are small,
+    /// and some servers (moto) read the whole object for every range request anyway. An object
+    /// larger than `cap` (by its announced size, or as it streams in) is `corrupt`, and its
+    /// body is not read: a huge object in place of a chunk must not take the daemon's memory.
+    pub async fn get_capped(&self, key: &str, cap: u64) -> Result<Bytes, Outcome> {
+        use futures::StreamExt;
         let path = self.path(key);
         let fut = async {
             let r = self.store.get(&path).await.map_err(classify)?;
-            r.bytes().await.map_err(classify)
+            let size = r.meta.size;
+            if size > cap {
+                return Err(Outcome::Corrupt(format!(
+                    "object of {size} bytes where at most {cap} belong; not read"
+                )));
+            }
+            let mut body = bytes::BytesMut::with_capacity(size as usize);
+            let mut stream = r.into_stream();
+            while let Some(part) = stream.next().await {
+                let part = part.map_err(classify)?;
+                if body.len() as u64 + part.len() as u64 > cap {
+                    return Err(Outcome::Corrupt(format!(
+                        "object larger than the {cap} bytes that belong; not read"
+                    )));
+                }
+                body.extend_from_slice(&part);
+            }
+            Ok(body.freeze())
         };
         self.bounded(fut).await
+    }
+
+    /// The directory of a `file://` store.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
+    }
+
+    /// Every object under `prefix` (a key prefix ending at a `/` boundary, e.g. `chunks` or
+    /// `workspaces/ws`), with its size and last-modified time. Each page of the listing is
+    /// bounded by the store's request timeout; the whole listing by [`LIST_LIMIT`].
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, Outcome> {
+        use futures::TryStreamExt;
+        let path = self.path(prefix);
+        let base = self.prefix.parts().count();
+        let all = self
+            .store
+            .list(Some(&path))
+            .map_err(classify)
+            .try_collect::<Vec<_>>();
+        let metas = tokio::time::timeout(LIST_LIMIT, all)
+            .await
+            .map_err(|_| Outcome::Timeout(LIST_LIMIT))??;
+        Ok(metas
+            .into_iter()
+            .map(|m| Listed {
+                key: m
+                    .location
+                    .parts()
+                    .skip(base)
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                size: m.size,
+                modified: m.last_modified.timestamp(),
+            })
+            .collect())
     }
 
     /// HEAD: the stored size of an object.
@@ -134,6 +211,40 @@ impl Provider {
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(Outcome::Timeout(limit)),
         }
+    }
+
+    /// Deletes many objects, in bulk where the store can (S3: 1,000 per request). `done` is
+    /// called once per key handled. A key that is already gone counts as deleted; the other
+    /// failures are returned (at most 100 of them described).
+    pub async fn delete_many(
+        &self,
+        keys: Vec<String>,
+        done: &(dyn Fn() + Sync),
+    ) -> Result<Vec<String>, Outcome> {
+        use futures::StreamExt;
+        let paths: Vec<object_store::Result<StorePath>> =
+            keys.iter().map(|k| Ok(self.path(k))).collect();
+        let mut errors = Vec::new();
+        let work = async {
+            let mut results = self
+                .store
+                .delete_stream(futures::stream::iter(paths).boxed());
+            while let Some(r) = results.next().await {
+                done();
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        if errors.len() < 100 {
+                            errors.push(classify(e).to_string());
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(LIST_LIMIT, work)
+            .await
+            .map_err(|_| Outcome::Timeout(LIST_LIMIT))?;
+        Ok(errors)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), Outcome> {
