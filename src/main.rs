@@ -45,6 +45,47 @@ fn providers(s: &StoreArgs) -> Result<Vec<Arc<Provider>>, WsfsError> {
     Ok(chain.providers().to_vec())
 }
 
+/// Everything about a mount's input that can be judged without a store, judged before anything
+/// starts: bad names, zero timeouts, unusable store URLs and metrics files are usage errors
+/// (exit 2) with the reason, not "missed on every provider" later.
+fn check_mount_input(
+    store: &StoreArgs,
+    specs: &[wsfs::store::StoreSpec],
+    workspace: &str,
+    layers: &[String],
+    read_deadline: std::time::Duration,
+    metrics_file: Option<&std::path::Path>,
+) -> Result<(), WsfsError> {
+    use wsfs::manifest::names::validate_name;
+    validate_name("workspace", workspace).map_err(WsfsError::Usage)?;
+    for l in layers {
+        validate_name("layer", l).map_err(WsfsError::Usage)?;
+    }
+    for (what, d) in [
+        ("--request-timeout", store.request_timeout),
+        ("--connect-timeout", store.connect_timeout),
+        ("--read-deadline", read_deadline),
+    ] {
+        if d.is_zero() {
+            return Err(WsfsError::Usage(format!(
+                "{what} must be longer than 0 (every request would time out)"
+            )));
+        }
+    }
+    if specs.is_empty() {
+        return Err(WsfsError::Usage(
+            "no store given: pass --store URL (repeatable) or --config FILE".into(),
+        ));
+    }
+    for spec in specs {
+        Provider::from_spec(spec, limits(store)).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    }
+    if let Some(p) = metrics_file {
+        wsfs::ops::metrics::check_file(p)?;
+    }
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, WsfsError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -199,6 +240,14 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             attach_lower,
         } => {
             let specs = specs(&store)?;
+            check_mount_input(
+                &store,
+                &specs,
+                &workspace,
+                &layers,
+                read_deadline,
+                metrics_file.as_deref(),
+            )?;
             if (uid.is_some() || gid.is_some()) && !allow_other && attach_lower.is_none() {
                 return Err(WsfsError::Usage(
                     "--uid/--gid make the files another user's, but without --allow-other the kernel lets only the mounting user into the mount: add --allow-other (file modes then decide who may read what)".into(),

@@ -230,3 +230,124 @@ fn config_file_orders_the_chain_before_flags() {
     let b = t.find("/flag:").expect("flag store listed");
     assert!(a < b, "config stores come first: {t}");
 }
+
+#[test]
+fn bad_mount_input_is_a_usage_error_before_anything_starts() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 5, 0, 3);
+    assert_ok(&persist(&s, &[s.store("s1")], "ws", "l1", &src, &[]));
+    let mp = s.mkdir("mnt");
+    let st = s.store("s1");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--store", &st, "--workspace", "ws", "--layer", "a/b"],
+            "layer name",
+        ),
+        (
+            vec!["--store", &st, "--workspace", "ws", "--layer", ".."],
+            "layer name",
+        ),
+        (
+            vec!["--store", &st, "--workspace", "ws", "--layer", ""],
+            "layer name",
+        ),
+        (
+            vec!["--store", &st, "--workspace", "ws", "--layer", "a\nb"],
+            "layer name",
+        ),
+        (
+            vec!["--store", &st, "--workspace", "..", "--layer", "l1"],
+            "workspace name",
+        ),
+        (
+            vec![
+                "--store",
+                &st,
+                "--workspace",
+                "ws",
+                "--layer",
+                "l1",
+                "--request-timeout",
+                "0s",
+            ],
+            "--request-timeout",
+        ),
+        (
+            vec![
+                "--store",
+                &st,
+                "--workspace",
+                "ws",
+                "--layer",
+                "l1",
+                "--read-deadline",
+                "0s",
+            ],
+            "--read-deadline",
+        ),
+        (
+            vec!["--store", "file:", "--workspace", "ws", "--layer", "l1"],
+            "file:",
+        ),
+        (vec!["--workspace", "ws", "--layer", "l1"], "no store"),
+        (
+            vec![
+                "--store",
+                &st,
+                "--workspace",
+                "ws",
+                "--layer",
+                "l1",
+                "--metrics-file",
+                "x.txt",
+            ],
+            ".prom",
+        ),
+    ];
+    for (args, says) in cases {
+        let mut a = vec!["mount"];
+        a.extend(args.iter().copied());
+        a.push(mp.to_str().unwrap());
+        let o = s.wsfs(&a);
+        assert_code(&o, 2);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(says),
+            "{args:?} should say {says:?}: {}",
+            text(&o)
+        );
+        assert!(!is_mounted(&mp), "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 5, 0, 3);
+    assert_ok(&persist(&s, &[s.store("s1")], "ws", "l1", &src, &[]));
+    for args in [vec!["ls", "--store", &s.store("s1")], vec!["status"]] {
+        // A pipe whose reader is gone, as when `| head` has exited.
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid array of two ints.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created; the write end moves into the child.
+        unsafe { libc::close(fds[0]) };
+        let out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+        let o = std::process::Command::new(WSFS)
+            .args(&args)
+            .env("WSFS_RUN_DIR", s.run_dir())
+            .stdout(out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}

@@ -535,3 +535,37 @@ fn allow_other_lets_an_ordinary_user_read_with_modes_enforced() {
         text(&o)
     );
 }
+
+#[test]
+fn ioctls_are_answered_not_a_tty_quietly_and_counted() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s, 5, 0);
+    let mp = s.mkdir("mnt");
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--prefetch", "none"],
+    );
+    for _ in 0..3 {
+        let f = std::fs::File::open(mp.join("run.sh")).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor; isatty only issues TCGETS.
+        assert_eq!(unsafe { libc::isatty(f.as_raw_fd()) }, 0);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+    let st = status_json(&s, &mp);
+    assert!(st["fuse_ops"]["ioctl"].as_u64().unwrap() >= 3, "{st}");
+    let log = std::fs::read_dir(s.run_dir().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}

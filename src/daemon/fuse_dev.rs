@@ -177,6 +177,18 @@ fn mount_fusermount3(mountpoint: &Path, opts: &MountOptions) -> io::Result<Owned
         .ok_or_else(|| io::Error::other("fusermount3 did not pass a /dev/fuse descriptor"))
 }
 
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries kept), close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Receives one message and at most one descriptor from a Unix socket. `Ok(None)` at the end
 /// of the stream.
 pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Vec<u8>)>> {
@@ -323,15 +335,8 @@ pub fn start_session<FS: fuser::Filesystem>(
     acl: fuser::SessionACL,
     config: fuser::Config,
 ) -> io::Result<fuser::Session<FS>> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     check_init(init)?;
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    let (ours, theirs) = seqpacket_pair()?;
     send_msg(ours.as_fd(), init, None)?;
     let slot: RawFd = theirs.as_raw_fd();
     let session = fuser::Session::from_fd(fs, theirs, acl, config)?;
@@ -424,14 +429,7 @@ mod tests {
 
     #[test]
     fn messages_and_descriptors_cross_a_socketpair() {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair");
+        let (a, b) = seqpacket_pair().expect("socketpair");
         let f = std::fs::File::open("/proc/self/stat").expect("open");
         send_msg(a.as_fd(), b"hello", Some(f.as_fd())).expect("send");
         send_msg(a.as_fd(), b"plain", None).expect("send");

@@ -141,14 +141,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_with_a_descriptor() {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair");
+        let (a, b) = crate::daemon::fuse_dev::seqpacket_pair().expect("socketpair");
         let (a, b) = (Channel::new(a), Channel::new(b));
         let conn = ConnState {
             init: "00ff".into(),

@@ -143,7 +143,7 @@ pub fn run(
         .map_err(|e| WsfsError::Failed(format!("keeper: cannot block signals: {e}")))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| WsfsError::Failed(format!("keeper: signalfd: {e}")))?;
-    let before = mount_ids_at(&args.mountpoint);
+    let before = mountinfo::ids_at(&args.mountpoint);
     let mut k = Keeper {
         args,
         sigfd,
@@ -162,17 +162,6 @@ pub fn run(
     let r = k.main_loop(ready);
     k.finish();
     r
-}
-
-fn mount_ids_at(mp: &std::path::Path) -> Vec<u64> {
-    mountinfo::read_mounts()
-        .map(|m| {
-            m.iter()
-                .filter(|e| e.mount_point == mp)
-                .map(|e| e.mount_id)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Keeper {
@@ -246,14 +235,8 @@ impl Keeper {
 
     /// Starts a daemon with `first` as its first message (and the connection, for a takeover).
     fn spawn(&mut self, first: Msg, fd: Option<&OwnedFd>) -> Result<(), WsfsError> {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| WsfsError::Failed(format!("keeper: socketpair: {e}")))?;
+        let (ours, theirs) = super::fuse_dev::seqpacket_pair()
+            .map_err(|e| WsfsError::Failed(format!("keeper: socketpair: {e}")))?;
         let theirs_raw = theirs.as_raw_fd();
         // This very binary, even if the file was replaced by an upgrade since: a replacement
         // must answer the kernel exactly as the first daemon did.

@@ -289,7 +289,7 @@ fn connect(
         } => Ok((conn, fd, takeovers)),
         Start::First => {
             let mp = &args.mountpoint;
-            let before: Vec<u64> = mount_ids_at(mp);
+            let before: Vec<u64> = mountinfo::ids_at(mp);
             let opts = MountOptions {
                 fsname: format!("wsfs:{}", args.workspace),
                 allow_other: args.allow_other,
@@ -302,7 +302,7 @@ fn connect(
                     mp.display()
                 ))
             })?;
-            let mount_id = mount_ids_at(mp)
+            let mount_id = mountinfo::ids_at(mp)
                 .into_iter()
                 .rev()
                 .find(|id| !before.contains(id))
@@ -320,17 +320,6 @@ fn connect(
             Ok((conn, fd, 0))
         }
     }
-}
-
-fn mount_ids_at(mp: &Path) -> Vec<u64> {
-    mountinfo::read_mounts()
-        .map(|m| {
-            m.iter()
-                .filter(|e| e.mount_point == mp)
-                .map(|e| e.mount_id)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// What runs while the daemon serves.

@@ -8,9 +8,10 @@ use super::neighbours::NeighbourPush;
 use super::opstats::FuseOp;
 use crate::manifest::EntryKind;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -298,6 +299,26 @@ impl fuser::Filesystem for FuseAdapter {
         let t = self.fs.table();
         let blocks = t.total_bytes().div_ceil(4096);
         reply.statfs(blocks, 0, 0, t.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Tools ask every file they open whether it is a terminal (TCGETS) or for its flags
+        // (FS_IOC_GETFLAGS, overlayfs on copy-up): none applies here. Quietly "not a tty"
+        // (fuser's default logs a warning per call), counted like every other op.
+        tracing::trace!(ino = ino.0, cmd, "ioctl: ENOTTY");
+        self.count(FuseOp::Ioctl);
+        self.fs.ops.error(FuseOp::Ioctl);
+        reply.error(Errno::ENOTTY);
     }
 
     fn getxattr(

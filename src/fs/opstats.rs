@@ -17,10 +17,12 @@ pub enum FuseOp {
     Readdirplus,
     Opendir,
     Statfs,
+    /// Answered ENOTTY (terminal and file-flag ioctls tools send on every open).
+    Ioctl,
 }
 
 impl FuseOp {
-    pub const ALL: [FuseOp; 9] = [
+    pub const ALL: [FuseOp; 10] = [
         FuseOp::Lookup,
         FuseOp::Getattr,
         FuseOp::Readlink,
@@ -30,6 +32,7 @@ impl FuseOp {
         FuseOp::Readdirplus,
         FuseOp::Opendir,
         FuseOp::Statfs,
+        FuseOp::Ioctl,
     ];
 
     /// The `op` label value.
@@ -44,6 +47,7 @@ impl FuseOp {
             FuseOp::Readdirplus => "readdirplus",
             FuseOp::Opendir => "opendir",
             FuseOp::Statfs => "statfs",
+            FuseOp::Ioctl => "ioctl",
         }
     }
 }

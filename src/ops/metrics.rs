@@ -333,6 +333,13 @@ pub fn check_file(path: &Path) -> Result<PathBuf, WsfsError> {
             "is a directory; give a file path (e.g. …/wsfs.prom)".into()
         ));
     }
+    // node_exporter's textfile collector reads only *.prom files.
+    if abs.extension().is_none_or(|e| e != "prom") {
+        return Err(bad(
+            "the name must end in .prom (node_exporter's textfile collector reads only those)"
+                .into(),
+        ));
+    }
     let tmp = temp_path(&abs);
     std::fs::OpenOptions::new()
         .write(true)

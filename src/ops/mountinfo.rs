@@ -131,6 +131,18 @@ pub fn read_mounts() -> io::Result<Vec<MountEntry>> {
     parse_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The ids of every mount at exactly `mp` (stacked mounts included), from the mount table.
+pub fn ids_at(mp: &Path) -> Vec<u64> {
+    read_mounts()
+        .map(|m| {
+            m.iter()
+                .filter(|e| e.mount_point == mp)
+                .map(|e| e.mount_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Parses mountinfo text. Empty lines are ignored; any malformed line is an
 /// error (the kernel never produces one, so it signals a wrong input).
 pub fn parse(text: &str) -> Result<Vec<MountEntry>, ParseError> {

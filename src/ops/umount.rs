@@ -86,13 +86,14 @@ pub fn unmount_wsfs(abs: &Path, force: bool, timeout: Duration) -> Result<(), Ws
     if force {
         let rep = force_remove(abs, rec.as_ref(), timeout);
         runtime::remove_all(abs);
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
         println!(
-            "{}: clean={} aborted={} detached={} daemon_stopped={:?} in {:.2}s{}",
+            "{}: clean unmount: {}, connection aborted: {}, detached: {}, daemon stopped: {} ({:.2}s){}",
             abs.display(),
-            rep.clean_unmount,
-            rep.aborted,
-            rep.lazily_detached,
-            rep.daemon_stopped,
+            yes_no(rep.clean_unmount),
+            yes_no(rep.aborted),
+            yes_no(rep.lazily_detached),
+            rep.daemon_stopped.map(yes_no).unwrap_or("no daemon known"),
             rep.elapsed.as_secs_f64(),
             if rep.holders.is_empty() {
                 String::new()

@@ -78,6 +78,12 @@ impl Provider {
                 "{e} (expected e.g. file:///abs/dir, s3://bucket/prefix, gs://bucket/prefix)"
             ),
         })?;
+        if url.scheme() == "file" && url.path().trim_end_matches('/').is_empty() {
+            return Err(ProviderBuildError::BadUrl {
+                url: spec.url.clone(),
+                why: "a file store needs a directory: file:///absolute/dir".into(),
+            });
+        }
         let (store, prefix) =
             build_store(&url, &options, &limits).map_err(|why| ProviderBuildError::Build {
                 url: display_name(&url),
