@@ -816,3 +816,59 @@ fn ls_rm_and_gc_on_s3() {
     let _m = mount(&s, &st, "kept", &["l"], &mp, &[]);
     compare_trees(&keep, &mp);
 }
+
+#[test]
+fn ls_rm_and_a_dry_run_gc_on_fake_gcs() {
+    let e = env();
+    let s = Scratch::new();
+    let src = tree(&s, "src", 2);
+    assert_ok(&persist(&s, &[s.store("st")], "ws", "l", &src, &[]));
+    let b = unique("gcsls");
+    mk_gcs(&e, &b);
+    // fake-gcs-server takes uploads only through its JSON API: seed it from a file store.
+    gcs_seed(&e, &s.path("st"), &b, "p", |_| true);
+    let st = vec![format!("gs://{b}/p")];
+    let o = run(&s, &["ls", "--json"], &st);
+    assert_ok(&o);
+    let v = json(&o);
+    assert_eq!(v["workspaces"][0]["layers"][0]["layer"], "l", "{v}");
+    assert_eq!(
+        v["workspaces"][0]["layers"][0]["files"].as_u64(),
+        Some(3),
+        "{v}"
+    );
+    let o = run(
+        &s,
+        &[
+            "gc",
+            "--older-than",
+            "0s",
+            "--grace",
+            "0s",
+            "--dry-run",
+            "--json",
+        ],
+        &st,
+    );
+    assert_ok(&o);
+    let v = json(&o);
+    assert_eq!(v["stores"][0]["refs_expired"][0], "ws/l", "{v}");
+    assert!(
+        v["stores"][0]["chunks"]["deleted"].as_u64().unwrap() >= 2,
+        "{v}"
+    );
+    // The emulator refuses object_store's uploads, so a real gc cannot take its lock there: it
+    // says so and deletes nothing (a real GCS bucket takes the lock).
+    let o = run(&s, &["gc", "--older-than", "0s", "--grace", "0s"], &st);
+    assert_code(&o, 1);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("cannot write the gc lock"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&s, &["ls", "--json"], &st);
+    assert_eq!(json(&o)["workspaces"][0]["layers"][0]["layer"], "l");
+    // rm works there (deletes are accepted).
+    assert_ok(&run(&s, &["rm", "--workspace", "ws", "--layer", "l"], &st));
+    assert_code(&run(&s, &["ls", "--workspace", "ws"], &st), 3);
+}

@@ -99,3 +99,86 @@ pub fn s3_via(endpoint: &str) -> Vec<(&'static str, String)> {
         ("aws_allow_http", "true".to_string()),
     ]
 }
+
+pub fn mk_gcs(e: &Env, bucket: &str) {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .arg("--data")
+        .arg(format!("{{\"name\":\"{bucket}\"}}"))
+        .arg(format!("{}/storage/v1/b", e.gcs))
+        .output()
+        .expect("run curl");
+    let code = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        code == "200" || code == "409",
+        "creating GCS bucket {bucket}: HTTP {code} {}",
+        text(&o)
+    );
+}
+
+/// Copies the objects of a file:// store into a GCS bucket under `prefix`, keeping those whose
+/// key `keep` accepts. Why not `wsfs persist --store gs://…`: fake-gcs-server refuses
+/// object_store's uploads (its XML `PUT {base}/B/KEY` answers `400 invalid uploadType`); it only
+/// takes uploads through the JSON API, so the tests seed GCS over that API instead. Reads, which
+/// are what these tests exercise, work object_store-style.
+pub fn gcs_seed(
+    e: &Env,
+    store_dir: &Path,
+    bucket: &str,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+) -> usize {
+    let mut n = 0;
+    for ent in walkdir::WalkDir::new(store_dir)
+        .into_iter()
+        .map(|x| x.expect("walk store"))
+    {
+        if !ent.file_type().is_file() {
+            continue;
+        }
+        let rel = ent
+            .path()
+            .strip_prefix(store_dir)
+            .unwrap()
+            .to_str()
+            .expect("utf-8 key")
+            .to_string();
+        if !keep(&rel) {
+            continue;
+        }
+        let name = format!("{prefix}/{rel}").replace('/', "%2F");
+        let o = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .args([
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", ent.path().display()))
+            .arg(format!(
+                "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}",
+                e.gcs
+            ))
+            .output()
+            .expect("run curl");
+        let code = String::from_utf8_lossy(&o.stdout).to_string();
+        assert_eq!(
+            code,
+            "200",
+            "uploading {rel} to GCS bucket {bucket}: {}",
+            text(&o)
+        );
+        n += 1;
+    }
+    n
+}
