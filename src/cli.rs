@@ -37,6 +37,10 @@ pub struct StoreArgs {
     /// Requests in flight to each provider at once.
     #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub provider_concurrency: usize,
+    /// Accept only layer refs signed by this public key (from `wsfs keygen`; repeatable, for
+    /// rotation; also `trust_keys = [...]` in --config). Mount, attach and verify.
+    #[arg(long = "trust-key", value_name = "FILE.pub")]
+    pub trust_keys: Vec<PathBuf>,
 }
 
 pub fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
@@ -90,11 +94,19 @@ pub enum Command {
         /// Commit the layer even if it holds nothing (patterns that match nothing, an empty root).
         #[arg(long)]
         allow_empty: bool,
+        /// Sign the layer's ref with this secret key (from `wsfs keygen`).
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
         /// How long to wait for a `wsfs gc` running on a store before failing there.
         #[arg(long, default_value = "10m", value_parser = parse_dur)]
         gc_wait: std::time::Duration,
         /// Paths or globs relative to --root (default: everything).
         paths: Vec<String>,
+    },
+    /// Write a new Ed25519 key pair for signing layers: KEY (secret, mode 0600) and KEY.pub.
+    Keygen {
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
     },
     /// List workspaces and their layers (parents, pins, age, sizes, which stores have them).
     Ls {

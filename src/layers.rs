@@ -109,6 +109,7 @@ pub async fn resolve_closure(
                 manifest,
                 bytes,
                 ancestors: BTreeMap::new(),
+                signer: by.clone(),
             },
         );
     }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod error;
 pub mod fetcher;
 pub mod fs;
+pub mod keys;
 pub mod layers;
 pub mod manifest;
 pub mod mount;

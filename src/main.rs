@@ -39,6 +39,16 @@ fn specs(s: &StoreArgs) -> Result<Vec<wsfs::store::StoreSpec>, WsfsError> {
     chain_specs(s.config.as_deref(), &s.stores).map_err(|e| WsfsError::Usage(e.to_string()))
 }
 
+/// The trusted public keys: `--trust-key` files, then the config file's `trust_keys`.
+fn trust_keys(s: &StoreArgs) -> Result<Vec<ed25519_dalek::VerifyingKey>, WsfsError> {
+    let mut paths = s.trust_keys.clone();
+    paths.extend(
+        wsfs::store::config_trust_keys(s.config.as_deref())
+            .map_err(|e| WsfsError::Usage(e.to_string()))?,
+    );
+    wsfs::keys::load_trusted(&paths)
+}
+
 fn providers(s: &StoreArgs) -> Result<Vec<Arc<Provider>>, WsfsError> {
     let chain =
         Chain::from_specs(&specs(s)?, limits(s)).map_err(|e| WsfsError::Usage(e.to_string()))?;
@@ -83,6 +93,7 @@ fn check_mount_input(
     if let Some(p) = metrics_file {
         wsfs::ops::metrics::check_file(p)?;
     }
+    trust_keys(store)?;
     Ok(())
 }
 
@@ -104,9 +115,14 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             require,
             concurrency,
             allow_empty,
+            sign_key,
             gc_wait,
             paths,
         } => {
+            let sign_key = sign_key
+                .as_deref()
+                .map(wsfs::keys::load_signing_key)
+                .transpose()?;
             let require = require.parse().map_err(WsfsError::Usage)?;
             let rt = runtime()?;
             let _g = rt.enter();
@@ -125,12 +141,22 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                     progress,
                     gc_wait,
                     allow_empty,
+                    sign_key,
                 },
             ))?;
             for s in &report.skipped_special {
                 eprintln!("wsfs: warning: skipped special file {s}");
             }
             println!("{}", report.summary());
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let (public, id) = wsfs::keys::keygen(&out)?;
+            println!(
+                "secret key {} (keep it secret: CI secret store), public key {} (key id {id})",
+                out.display(),
+                public.display()
+            );
             Ok(())
         }
         Command::Ls {
@@ -199,7 +225,10 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             let rt = runtime()?;
             let _g = rt.enter();
             let provs = providers(&store)?;
-            let mut reports = rt.block_on(wsfs::verify::verify(&provs, &workspace, &layers, deep));
+            let trust = trust_keys(&store)?;
+            let mut reports = rt.block_on(wsfs::verify::verify(
+                &provs, &workspace, &layers, deep, &trust,
+            ));
             if repair && reports.iter().any(|r| !r.complete()) {
                 let (text, _) = wsfs::verify::judge(&reports, all);
                 print!("{text}");
@@ -207,7 +236,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                     println!("repair: {line}");
                 }
                 println!("after repair:");
-                reports = rt.block_on(wsfs::verify::verify(&provs, &workspace, &layers, deep));
+                reports = rt.block_on(wsfs::verify::verify(
+                    &provs, &workspace, &layers, deep, &trust,
+                ));
             }
             let (text, verdict) = wsfs::verify::judge(&reports, all);
             print!("{text}");
@@ -293,6 +324,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 prefetch_page_cache,
                 read_ahead_kb,
                 attach_lower,
+                trust_keys: trust_keys(&store)?,
             };
             if serve_daemon {
                 return wsfs::daemon::serve::run(args);
@@ -355,6 +387,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 format!("{}ms", store.connect_timeout.as_millis()).into(),
             );
             push("--retries", store.retries.to_string().into());
+            for k in &store.trust_keys {
+                push("--trust-key", k.into());
+            }
             push(
                 "--provider-concurrency",
                 store.provider_concurrency.to_string().into(),

@@ -54,6 +54,8 @@ pub struct MountArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// This mount is the read-only workspace under an attach at this directory.
     pub attach_lower: Option<PathBuf>,
+    /// Only refs signed by one of these keys are mounted (`--trust-key`, `trust_keys`).
+    pub trust_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 /// Checks a mountpoint without ever stat-ing a path that may be a hung mount: the mount table

@@ -56,6 +56,8 @@ pub struct PersistOptions {
     pub gc_wait: std::time::Duration,
     /// Commit a layer even if the path patterns matched nothing.
     pub allow_empty: bool,
+    /// Sign the ref with this key.
+    pub sign_key: Option<ed25519_dalek::SigningKey>,
 }
 
 #[derive(Debug, Default)]
@@ -516,7 +518,11 @@ async fn upload_and_commit(
     let digest = Digest::of(&encoded);
     report.manifest = Some(digest);
     let encoded = Bytes::from(encoded);
-    let layer_ref = Bytes::from(LayerRef::with_ancestors(digest, created, &ancestors).to_bytes());
+    let mut layer_ref = LayerRef::with_ancestors(digest, created, &ancestors);
+    if let Some(k) = &opts.sign_key {
+        crate::manifest::signature::sign(&mut layer_ref, &opts.workspace, &opts.layer, k);
+    }
+    let layer_ref = Bytes::from(layer_ref.to_bytes());
 
     pause_for_tests("before-commit").await;
     // A store where the lease lapsed (unreachable for longer than it lasts) may have been

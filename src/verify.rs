@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub enum LayerState {
     Complete {
         chunks: usize,
+        /// Who signed the ref there: a key id, or `unsigned`.
+        signer: String,
     },
     Incomplete {
         chunks: usize,
@@ -41,27 +43,52 @@ impl StoreReport {
     }
 }
 
-async fn manifest_on(p: &Provider, ws: &str, layer: &str) -> Result<Manifest, LayerState> {
+/// The layer's manifest on `p` and who signed its ref there. With `trust`, a ref not signed by
+/// a trusted key is damaged (integrity, exit 4).
+async fn manifest_on(
+    p: &Provider,
+    ws: &str,
+    layer: &str,
+    trust: &[ed25519_dalek::VerifyingKey],
+) -> Result<(Manifest, String), LayerState> {
+    use crate::manifest::signature;
     let r = p
         .get_capped(&keys::layer_ref(ws, layer), MAX_REF_BYTES as u64)
         .await
         .map_err(LayerState::NoRef)?;
-    let (_, digest) = LayerRef::parse(&r).map_err(|e| LayerState::BadManifest(e.to_string()))?;
+    let (lr, digest) = LayerRef::parse(&r).map_err(|e| LayerState::BadManifest(e.to_string()))?;
+    let signer = if trust.is_empty() {
+        match signature::signer(&lr, ws, layer) {
+            Ok(k) => signature::key_id(&k),
+            Err(signature::SignatureError::Unsigned) => "unsigned".into(),
+            Err(e) => format!("not verified: {e}"),
+        }
+    } else {
+        signature::check(&lr, ws, layer, trust)
+            .map_err(|e| LayerState::BadManifest(format!("signature: {e}")))?
+    };
     let body = p
         .get_capped(&keys::manifest(&digest), manifest::MAX_MANIFEST_BYTES)
         .await
         .map_err(|o| LayerState::BadManifest(format!("manifest {}: {o}", digest.short())))?;
     verify_blob(&digest, &body)
         .map_err(|o| LayerState::BadManifest(format!("manifest {}: {o}", digest.short())))?;
-    manifest::decode(&body).map_err(|e| LayerState::BadManifest(e.to_string()))
+    let m = manifest::decode(&body).map_err(|e| LayerState::BadManifest(e.to_string()))?;
+    Ok((m, signer))
 }
 
 /// One chunk's check: Err((message, damaged)), damaged meaning the object was there but did
 /// not verify (as opposed to absent or unreachable).
 type ChunkCheck = Result<(), (String, bool)>;
 
-async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerState, Vec<String>) {
-    let m = match manifest_on(p, ws, layer).await {
+async fn check_layer(
+    p: &Provider,
+    ws: &str,
+    layer: &str,
+    deep: bool,
+    trust: &[ed25519_dalek::VerifyingKey],
+) -> (LayerState, Vec<String>) {
+    let (m, signer) = match manifest_on(p, ws, layer, trust).await {
         Ok(m) => m,
         Err(s) => return (s, Vec::new()),
     };
@@ -113,6 +140,7 @@ async fn check_layer(p: &Provider, ws: &str, layer: &str, deep: bool) -> (LayerS
     let state = if missing.is_empty() {
         LayerState::Complete {
             chunks: m.chunks.len(),
+            signer,
         }
     } else {
         LayerState::Incomplete {
@@ -131,6 +159,7 @@ pub async fn verify(
     ws: &str,
     layers: &[String],
     deep: bool,
+    trust: &[ed25519_dalek::VerifyingKey],
 ) -> Vec<StoreReport> {
     let mut out = Vec::new();
     for p in providers {
@@ -144,7 +173,7 @@ pub async fn verify(
             if !seen.insert(l.clone()) {
                 continue;
             }
-            let (state, parents) = check_layer(p, ws, &l, deep).await;
+            let (state, parents) = check_layer(p, ws, &l, deep, trust).await;
             queue.extend(parents);
             rep.layers.push((l, state));
         }
@@ -172,7 +201,9 @@ pub fn judge(reports: &[StoreReport], all: bool) -> (String, Result<(), WsfsErro
         for (l, s) in &r.layers {
             layer_names.insert(l);
             let line = match s {
-                LayerState::Complete { chunks } => format!("complete ({chunks} chunks)"),
+                LayerState::Complete { chunks, signer } => {
+                    format!("complete ({chunks} chunks, ref signed: {signer})")
+                }
                 LayerState::Incomplete {
                     chunks,
                     missing,

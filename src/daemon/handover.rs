@@ -32,6 +32,10 @@ pub struct PinnedLayer {
     pub name: String,
     /// Hex BLAKE3 of the manifest's bytes.
     pub manifest: String,
+    /// Who vouched for it when the mount resolved it (a signing key id, `unsigned`, or
+    /// `pinned by <layer>`), for status.
+    #[serde(default)]
+    pub signer: String,
 }
 
 /// Everything a replacement needs besides the descriptor.
@@ -149,6 +153,7 @@ mod tests {
             layers: vec![PinnedLayer {
                 name: "build".into(),
                 manifest: "ab".repeat(32),
+                signer: "unsigned".into(),
             }],
         };
         let f = std::fs::File::open("/proc/self/stat").expect("open");

@@ -152,6 +152,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
     let _guard = rt.enter();
     let mut chain =
         Chain::from_specs(&args.specs, args.limits).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    chain.set_trust(args.trust_keys.clone());
     if args.repair {
         chain.enable_repair();
     }
@@ -235,6 +236,7 @@ fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -> Vec<Pinne
             PinnedLayer {
                 name: l.manifest.layer.clone(),
                 manifest: hex,
+                signer: l.signer.clone(),
             }
         })
         .collect()
@@ -428,6 +430,11 @@ fn start_serving(
             pid: me.pid,
             keeper_pid: keeper.map(|k| k.pid),
             takeovers,
+            signers: conn
+                .layers
+                .iter()
+                .map(|l| (l.name.clone(), l.signer.clone()))
+                .collect(),
             started: record.started,
             ..Default::default()
         },

@@ -24,6 +24,9 @@ pub struct LayerRef {
     /// time. Empty in refs written before pinning existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ancestors: BTreeMap<String, String>,
+    /// An Ed25519 signature over all of the above (see `signature.rs`); `None` when unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<super::signature::RefSignature>,
 }
 
 impl LayerRef {
@@ -32,6 +35,7 @@ impl LayerRef {
             manifest: manifest.to_hex(),
             created,
             ancestors: BTreeMap::new(),
+            signature: None,
         }
     }
 
@@ -48,6 +52,7 @@ impl LayerRef {
                 .iter()
                 .map(|(n, d)| (n.clone(), d.to_hex()))
                 .collect(),
+            signature: None,
         }
     }
 

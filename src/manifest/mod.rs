@@ -5,6 +5,7 @@ pub mod chunker;
 pub mod codec;
 pub mod layer_ref;
 pub mod names;
+pub mod signature;
 pub mod types;
 pub mod validate;
 

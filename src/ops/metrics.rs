@@ -137,6 +137,12 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         status.started.max(0) as u64,
     );
     w.single(
+        "wsfs_signature_failures_total",
+        "counter",
+        "Layer refs refused at mount because their signature was missing, untrusted or invalid (with --trust-key).",
+        status.signature_failures,
+    );
+    w.single(
         "wsfs_takeovers_total",
         "counter",
         "Replacement daemons the keeper started for this mount after a daemon died (the other counters restart at 0 with each).",
@@ -623,6 +629,7 @@ mod tests {
             "wsfs_up",
             "wsfs_layers",
             "wsfs_takeovers_total",
+            "wsfs_signature_failures_total",
             "wsfs_provider_requests_total",
             "wsfs_provider_request_duration_seconds",
             "wsfs_failovers_total",

@@ -86,6 +86,13 @@ pub struct MountStatus {
     /// The directory this mount is the workspace of (`wsfs attach --at`), if any.
     #[serde(default)]
     pub attached_at: Option<String>,
+    /// Per layer: the key id of the signature that vouched for its ref, `unsigned`, or
+    /// `pinned by <layer>` (an ancestor vouched for by a signed descendant's pins).
+    #[serde(default)]
+    pub signers: BTreeMap<String, String>,
+    /// Refs refused for their signature while mounting (another store's was used).
+    #[serde(default)]
+    pub signature_failures: u64,
     pub started: i64,
     pub uptime_secs: u64,
     pub fuse_waiting: Option<u64>,
@@ -132,6 +139,7 @@ impl StatusSource {
         s.eio = get(&self.fs.stats.eio);
         s.failovers = get(&self.chain.stats.failovers);
         s.repairs = get(&self.chain.stats.repairs);
+        s.signature_failures = get(&self.chain.stats.signature_failures);
         let f = &self.fs.fetcher().stats;
         s.cache = CacheStatus {
             memory_hits: get(&f.memory_hits),

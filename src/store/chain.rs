@@ -8,6 +8,7 @@ use super::provider::{Provider, ProviderBuildError};
 use super::stats::{inc, ChainStats};
 use super::verified::{verify_blob, VerifiedChunk};
 use crate::manifest::layer_ref::MAX_REF_BYTES;
+use crate::manifest::signature::{self, SignatureError};
 use crate::manifest::{self, keys, ChunkInfo, Digest, LayerRef, Manifest};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -17,6 +18,9 @@ pub struct Chain {
     providers: Vec<Arc<Provider>>,
     pub stats: Arc<ChainStats>,
     repair: Option<mpsc::Sender<RepairJob>>,
+    /// With trusted keys, only refs they signed are accepted (anything else is `corrupt`, and
+    /// the next store's ref is tried).
+    trust: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 /// A verified object and which provider served it.
@@ -36,6 +40,9 @@ pub struct ResolvedLayer {
     pub created: i64,
     /// The ancestors the ref pins (name → manifest digest); empty for refs of older versions.
     pub ancestors: std::collections::BTreeMap<String, Digest>,
+    /// Who vouches for it: the key id of a valid signature, `unsigned`, or (for an ancestor
+    /// loaded by its pinned digest) `pinned by <layer>`.
+    pub signer: String,
 }
 
 struct RepairJob {
@@ -53,6 +60,7 @@ impl Chain {
             providers: providers.into_iter().map(Arc::new).collect(),
             stats: Arc::default(),
             repair: None,
+            trust: Vec::new(),
         }
     }
 
@@ -70,7 +78,17 @@ impl Chain {
             providers,
             stats: Arc::default(),
             repair: None,
+            trust: Vec::new(),
         }
+    }
+
+    /// Accepts only refs signed by one of `keys` (none: signatures are not required).
+    pub fn set_trust(&mut self, keys: Vec<ed25519_dalek::VerifyingKey>) {
+        self.trust = keys;
+    }
+
+    pub fn trusts(&self) -> bool {
+        !self.trust.is_empty()
     }
 
     pub fn providers(&self) -> &[Arc<Provider>] {
@@ -298,7 +316,22 @@ impl Chain {
                         if b.is_empty() {
                             return Err(Outcome::Short { got: 0, want: 1 });
                         }
-                        LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+                        let (r, d) =
+                            LayerRef::parse(b).map_err(|e| Outcome::Corrupt(e.to_string()))?;
+                        let signer = if self.trust.is_empty() {
+                            signature::signer(&r, workspace, layer)
+                                .map(|k| signature::key_id(&k))
+                                .unwrap_or_else(|e| match e {
+                                    SignatureError::Unsigned => "unsigned".into(),
+                                    other => format!("not verified: {other}"),
+                                })
+                        } else {
+                            signature::check(&r, workspace, layer, &self.trust).map_err(|e| {
+                                inc(&self.stats.signature_failures);
+                                Outcome::Corrupt(format!("signature: {e}"))
+                            })?
+                        };
+                        Ok((r, d, signer))
                     },
                 )
                 .await;
@@ -316,7 +349,7 @@ impl Chain {
                     return Err(missed);
                 }
             };
-            let (layer_ref, digest) = r.value;
+            let (layer_ref, digest, signer) = r.value;
             let from = r.provider;
             let problem = match self.fetch_manifest_bytes(&digest).await {
                 Ok(m) => {
@@ -329,6 +362,7 @@ impl Chain {
                             bytes,
                             created: layer_ref.created,
                             ancestors,
+                            signer,
                         });
                     }
                     Outcome::Corrupt(format!(

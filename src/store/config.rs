@@ -23,6 +23,31 @@ pub struct StoreSpec {
 struct ConfigFile {
     #[serde(default)]
     store: Vec<StoreSpec>,
+    /// Public keys (files made by `wsfs keygen`) whose signed refs are trusted; relative paths
+    /// are relative to the config file.
+    #[serde(default)]
+    trust_keys: Vec<std::path::PathBuf>,
+}
+
+/// The `trust_keys` of a config file (paths made absolute against its directory).
+pub fn config_trust_keys(config: Option<&Path>) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+    let Some(path) = config else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(file
+        .trust_keys
+        .into_iter()
+        .map(|k| if k.is_absolute() { k } else { base.join(k) })
+        .collect())
 }
 
 /// Per-provider request limits. object_store's own default retry policy can wait for minutes;

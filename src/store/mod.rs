@@ -17,7 +17,7 @@ pub mod stats;
 pub mod verified;
 
 pub use chain::{Chain, ResolvedLayer, Served};
-pub use config::{chain_specs, Limits, StoreSpec};
+pub use config::{chain_specs, config_trust_keys, Limits, StoreSpec};
 pub use outcome::{AllMissed, Attempt, Outcome};
 pub use provider::{Listed, Provider};
 pub use verified::VerifiedChunk;

@@ -118,6 +118,8 @@ pub struct ChainStats {
     /// Repairs written back to an earlier provider.
     pub repairs: AtomicU64,
     pub repair_failures: AtomicU64,
+    /// Refs refused because their signature is missing, untrusted or invalid (with trust keys).
+    pub signature_failures: AtomicU64,
 }
 
 pub fn get(c: &AtomicU64) -> u64 {
