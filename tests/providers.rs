@@ -1073,3 +1073,26 @@ fn retries_only_on_errors_worth_retrying() {
         );
     }
 }
+
+#[test]
+fn a_plain_http_store_needs_no_extra_option() {
+    require_fuse();
+    let e = env();
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 40, 1, 61);
+    let b = unique("http");
+    mk_s3(&e, &b);
+    persist_ok(&s, &[format!("s3://{b}/p")], &src);
+    // A public-read bucket, served as plain HTTP (as a web server or CDN in front of a bucket is).
+    s3_py(
+        &e,
+        "import json\ns3.put_bucket_policy(Bucket=sys.argv[2], Policy=json.dumps({'Version': '2012-10-17', \
+         'Statement': [{'Effect': 'Allow', 'Principal': '*', 'Action': 's3:GetObject', \
+         'Resource': 'arn:aws:s3:::' + sys.argv[2] + '/*'}]}))",
+        &[&b],
+    );
+    let mp = s.path("mnt");
+    let m = must_mount(&s, None, &[format!("{}/{b}/p", e.s3)], &mp, &[]);
+    compare_trees(&src, &m.mountpoint);
+}

@@ -427,6 +427,11 @@ fn build_store(
         }
         ObjectStoreScheme::Http => {
             let base = &url[..url::Position::BeforePath];
+            // The scheme says it: an http:// store is plain HTTP (object_store refuses it
+            // unless told). TLS (https://) is what to use across any network you do not own.
+            if url.scheme() == "http" && !opts.iter().any(|(k, _)| k == "allow_http") {
+                opts.push(("allow_http".into(), "true".into()));
+            }
             let mut b = object_store::http::HttpBuilder::new().with_url(base);
             for (k, v) in &opts {
                 let key = k
