@@ -303,7 +303,10 @@ impl Keeper {
                 return None;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "keeper: unreadable message from the daemon");
+                // A broken socket stays broken: stop listening (the daemon's exit is seen by
+                // check_daemon either way).
+                tracing::warn!(error = %e, "keeper: the daemon's socket failed; no more messages from it");
+                d.chan = None;
                 return None;
             }
         };
