@@ -128,10 +128,10 @@ impl Provider {
 
     /// GETs a whole object of at most `cap` bytes. Chunks are fetched whole: they are small,
     /// and some servers (moto) read the whole object for every range request anyway. An object
-    /// larger than `cap` (by its announced size, or as it streams in) is `corrupt`, and its
-    /// body is not read: a huge object in place of a chunk must not take the daemon's memory.
+    /// announced larger than `cap` is `corrupt` and its body is not read: a huge object in place
+    /// of a chunk must not take the daemon's memory. (The announced size is binding: the HTTP
+    /// client stops at Content-Length, and local files are read to the size they had.)
     pub async fn get_capped(&self, key: &str, cap: u64) -> Result<Bytes, Outcome> {
-        use futures::StreamExt;
         let path = self.path(key);
         let fut = async {
             let r = self.store.get(&path).await.map_err(classify)?;
@@ -141,18 +141,15 @@ impl Provider {
                     "object of {size} bytes where at most {cap} belong; not read"
                 )));
             }
-            let mut body = bytes::BytesMut::with_capacity(size as usize);
-            let mut stream = r.into_stream();
-            while let Some(part) = stream.next().await {
-                let part = part.map_err(classify)?;
-                if body.len() as u64 + part.len() as u64 > cap {
-                    return Err(Outcome::Corrupt(format!(
-                        "object larger than the {cap} bytes that belong; not read"
-                    )));
-                }
-                body.extend_from_slice(&part);
+            // One read of the whole body (a stream of a local file would be thousands of
+            // blocking 8 KiB reads).
+            let body = r.bytes().await.map_err(classify)?;
+            if body.len() as u64 > cap {
+                return Err(Outcome::Corrupt(format!(
+                    "object larger than the {cap} bytes that belong"
+                )));
             }
-            Ok(body.freeze())
+            Ok(body)
         };
         self.bounded(fut).await
     }
