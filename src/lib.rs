@@ -16,4 +16,5 @@ pub mod ops;
 pub mod persist;
 pub mod retention;
 pub mod store;
+pub mod test_hooks;
 pub mod verify;

@@ -524,7 +524,7 @@ async fn upload_and_commit(
     }
     let layer_ref = Bytes::from(layer_ref.to_bytes());
 
-    pause_for_tests("before-commit").await;
+    crate::test_hooks::pause("before-commit").await;
     // A store where the lease lapsed (unreachable for longer than it lasts) may have been
     // collected meanwhile: no ref there.
     for (i, st) in states.iter().enumerate() {
@@ -558,7 +558,7 @@ async fn upload_and_commit(
             if let Err(o) = p.put(&key, layer_ref).await {
                 return (false, Some(format!("ref upload failed: {o}")));
             }
-            pause_for_tests("before-readback").await;
+            crate::test_hooks::pause("before-readback").await;
             // Two persists of one layer race: the last ref wins. Read it back, and say so if
             // it is not ours (the layer is still complete: whichever ref won names a complete
             // layer on this store).
@@ -605,28 +605,6 @@ async fn upload_and_commit(
         )));
     }
     Ok(report)
-}
-
-/// Test hook: with `WSFS_TEST_PAUSE=POINT:FILE` set, a persist reaching `POINT` creates
-/// `FILE.paused` and waits while `FILE` exists — so a test can run gc, or another persist,
-/// against a persist in flight. Points: `before-commit` (every chunk uploaded, no manifest or
-/// ref written yet), `before-readback` (the ref written, not yet read back).
-async fn pause_for_tests(point: &str) {
-    let Some(spec) = std::env::var_os("WSFS_TEST_PAUSE") else {
-        return;
-    };
-    let spec = spec.to_string_lossy().to_string();
-    let Some((at, file)) = spec.split_once(':') else {
-        return;
-    };
-    if at != point {
-        return;
-    }
-    let f = PathBuf::from(file);
-    let _ = std::fs::write(format!("{file}.paused"), b"");
-    while f.exists() {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 fn tokio_stream_of<T: Send + 'static>(

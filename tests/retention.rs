@@ -872,3 +872,55 @@ fn ls_rm_and_a_dry_run_gc_on_fake_gcs() {
     assert_ok(&run(&s, &["rm", "--workspace", "ws", "--layer", "l"], &st));
     assert_code(&run(&s, &["ls", "--workspace", "ws"], &st), 3);
 }
+
+#[test]
+fn a_mount_that_starts_while_gc_expires_its_layer_keeps_its_data() {
+    require_fuse();
+    let s = Scratch::new();
+    let st = stores(&s);
+    let src = s.path("src");
+    make_tree(&src, 60, 1, 71);
+    assert_ok(&persist(&s, &st[..1], "ws", "l", &src, &[]));
+    // gc decides the layer expires, then holds still before deleting anything.
+    let hold = s.path("hold");
+    std::fs::write(&hold, b"").unwrap();
+    let mut args = vec!["gc".to_string()];
+    args.extend(flags(&st[..1]));
+    args.extend(
+        ["--older-than", "0s", "--grace", "0s", "--json"]
+            .iter()
+            .map(|x| x.to_string()),
+    );
+    let gc = Command::new(WSFS)
+        .args(&args)
+        .env("WSFS_RUN_DIR", s.run_dir())
+        .env(
+            "WSFS_TEST_PAUSE",
+            format!("gc-before-ref-delete:{}", hold.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !s.path("hold.paused").exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "gc never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A job mounts the layer now: its ref is still there.
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &st[..1], "ws", &["l"], &mp, &["--prefetch", "none"]);
+    std::fs::remove_file(&hold).unwrap();
+    let o = gc.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v = json(&o);
+    assert_eq!(v["stores"][0]["refs_expired"][0], "ws/l", "{v}");
+    assert_eq!(
+        v["stores"][0]["workspaces_leased"][0], "ws",
+        "the late lease was seen: {v}"
+    );
+    assert_eq!(v["stores"][0]["chunks"]["deleted"].as_u64(), Some(0), "{v}");
+    // The ref is gone, but every byte the mount serves is still there.
+    assert!(!s.path("s1/workspaces/ws/layers/l").exists());
+    compare_trees(&src, &mp);
+}

@@ -89,6 +89,8 @@ fn first_message(chan: &Channel) -> Result<Start, WsfsError> {
 
 /// The filesystem, built and ready to mount.
 struct Built {
+    /// The mount's lease, taken before any ref was read (first daemon only).
+    lease: Option<crate::retention::lease::Held>,
     rt: tokio::runtime::Runtime,
     chain: Arc<Chain>,
     fs: Arc<WsFs>,
@@ -157,23 +159,48 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
         chain.enable_repair();
     }
     let chain = Arc::new(chain);
-    let (manifests, pinned) = match start {
-        Start::First => {
-            let resolved = rt.block_on(layers::resolve_closure(
+    // The lease comes before the first ref is read: a gc deleting a ref this mount reads then
+    // sees the lease before it deletes what the ref named (retention/gc.rs).
+    let lease = match start {
+        Start::First => Some(rt.block_on(crate::retention::lease::hold_for_mount(
+            chain.providers(),
+            &args.workspace,
+            &args.mountpoint,
+            Vec::new(),
+        ))),
+        Start::Takeover { .. } => None,
+    };
+    let resolved = match start {
+        Start::First => rt
+            .block_on(layers::resolve_closure(
                 &chain,
                 &args.workspace,
                 &args.layers,
-            ))?;
-            let pinned = pin(&args.mountpoint, &resolved);
-            (resolved.into_iter().map(|l| l.manifest).collect(), pinned)
-        }
-        Start::Takeover { conn, .. } => {
-            let ms = rt.block_on(load_pinned(&chain, &args.mountpoint, &conn.layers))?;
-            (ms, conn.layers.clone())
+            ))
+            .map(|resolved| {
+                let pinned = pin(&args.mountpoint, &resolved);
+                (resolved.into_iter().map(|l| l.manifest).collect(), pinned)
+            }),
+        Start::Takeover { conn, .. } => rt
+            .block_on(load_pinned(&chain, &args.mountpoint, &conn.layers))
+            .map(|ms| (ms, conn.layers.clone())),
+    };
+    let merged = resolved.and_then(|(manifests, pinned)| {
+        let names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
+        Ok((layers::merge(manifests)?, pinned, names))
+    });
+    let (merged, pinned, layer_names) = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing will be mounted: the lease goes now, not when it expires.
+            if let Some(l) = lease {
+                let _ = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(2), l.release()).await
+                });
+            }
+            return Err(e);
         }
     };
-    let layer_names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
-    let merged = layers::merge(manifests)?;
     let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)
         .map_err(|e| WsfsError::Integrity(e.to_string()))?;
     drop(merged.entries);
@@ -201,6 +228,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
     fs.pages.set_budget(args.prefetch_page_cache);
     drop(_guard);
     Ok(Built {
+        lease,
         rt,
         chain,
         fs,
@@ -471,16 +499,29 @@ fn start_serving(
     if args.warm_kernel && first {
         start_warmup(fs, &mp, notifier, built.rt.handle().clone(), args);
     }
-    // The same lease key for every daemon of this mount: a replacement renews it.
-    let (providers, workspace, lease_mp) = (
-        built.chain.providers().to_vec(),
-        args.workspace.clone(),
-        mp.clone(),
-    );
-    let manifests = conn.layers.iter().map(|l| l.manifest.clone()).collect();
-    let lease = built.rt.spawn(async move {
-        crate::retention::lease::hold_for_mount(&providers, &workspace, &lease_mp, manifests).await
-    });
+    // The same lease key for every daemon of this mount: a replacement renews it, naming the
+    // pinned manifests at once; the first daemon's (taken before resolving) now names them.
+    let manifests: Vec<String> = conn.layers.iter().map(|l| l.manifest.clone()).collect();
+    let lease = match built.lease.take() {
+        Some(held) => {
+            let _g = built.rt.enter();
+            held.set_manifests(manifests);
+            built.rt.spawn(async move { held })
+        }
+        None => {
+            let (providers, workspace, lease_mp) = (
+                built.chain.providers().to_vec(),
+                args.workspace.clone(),
+                mp.clone(),
+            );
+            built.rt.spawn(async move {
+                crate::retention::lease::hold_for_mount(
+                    &providers, &workspace, &lease_mp, manifests,
+                )
+                .await
+            })
+        }
+    };
     Ok(Serving {
         done,
         metrics,

@@ -13,10 +13,12 @@
 //!    ancestors they pin, the manifests live mount leases name, and every chunk of those
 //!    manifests (a manifest this store lacks is read from another store of the chain; if none
 //!    has it, no chunk is swept on this store).
-//! 5. **Sweep.** Unreached manifests and chunks older than `--grace` (default 1 h, longer than
-//!    any persist) are deleted, expired refs first, then manifests, then chunks — so a gc that
-//!    stops half-way never leaves a ref naming something deleted. Expired leases and the
-//!    `#N` upload leftovers of `file://` stores go too. A DELETE that finds nothing is fine.
+//! 5. **Sweep.** Expired refs are deleted first. Then the leases are read again: a mount that
+//!    read one of those refs a moment before wrote its lease before reading (lease.rs), so it
+//!    shows now, and what the expired refs of its workspace named is kept too. Then unreached
+//!    manifests, then chunks, older than `--grace` (default 1 h, longer than any persist) — so
+//!    a gc that stops half-way never leaves a ref naming something deleted. Expired leases and
+//!    the `#N` upload leftovers of `file://` stores go too. A DELETE that finds nothing is fine.
 //!
 //! Cost in requests per store: one listing of `workspaces/`, `manifests/` and `chunks/` (S3: a
 //! request per 1,000 objects); one GET per ref, per lease and per kept manifest; deletions in
@@ -219,36 +221,9 @@ async fn collect(
             manifests.extend(l.manifests.iter().filter_map(|h| Digest::from_hex(h)));
         }
     }
-    let mut chunks: HashSet<Digest> = HashSet::new();
-    let mut unmarked = Vec::new();
-    for d in &manifests {
-        match chain.fetch_manifest(d).await {
-            Ok(m) => chunks.extend(m.value.chunks.iter().map(|c| c.hash)),
-            Err(missed) => unmarked.push(format!("manifest {}: {missed}", d.short())),
-        }
-    }
-    // 5. Sweep.
+    let mut marks = Marks::default();
+    marks.add(chain, manifests).await;
     let grace_cutoff = now - opts.grace.as_secs() as i64;
-    let listed_manifests = p
-        .list(keys::MANIFESTS)
-        .await
-        .map_err(|o| ("failed", format!("cannot list manifests: {o}")))?;
-    let listed_chunks = if unmarked.is_empty() {
-        p.list(keys::CHUNKS)
-            .await
-            .map_err(|o| ("failed", format!("cannot list chunks: {o}")))?
-    } else {
-        r.errors.push(format!(
-            "chunks not swept: the chunks of {} kept manifest(s) are unknown ({})",
-            unmarked.len(),
-            unmarked.join("; ")
-        ));
-        Vec::new()
-    };
-    let (m_del, m_counts) = partition(&listed_manifests, |d| manifests.contains(d), grace_cutoff);
-    let (c_del, c_counts) = partition(&listed_chunks, |d| chunks.contains(d), grace_cutoff);
-    r.manifests = m_counts;
-    r.chunks = c_counts;
     let stale_leases: Vec<String> = inv
         .leases
         .iter()
@@ -258,12 +233,71 @@ async fn collect(
         })
         .map(|l| l.key.clone())
         .collect();
+    // 5a. Expired refs first: a gc cut short leaves no ref to deleted data.
+    if !opts.dry_run {
+        crate::test_hooks::pause("gc-before-ref-delete").await;
+        let ref_keys: Vec<String> = expired.iter().map(|x| x.key.clone()).collect();
+        let errors = delete_all(p, ref_keys, None).await;
+        if !errors.is_empty() {
+            r.errors.push(format!(
+                "{} refs not deleted (first: {})",
+                errors.len(),
+                errors[0]
+            ));
+        }
+        // 5b. A mount may have read one of those refs just before it went. It wrote its lease
+        // before reading any ref (lease.rs), so the lease is visible now: keep what the expired
+        // refs of its workspace named, and what it names itself.
+        let late = inventory(p, None)
+            .await
+            .map_err(|o| ("failed", format!("cannot list leases again: {o}")))?;
+        let mut more: BTreeSet<Digest> = BTreeSet::new();
+        for (ws, ls) in live_leases(&late, crate::ops::process::unix_now()) {
+            for l in ls.iter().filter(|l| l.kind == LeaseKind::Mount) {
+                more.extend(l.manifests.iter().filter_map(|h| Digest::from_hex(h)));
+                if !r.workspaces_leased.contains(&ws) {
+                    r.workspaces_leased.push(ws.clone());
+                    for x in expired.iter().filter(|x| x.workspace == ws) {
+                        if let Ok((lr, d)) = &x.parsed {
+                            more.insert(*d);
+                            more.extend(lr.pinned().unwrap_or_default().into_values());
+                        }
+                    }
+                }
+            }
+        }
+        marks.add(chain, more).await;
+    }
+    // 5c. Unreached manifests and chunks older than the grace period.
+    let listed_manifests = p
+        .list(keys::MANIFESTS)
+        .await
+        .map_err(|o| ("failed", format!("cannot list manifests: {o}")))?;
+    let listed_chunks = if marks.unknown.is_empty() {
+        p.list(keys::CHUNKS)
+            .await
+            .map_err(|o| ("failed", format!("cannot list chunks: {o}")))?
+    } else {
+        r.errors.push(format!(
+            "chunks not swept: the chunks of {} kept manifest(s) are unknown ({})",
+            marks.unknown.len(),
+            marks.unknown.join("; ")
+        ));
+        Vec::new()
+    };
+    let (m_del, m_counts) = partition(
+        &listed_manifests,
+        |d| marks.manifests.contains(d),
+        grace_cutoff,
+    );
+    let (c_del, c_counts) = partition(&listed_chunks, |d| marks.chunks.contains(d), grace_cutoff);
+    r.manifests = m_counts;
+    r.chunks = c_counts;
     if opts.dry_run {
         r.leases_removed = stale_leases.len() as u64;
         return Ok(());
     }
-    let ref_keys: Vec<String> = expired.iter().map(|x| x.key.clone()).collect();
-    let total = ref_keys.len() + m_del.len() + c_del.len() + stale_leases.len();
+    let total = m_del.len() + c_del.len() + stale_leases.len();
     let bar = opts.progress.then(|| {
         let b = indicatif::ProgressBar::new(total as u64);
         b.set_style(
@@ -273,10 +307,9 @@ async fn collect(
         b.set_message(p.name.clone());
         b
     });
-    // Refs first, then manifests, then chunks: a gc cut short leaves no ref to deleted data.
+    // Manifests before chunks, for the same reason as refs first.
     let lease_count = stale_leases.len() as u64;
     for (what, keys) in [
-        ("refs", ref_keys),
         ("manifests", m_del.iter().map(|o| o.key.clone()).collect()),
         ("chunks", c_del.iter().map(|o| o.key.clone()).collect()),
         ("leases", stale_leases),
@@ -303,6 +336,31 @@ async fn collect(
         return Err(("failed", r.errors.join("; ")));
     }
     Ok(())
+}
+
+/// What gc keeps: manifests, and the chunks they name.
+#[derive(Default)]
+struct Marks {
+    manifests: BTreeSet<Digest>,
+    chunks: HashSet<Digest>,
+    /// Kept manifests no store could serve: their chunks are unknown.
+    unknown: Vec<String>,
+}
+
+impl Marks {
+    async fn add(&mut self, chain: &Chain, manifests: BTreeSet<Digest>) {
+        for d in manifests {
+            if !self.manifests.insert(d) {
+                continue;
+            }
+            match chain.fetch_manifest(&d).await {
+                Ok(m) => self.chunks.extend(m.value.chunks.iter().map(|c| c.hash)),
+                Err(missed) => self
+                    .unknown
+                    .push(format!("manifest {}: {missed}", d.short())),
+            }
+        }
+    }
 }
 
 /// Waits until no persist lease is left on the store; returns the inventory taken after.

@@ -126,18 +126,43 @@ struct HeldState {
     held_until: Vec<Option<i64>>,
     /// Per provider: a renewal failed after the lease had expired there.
     lapsed: Vec<bool>,
+    /// Per provider: a write failed (the first failure is logged at WARN, once).
+    failed: Vec<bool>,
 }
 
 impl Held {
     /// Writes `lease` at `key` on every provider and starts renewing it (on the current tokio
     /// runtime). A provider that refuses is recorded (see [`Held::holds_on`]).
     pub async fn acquire(providers: &[Arc<Provider>], key: String, lease: Lease) -> Held {
+        Held::acquire_within(providers, key, lease, None).await
+    }
+
+    /// As [`Held::acquire`], but waits at most `wait` for the first write (it goes on in the
+    /// background): a slow store must not hold up what waits for the lease.
+    pub async fn acquire_within(
+        providers: &[Arc<Provider>],
+        key: String,
+        lease: Lease,
+        wait: Option<Duration>,
+    ) -> Held {
         let state = Arc::new(Mutex::new(HeldState {
             lease,
             held_until: vec![None; providers.len()],
             lapsed: vec![false; providers.len()],
+            failed: vec![false; providers.len()],
         }));
-        write_all(providers, &key, &state).await;
+        let first = {
+            let (ps, k, st) = (providers.to_vec(), key.clone(), state.clone());
+            tokio::spawn(async move { write_all(&ps, &k, &st).await })
+        };
+        match wait {
+            None => {
+                let _ = first.await;
+            }
+            Some(w) => {
+                let _ = tokio::time::timeout(w, first).await;
+            }
+        }
         let (ps, k, st) = (providers.to_vec(), key.clone(), state.clone());
         let renewer = tokio::spawn(async move {
             loop {
@@ -170,7 +195,7 @@ impl Held {
         })
     }
 
-    /// The providers that refused the lease, by name.
+    /// The providers that refused the lease (a write failed, none succeeded), by name.
     pub fn refused_by(&self) -> Vec<String> {
         let s = match self.state.lock() {
             Ok(s) => s,
@@ -178,14 +203,24 @@ impl Held {
         };
         self.providers
             .iter()
-            .zip(s.held_until.iter())
-            .filter(|(_, h)| h.is_none())
-            .map(|(p, _)| p.name.clone())
+            .enumerate()
+            .filter(|(i, _)| s.held_until[*i].is_none() && s.failed[*i])
+            .map(|(_, p)| p.name.clone())
             .collect()
     }
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Names the manifests the holder uses (a mount, once it has resolved its layers) and
+    /// writes the lease again at once, in the background.
+    pub fn set_manifests(&self, manifests: Vec<String>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.lease.manifests = manifests;
+        }
+        let (ps, k, st) = (self.providers.clone(), self.key.clone(), self.state.clone());
+        tokio::spawn(async move { write_all(&ps, &k, &st).await });
     }
 
     /// Stops renewing and deletes the lease everywhere (best effort: an undeleted lease
@@ -233,7 +268,10 @@ async fn write_all(providers: &[Arc<Provider>], key: &str, state: &Mutex<HeldSta
                     if s.held_until[i].is_some_and(|t| t <= now) {
                         s.lapsed[i] = true;
                     }
-                    tracing::debug!(store = %providers[i].name, key, outcome = %o, "lease write failed");
+                    if !s.failed[i] {
+                        tracing::warn!(store = %providers[i].name, key, outcome = %o, "lease not written on this store (read-only credentials, or the store is failing): a gc there does not know this lease");
+                    }
+                    s.failed[i] = true;
                 }
             }
         }
@@ -253,7 +291,14 @@ pub fn mount_lease_key(workspace: &str, mountpoint: &std::path::Path) -> String 
     )
 }
 
-/// Holds a mount's lease on the stores it reads from, for as long as it is mounted.
+/// How long a mount waits for its lease to land before resolving its layers (a store that is
+/// slower than this gets the lease in the background; see `hold_for_mount`).
+pub const MOUNT_LEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// Holds a mount's lease on the stores it reads from, for as long as it is mounted. A first
+/// mount takes it *before* reading any ref, with no manifests yet (it then holds the whole
+/// workspace), and names the manifests once resolved ([`Held::set_manifests`]): a gc that
+/// deletes a ref this mount read therefore sees the lease before it deletes what the ref named.
 pub async fn hold_for_mount(
     providers: &[Arc<Provider>],
     workspace: &str,
@@ -270,12 +315,16 @@ pub async fn hold_for_mount(
         ),
         manifests,
     );
-    let held = Held::acquire(providers, mount_lease_key(workspace, mountpoint), lease).await;
-    let refused = held.refused_by();
-    if !refused.is_empty() {
+    let held = Held::acquire_within(
+        providers,
+        mount_lease_key(workspace, mountpoint),
+        lease,
+        Some(MOUNT_LEASE_WAIT),
+    )
+    .await;
+    if !held.refused_by().is_empty() {
         tracing::warn!(
-            stores = %refused.join(", "),
-            "cannot write a mount lease on these stores (read-only credentials?): the mount works, but gc there does not know it is in use — run gc on such stores with a retention longer than the longest job"
+            "the mount works without its lease there, but run gc on such stores with a retention longer than the longest job"
         );
     }
     held
