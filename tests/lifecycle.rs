@@ -415,22 +415,32 @@ fn assert_dead_and_loud(
     );
 }
 
-#[test]
-fn with_keeper_and_daemon_killed_the_mount_is_dead_and_loud_until_unmounted() {
-    require_fuse();
-    let s = Scratch::new();
-    let src = setup(&s);
-    let names = top_names(&src);
-    let want = std::fs::read(src.join("run.sh")).unwrap();
+/// The test tree mounted with `--prefetch none` (nothing cached in the kernel until read): its
+/// top-level names, the bytes of run.sh, the mount point and the mount.
+fn mounted_without_prefetch(s: &Scratch) -> (BTreeSet<String>, Vec<u8>, PathBuf, Mounted) {
+    let src = setup(s);
     let mp = s.mkdir("mnt");
     let m = mount(
-        &s,
+        s,
         &[s.store("s1")],
         "ws",
         &["l1"],
         &mp,
         &["--prefetch", "none"],
     );
+    (
+        top_names(&src),
+        std::fs::read(src.join("run.sh")).unwrap(),
+        mp,
+        m,
+    )
+}
+
+#[test]
+fn with_keeper_and_daemon_killed_the_mount_is_dead_and_loud_until_unmounted() {
+    require_fuse();
+    let s = Scratch::new();
+    let (names, want, mp, m) = mounted_without_prefetch(&s);
     let rec = m.record().expect("record");
     let keeper = rec.keeper.expect("keeper");
     kill(keeper.pid, libc::SIGKILL);
@@ -504,18 +514,7 @@ fn without_takeover_a_killed_daemon_leaves_a_loud_mount_not_an_empty_directory()
 fn a_daemon_that_keeps_crashing_is_given_up_on_loudly() {
     require_fuse();
     let s = Scratch::new();
-    let src = setup(&s);
-    let names = top_names(&src);
-    let want = std::fs::read(src.join("run.sh")).unwrap();
-    let mp = s.mkdir("mnt");
-    let m = mount(
-        &s,
-        &[s.store("s1")],
-        "ws",
-        &["l1"],
-        &mp,
-        &["--prefetch", "none"],
-    );
+    let (names, want, mp, m) = mounted_without_prefetch(&s);
     let keeper = m.record().and_then(|r| r.keeper).expect("keeper");
     // SIGUSR1 ends the daemon by itself (not a SIGKILL from outside): a crash. Each crash is
     // replaced after a growing pause; the sixth in a row ends the takeovers.

@@ -221,7 +221,7 @@ fn a_mounted_workspace_is_never_collected_and_goes_after_unmount() {
     assert_ok(&persist(&s, &st, "ws", "l1", &src, &[]));
     let mp = s.mkdir("mnt");
     let m = mount(&s, &st, "ws", &["l1"], &mp, &["--prefetch", "none"]);
-    // The lease is written in the background right after mounting.
+    // The lease is written before the layers are resolved, and names the manifests right after.
     let t = Instant::now();
     while files_under(&s.path("s1/workspaces/ws/leases")).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(10), "no lease written");
@@ -270,41 +270,7 @@ fn gc_never_sweeps_under_a_persist_in_flight() {
     ));
     // A second persist of the same content relies on the (unreached, old) chunks it finds.
     let hold = s.path("hold");
-    std::fs::write(&hold, b"").unwrap();
-    let mut args = vec!["persist".to_string()];
-    args.extend(flags(&st));
-    args.extend(
-        [
-            "--workspace",
-            "ws",
-            "--layer",
-            "new",
-            "--root",
-            old.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|x| x.to_string()),
-    );
-    let p = Command::new(WSFS)
-        .args(&args)
-        .env("WSFS_RUN_DIR", s.run_dir())
-        .env(
-            "WSFS_TEST_PAUSE",
-            format!("before-commit:{}", hold.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let marker = s.path("hold.paused");
-    let t = Instant::now();
-    while !marker.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "persist never paused"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let p = held_at(&s, &persist_args(&st, "new", &old), "before-commit", &hold);
     let chunks_before = files_under(&s.path("s1/chunks"));
     // gc waits for the persist, then gives up on the store: nothing deleted.
     let o = run(
@@ -517,31 +483,12 @@ fn patterns_that_match_nothing_are_refused_unless_allowed() {
     assert_ok(&persist(&s, &st, "ws", "e", &empty, &["--allow-empty"]));
 }
 
-/// Starts `wsfs persist` of `root` as ws/l, paused at `point` while `hold` exists.
-fn paused_persist(
-    s: &Scratch,
-    st: &[String],
-    root: &Path,
-    point: &str,
-    hold: &Path,
-) -> std::process::Child {
+/// Starts `wsfs ARGS` held still at the test hook `point` while `hold` exists (see
+/// src/test_hooks.rs), and returns once it is there.
+fn held_at(s: &Scratch, args: &[String], point: &str, hold: &Path) -> std::process::Child {
     std::fs::write(hold, b"").unwrap();
-    let mut args = vec!["persist".to_string()];
-    args.extend(flags(st));
-    args.extend(
-        [
-            "--workspace",
-            "ws",
-            "--layer",
-            "l",
-            "--root",
-            root.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|x| x.to_string()),
-    );
     let child = Command::new(WSFS)
-        .args(&args)
+        .args(args)
         .env("WSFS_RUN_DIR", s.run_dir())
         .env("WSFS_TEST_PAUSE", format!("{point}:{}", hold.display()))
         .stdout(std::process::Stdio::piped())
@@ -553,11 +500,41 @@ fn paused_persist(
     while !marker.exists() {
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "persist never reached {point}"
+            "wsfs never reached {point}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// `persist` of `root` to `st` as ws/`layer`, as arguments.
+fn persist_args(st: &[String], layer: &str, root: &Path) -> Vec<String> {
+    let mut args = vec!["persist".to_string()];
+    args.extend(flags(st));
+    args.extend(
+        [
+            "--workspace",
+            "ws",
+            "--layer",
+            layer,
+            "--root",
+            root.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|x| x.to_string()),
+    );
+    args
+}
+
+/// Starts `wsfs persist` of `root` as ws/l, held at `point` while `hold` exists.
+fn paused_persist(
+    s: &Scratch,
+    st: &[String],
+    root: &Path,
+    point: &str,
+    hold: &Path,
+) -> std::process::Child {
+    held_at(s, &persist_args(st, "l", root), point, hold)
 }
 
 #[test]
@@ -883,7 +860,6 @@ fn a_mount_that_starts_while_gc_expires_its_layer_keeps_its_data() {
     assert_ok(&persist(&s, &st[..1], "ws", "l", &src, &[]));
     // gc decides the layer expires, then holds still before deleting anything.
     let hold = s.path("hold");
-    std::fs::write(&hold, b"").unwrap();
     let mut args = vec!["gc".to_string()];
     args.extend(flags(&st[..1]));
     args.extend(
@@ -891,22 +867,7 @@ fn a_mount_that_starts_while_gc_expires_its_layer_keeps_its_data() {
             .iter()
             .map(|x| x.to_string()),
     );
-    let gc = Command::new(WSFS)
-        .args(&args)
-        .env("WSFS_RUN_DIR", s.run_dir())
-        .env(
-            "WSFS_TEST_PAUSE",
-            format!("gc-before-ref-delete:{}", hold.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !s.path("hold.paused").exists() {
-        assert!(t.elapsed() < Duration::from_secs(30), "gc never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gc = held_at(&s, &args, "gc-before-ref-delete", &hold);
     // A job mounts the layer now: its ref is still there.
     let mp = s.mkdir("mnt");
     let _m = mount(&s, &st[..1], "ws", &["l"], &mp, &["--prefetch", "none"]);

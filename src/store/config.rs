@@ -29,19 +29,23 @@ struct ConfigFile {
     trust_keys: Vec<std::path::PathBuf>,
 }
 
+fn read_config(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// The `trust_keys` of a config file (paths made absolute against its directory).
 pub fn config_trust_keys(config: Option<&Path>) -> Result<Vec<std::path::PathBuf>, ConfigError> {
     let Some(path) = config else {
         return Ok(Vec::new());
     };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let file = read_config(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     Ok(file
         .trust_keys
@@ -99,15 +103,7 @@ pub enum ConfigError {
 pub fn chain_specs(config: Option<&Path>, flags: &[String]) -> Result<Vec<StoreSpec>, ConfigError> {
     let mut specs = Vec::new();
     if let Some(path) = config {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        specs.extend(file.store);
+        specs.extend(read_config(path)?.store);
     }
     specs.extend(flags.iter().map(|u| StoreSpec {
         url: u.clone(),
