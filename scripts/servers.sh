@@ -42,6 +42,11 @@ wsfs_servers_install() {
     command -v fusermount3 >/dev/null 2>&1 || apt+=(fuse3)
     command -v rsync >/dev/null 2>&1 || apt+=(rsync)
     command -v curl >/dev/null 2>&1 || apt+=(curl)
+    # The integration tests: a real container runtime, an image made from busybox, and
+    # systemd-analyze for the unit file.
+    command -v podman >/dev/null 2>&1 || apt+=(podman)
+    command -v busybox >/dev/null 2>&1 || apt+=(busybox-static)
+    command -v systemd-analyze >/dev/null 2>&1 || apt+=(systemd)
     [ -d /usr/include/linux ] || apt+=(libc6-dev)
     command -v python3 >/dev/null 2>&1 || apt+=(python3)
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then

@@ -40,6 +40,8 @@ pub struct AttachArgs {
     /// Arguments for the inner `wsfs mount` (stores, timeouts, workspace, layers, cache…),
     /// without the mountpoint.
     pub mount_args: Vec<OsString>,
+    /// `--store` URLs, handed to the mount in its environment (never on a command line).
+    pub store_urls: Vec<String>,
     pub at: PathBuf,
     pub scratch: Option<PathBuf>,
     pub keep_scratch: bool,
@@ -241,6 +243,7 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
     let out = std::process::Command::new(exe)
         .arg("mount")
         .args(&args.mount_args)
+        .env(crate::mount::STORE_URLS_ENV, args.store_urls.join("\n"))
         .arg("--attach-lower")
         .arg(&at)
         .arg(&ws_mount)

@@ -150,25 +150,26 @@ pub enum Command {
         #[arg(long, default_value = "15m", value_parser = parse_dur)]
         wait: std::time::Duration,
     },
-    /// Mount a workspace read-only.
+    /// Mount a workspace read-only. WORKSPACE, layers and MOUNTPOINT may come from the
+    /// `[mount]` table of --config instead (systemd's wsfs@NAME reads /etc/wsfs/NAME.toml).
     Mount {
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]
-        workspace: String,
+        workspace: Option<String>,
         /// The job's direct upstream layers (repeatable); ancestors come along.
-        #[arg(long = "layer", required = true)]
+        #[arg(long = "layer")]
         layers: Vec<String>,
-        mountpoint: PathBuf,
+        mountpoint: Option<PathBuf>,
         /// Stay in the foreground (systemd, debugging).
         #[arg(long)]
         foreground: bool,
         /// Disk cache directory, shared by mounts.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
-        /// Disk cache bound.
-        #[arg(long, default_value = "10G", value_parser = parse_size)]
-        cache_size: u64,
+        /// Disk cache bound [default: 10G].
+        #[arg(long, value_parser = parse_size)]
+        cache_size: Option<u64>,
         /// Memory cache bound.
         #[arg(long, default_value = "512M", value_parser = parse_size)]
         memory_cache: u64,
@@ -182,9 +183,9 @@ pub enum Command {
         uid: Option<u32>,
         #[arg(long)]
         gid: Option<u32>,
-        /// A read fails with EIO after this long.
-        #[arg(long, default_value = "30s", value_parser = parse_dur)]
-        read_deadline: std::time::Duration,
+        /// A read fails with EIO after this long [default: 30s].
+        #[arg(long, value_parser = parse_dur)]
+        read_deadline: Option<std::time::Duration>,
         /// Write chunks found on a later store back to earlier stores that missed them.
         #[arg(long)]
         repair: bool,
@@ -204,9 +205,9 @@ pub enum Command {
         /// (every name is looked up on demand). `chunks`: fetch every chunk into wsfs's caches, in
         /// path order (no kernel warm-up). `all`: `tree` and `chunks`, and push small files
         /// (<= 1 MiB) into the kernel's page cache, so reading them sends no FUSE request (for
-        /// jobs that read most of the workspace).
-        #[arg(long, default_value = "tree", value_parser = ["none", "tree", "chunks", "all"])]
-        prefetch: String,
+        /// jobs that read most of the workspace). [default: tree]
+        #[arg(long, value_parser = ["none", "tree", "chunks", "all"])]
+        prefetch: Option<String>,
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
         prefetch_concurrency: usize,
@@ -222,6 +223,10 @@ pub enum Command {
         /// How long to wait for the mount to become ready.
         #[arg(long, default_value = "120s", value_parser = parse_dur)]
         ready_timeout: std::time::Duration,
+        /// Check the input, the stores' configuration and the mount point, then exit without
+        /// mounting (`mount -f`).
+        #[arg(long)]
+        check_only: bool,
         #[arg(long = "notify-ready", hide = true)]
         notify_ready: bool,
         /// Internal: run as the daemon of a keeper (its socket at descriptor 3).

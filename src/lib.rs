@@ -12,6 +12,7 @@ pub mod keys;
 pub mod layers;
 pub mod manifest;
 pub mod mount;
+pub mod mount_helper;
 pub mod ops;
 pub mod persist;
 pub mod retention;

@@ -36,7 +36,22 @@ fn limits(s: &StoreArgs) -> Limits {
 }
 
 fn specs(s: &StoreArgs) -> Result<Vec<wsfs::store::StoreSpec>, WsfsError> {
-    chain_specs(s.config.as_deref(), &s.stores).map_err(|e| WsfsError::Usage(e.to_string()))
+    let specs =
+        chain_specs(s.config.as_deref(), &s.stores).map_err(|e| WsfsError::Usage(e.to_string()))?;
+    // Said once, by the command the user typed (not again by its keeper and daemons).
+    if std::env::var_os(wsfs::mount::STORE_URLS_ENV).is_none() {
+        for u in &s.stores {
+            if wsfs::store::url_has_credentials(u) {
+                eprintln!(
+                    "wsfs: warning: a --store URL carries credentials (user:password@ or a signature/token query); \
+                     any user can read a command line while it runs. wsfs keeps them off its daemons' command lines, \
+                     but pass credentials in the environment (AWS_*, GOOGLE_*, AZURE_*) or a --config file (mode 0600) instead"
+                );
+                break;
+            }
+        }
+    }
+    Ok(specs)
 }
 
 /// The trusted public keys: `--trust-key` files, then the config file's `trust_keys`.
@@ -97,6 +112,17 @@ fn check_mount_input(
     Ok(())
 }
 
+/// A mount returns when the tree can be read; fetching every chunk (`--prefetch chunks|all`)
+/// goes on in the background, and the user is told where to watch it.
+fn say_prefetching(prefetch: &str, at: &std::path::Path) {
+    if prefetch == "chunks" || prefetch == "all" {
+        eprintln!(
+            "wsfs: fetching every chunk in the background (--prefetch {prefetch}); `wsfs status {}` shows how far it is",
+            at.display()
+        );
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, WsfsError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,7 +130,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, WsfsError> {
         .map_err(|e| WsfsError::Failed(format!("cannot start runtime: {e}")))
 }
 
-fn run(cli: Cli) -> Result<(), WsfsError> {
+/// Runs a parsed command; `argv` is its command line without the program name (a mount hands
+/// it to its keeper).
+fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
     match cli.command {
         Command::Persist {
             store,
@@ -226,8 +254,9 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             let _g = rt.enter();
             let provs = providers(&store)?;
             let trust = trust_keys(&store)?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let mut reports = rt.block_on(wsfs::verify::verify(
-                &provs, &workspace, &layers, deep, &trust,
+                &provs, &workspace, &layers, deep, &trust, progress,
             ));
             if repair && reports.iter().any(|r| !r.complete()) {
                 let (text, _) = wsfs::verify::judge(&reports, all);
@@ -237,7 +266,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 }
                 println!("after repair:");
                 reports = rt.block_on(wsfs::verify::verify(
-                    &provs, &workspace, &layers, deep, &trust,
+                    &provs, &workspace, &layers, deep, &trust, progress,
                 ));
             }
             let (text, verdict) = wsfs::verify::judge(&reports, all);
@@ -245,7 +274,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             verdict
         }
         Command::Mount {
-            store,
+            mut store,
             workspace,
             layers,
             mountpoint,
@@ -266,10 +295,60 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             prefetch_page_cache,
             read_ahead_kb,
             ready_timeout,
+            check_only,
             notify_ready,
             serve_daemon,
             attach_lower,
         } => {
+            // Store URLs a parent wsfs handed down outside the command line.
+            store.stores.extend(wsfs::mount::inherited_store_urls());
+            let cfg = wsfs::store::config_mount(store.config.as_deref())
+                .map_err(|e| WsfsError::Usage(e.to_string()))?;
+            let from_config = |what: &str| {
+                WsfsError::Usage(format!(
+                    "no {what}: pass it on the command line or set it in the [mount] table of a --config file (docs/operations.md)"
+                ))
+            };
+            let workspace = workspace
+                .or(cfg.workspace)
+                .ok_or_else(|| from_config("workspace (--workspace WS)"))?;
+            let layers = if layers.is_empty() {
+                cfg.layers
+            } else {
+                layers
+            };
+            if layers.is_empty() {
+                return Err(from_config("layer (--layer NAME, repeatable)"));
+            }
+            let mountpoint = mountpoint
+                .or(cfg.mountpoint)
+                .ok_or_else(|| from_config("mount point (the MOUNTPOINT argument)"))?;
+            let cache_dir = cache_dir.or(cfg.cache_dir);
+            let cache_size = match (cache_size, cfg.cache_size) {
+                (Some(n), _) => n,
+                (None, Some(s)) => wsfs::cli::parse_size(&s)
+                    .map_err(|e| WsfsError::Usage(format!("[mount] cache_size: {e}")))?,
+                (None, None) => 10 << 30,
+            };
+            let read_deadline = match (read_deadline, cfg.read_deadline) {
+                (Some(d), _) => d,
+                (None, Some(s)) => wsfs::cli::parse_dur(&s)
+                    .map_err(|e| WsfsError::Usage(format!("[mount] read_deadline: {e}")))?,
+                (None, None) => std::time::Duration::from_secs(30),
+            };
+            let prefetch = prefetch
+                .or(cfg.prefetch)
+                .unwrap_or_else(|| "tree".to_string());
+            if !["none", "tree", "chunks", "all"].contains(&prefetch.as_str()) {
+                return Err(WsfsError::Usage(format!(
+                    "[mount] prefetch = {prefetch:?}: expected none, tree, chunks or all"
+                )));
+            }
+            let allow_other = allow_other || cfg.allow_other.unwrap_or(false);
+            let uid = uid.or(cfg.uid);
+            let gid = gid.or(cfg.gid);
+            let metrics_file = metrics_file.or(cfg.metrics_file);
+            let metrics_addr = metrics_addr.or(cfg.metrics_addr);
             let specs = specs(&store)?;
             check_mount_input(
                 &store,
@@ -284,8 +363,20 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                     "--uid/--gid make the files another user's, but without --allow-other the kernel lets only the mounting user into the mount: add --allow-other (file modes then decide who may read what)".into(),
                 ));
             }
+            if check_only {
+                let abs = wsfs::mount::check_mountpoint(&mountpoint)?;
+                eprintln!(
+                    "wsfs: {} can be mounted there (input checked, nothing mounted; the stores were not asked)",
+                    abs.display()
+                );
+                return Ok(());
+            }
             if !foreground {
-                return wsfs::mount::spawn_keeper(&mountpoint, ready_timeout);
+                // The keeper gets this command's arguments (it reads the same config file) and
+                // the store URLs, in its environment.
+                wsfs::mount::spawn_keeper(argv, &store.stores, &mountpoint, ready_timeout)?;
+                say_prefetching(&prefetch, &mountpoint);
+                return Ok(());
             }
             // Keeper and daemons refer to the mount point by its absolute path (records, the
             // mount table); relative paths resolve against the caller's directory, as given.
@@ -332,6 +423,7 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             // Foreground: this process is the keeper. The mount point is checked here so that
             // a busy or missing one fails before any daemon starts.
             let mountpoint = wsfs::mount::check_mountpoint(&args.mountpoint)?;
+            let shown = format!("{} at {}", args.workspace, mountpoint.display());
             let mut notified = false;
             let mut ready = |r: Result<(), &WsfsError>| {
                 if notified {
@@ -340,19 +432,35 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 notified = true;
                 if notify_ready {
                     wsfs::mount::notify_parent(r);
-                } else if r.is_ok() {
-                    eprintln!(
-                        "wsfs: mounted; serving in the foreground (Ctrl-C or wsfs umount to stop)"
-                    );
+                    return;
+                }
+                // systemd (Type=notify): `systemctl start` returns when the tree can be read.
+                match r {
+                    Ok(()) => {
+                        wsfs::daemon::sd_notify::notify(&format!(
+                            "READY=1\nSTATUS=serving {shown}"
+                        ));
+                        eprintln!(
+                            "wsfs: mounted; serving in the foreground (Ctrl-C or wsfs umount to stop)"
+                        );
+                    }
+                    Err(e) => wsfs::daemon::sd_notify::notify(&format!(
+                        "STATUS=mount failed: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    )),
                 }
             };
-            wsfs::daemon::keeper::run(
+            let r = wsfs::daemon::keeper::run(
                 wsfs::daemon::keeper::KeeperArgs {
                     mountpoint,
                     daemon_args: wsfs::mount::daemon_args(),
                 },
                 &mut ready,
-            )
+            );
+            if !notify_ready {
+                wsfs::daemon::sd_notify::notify("STOPPING=1");
+            }
+            r
         }
         Command::Attach {
             store,
@@ -372,9 +480,6 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
                 a.push(k.into());
                 a.push(v);
             };
-            for s in &store.stores {
-                push("--store", s.into());
-            }
             if let Some(c) = &store.config {
                 push("--config", c.into());
             }
@@ -407,13 +512,17 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
             if let Some(g) = gid {
                 push("--gid", g.to_string().into());
             }
-            push("--prefetch", prefetch.into());
+            push("--prefetch", prefetch.clone().into());
+            let shown_at = at.clone();
             wsfs::attach::attach(wsfs::attach::AttachArgs {
                 mount_args: a,
+                store_urls: store.stores.clone(),
                 at,
                 scratch,
                 keep_scratch,
-            })
+            })?;
+            say_prefetching(&prefetch, &shown_at);
+            Ok(())
         }
         Command::Umount {
             mountpoint,
@@ -428,7 +537,21 @@ fn run(cli: Cli) -> Result<(), WsfsError> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Started as mount(8)'s helper (`mount -t fuse.wsfs`, fstab): the same as `wsfs mount`.
+    if argv
+        .first()
+        .is_some_and(|a| wsfs::mount_helper::invoked_as_helper(a))
+    {
+        match wsfs::mount_helper::translate(&argv) {
+            Ok(a) => argv = a,
+            Err(e) => {
+                eprintln!("wsfs: error: {e}");
+                std::process::exit(e.exit_code());
+            }
+        }
+    }
+    let cli = Cli::parse_from(&argv);
     // Listing commands behave as Unix tools in a pipe (`wsfs ls | head`): a closed stdout ends
     // them quietly. Daemons keep SIGPIPE ignored (a status client hanging up must not kill one).
     if matches!(
@@ -447,7 +570,7 @@ fn main() {
         _ => "warn",
     };
     init_logging(&cli, default_log);
-    let code = match run(cli) {
+    let code = match run(cli, argv.get(1..).unwrap_or_default()) {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("wsfs: error: {e}");

@@ -114,9 +114,47 @@ pub fn daemon_args() -> Vec<OsString> {
     args
 }
 
-/// Starts the keeper (this executable with the same arguments plus `--foreground
-/// --notify-ready`) and waits until it reports the mount ready or failed.
-pub fn spawn_keeper(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsError> {
+/// The store URLs a `wsfs mount` hands to its keeper and daemons, newline-separated, instead of
+/// putting them on their command lines: a URL may carry credentials (userinfo, a signed-URL
+/// token), and a command line is readable by every user of the machine for the whole mount,
+/// while a process's environment is readable only by its owner (and root).
+pub const STORE_URLS_ENV: &str = "WSFS_INTERNAL_STORE_URLS";
+
+/// The store URLs handed down by a parent `wsfs` (see [`STORE_URLS_ENV`]).
+pub fn inherited_store_urls() -> Vec<String> {
+    std::env::var(STORE_URLS_ENV)
+        .map(|v| {
+            v.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `args` without their `--store URL` / `--store=URL` pairs.
+pub fn without_store_args(args: &[OsString]) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--store" {
+            it.next();
+        } else if !a.as_encoded_bytes().starts_with(b"--store=") {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// Starts the keeper (this executable with `args` — the mount command's arguments — plus
+/// `--foreground --notify-ready`) and waits until it reports the mount ready or failed. The
+/// store URLs travel in the environment ([`STORE_URLS_ENV`]), never on a command line.
+pub fn spawn_keeper(
+    args: &[OsString],
+    store_urls: &[String],
+    mountpoint: &Path,
+    timeout: Duration,
+) -> Result<(), WsfsError> {
     let abs = check_mountpoint(mountpoint)?;
     let exe = std::env::current_exe()
         .map_err(|e| WsfsError::Failed(format!("cannot find own executable: {e}")))?;
@@ -130,11 +168,12 @@ pub fn spawn_keeper(mountpoint: &Path, timeout: Duration) -> Result<(), WsfsErro
         .append(true)
         .open(&log)
         .map_err(|e| WsfsError::Failed(format!("cannot open log {}: {e}", log.display())))?;
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args = without_store_args(args);
     args.push("--foreground".into());
     args.push(NOTIFY_FLAG.into());
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
+        .env(STORE_URLS_ENV, store_urls.join("\n"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(logf);

@@ -87,11 +87,28 @@ async fn check_layer(
     layer: &str,
     deep: bool,
     trust: &[ed25519_dalek::VerifyingKey],
+    progress: bool,
 ) -> (LayerState, Vec<String>) {
     let (m, signer) = match manifest_on(p, ws, layer, trust).await {
         Ok(m) => m,
         Err(s) => return (s, Vec::new()),
     };
+    // On a terminal, chunks checked so far; the report that follows is the summary.
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(m.chunks.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(format!(
+            "{} on {} ({})",
+            layer,
+            p.name,
+            if deep { "download and hash" } else { "HEAD" }
+        ));
+        b
+    });
+    let bar = bar.as_ref();
     let results: Vec<(Digest, ChunkCheck)> = futures::stream::iter(m.chunks.iter())
         .map(|c| async move {
             let key = keys::chunk(&c.hash);
@@ -119,11 +136,17 @@ async fn check_layer(
                     Err(o) => Err((o.to_string(), damaged(&o))),
                 }
             };
+            if let Some(b) = bar {
+                b.inc(1);
+            }
             (c.hash, r)
         })
         .buffer_unordered(32)
         .collect()
         .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     let mut missing = Vec::new();
     let mut problems = Vec::new();
     let mut corrupt = 0;
@@ -160,6 +183,7 @@ pub async fn verify(
     layers: &[String],
     deep: bool,
     trust: &[ed25519_dalek::VerifyingKey],
+    progress: bool,
 ) -> Vec<StoreReport> {
     let mut out = Vec::new();
     for p in providers {
@@ -173,7 +197,7 @@ pub async fn verify(
             if !seen.insert(l.clone()) {
                 continue;
             }
-            let (state, parents) = check_layer(p, ws, &l, deep, trust).await;
+            let (state, parents) = check_layer(p, ws, &l, deep, trust, progress).await;
             queue.extend(parents);
             rep.layers.push((l, state));
         }

@@ -602,45 +602,6 @@ fn sigterm_with_a_file_open_keeps_serving_and_names_the_holder() {
 // --all-stale, in a private mount namespace
 // ---------------------------------------------------------------------------------------------
 
-const IN_PRIVATE_NS: &str = "WSFS_TEST_IN_PRIVATE_MOUNT_NS";
-
-/// Runs the (ignored) test `scenario` of this binary in a mount namespace of its own, and
-/// asserts that it ran and passed.
-fn run_in_private_namespace(scenario: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let ns = std::fs::read_link("/proc/self/ns/mnt").expect("ns link");
-    let o = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([
-            scenario,
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(IN_PRIVATE_NS, &ns)
-        .output()
-        .expect("run unshare (util-linux)");
-    let out = text(&o);
-    assert!(o.status.success(), "{out}");
-    assert!(out.contains("1 passed"), "the scenario ran: {out}");
-}
-
-/// In a scenario: asserts that this process runs in another mount namespace than its outer
-/// test (which names its own in the environment).
-fn assert_in_private_namespace() {
-    let outer = std::env::var_os(IN_PRIVATE_NS)
-        .expect("this scenario changes the mount table: run it only through its outer test");
-    let mine = std::fs::read_link("/proc/self/ns/mnt").expect("ns link");
-    assert_ne!(
-        mine.as_os_str(),
-        outer.as_os_str(),
-        "not in a private mount namespace: refusing to run"
-    );
-}
-
 #[test]
 fn all_stale_removes_only_dead_mounts_whatever_the_run_dir() {
     require_fuse();

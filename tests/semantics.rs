@@ -104,4 +104,77 @@ fn sparse_file_larger_than_4_gib() {
     let mut buf = vec![0u8; 100];
     let n = g.read_at(&mut buf, size - 4).unwrap();
     assert_eq!(&buf[..n], b"tail");
+    // st_blocks counts distinct content, so the file is seen as sparse (`du`, cp --sparse=auto):
+    // its repeated zero chunks count once.
+    let m = std::fs::metadata(mp.join("sparse.img")).unwrap();
+    assert!(
+        m.blocks() * 512 < size / 16,
+        "a sparse file reports its distinct content, not {} blocks",
+        m.blocks()
+    );
+}
+
+#[test]
+fn block_counts_are_the_distinct_content_of_a_file() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng::new(9);
+    // Ordinary files: their size, rounded up to 512-byte blocks, like a local filesystem's
+    // apparent size.
+    for (name, len) in [
+        ("tiny", 3usize),
+        ("page", 4096),
+        ("odd", 70_001),
+        ("big", 9 << 20),
+    ] {
+        std::fs::write(src.join(name), rng.bytes(len)).unwrap();
+    }
+    // A 64 MiB file that is a hole with a few bytes in the middle.
+    let f = std::fs::File::create(src.join("holey")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(b"middle", 32 << 20).unwrap();
+    drop(f);
+    std::fs::write(src.join("empty"), b"").unwrap();
+    assert_ok(&persist(&s, &[s.store("st")], "ws", "l", &src, &[]));
+    let mp = s.mkdir("mnt");
+    let _m = mount(&s, &[s.store("st")], "ws", &["l"], &mp, &[]);
+    for (name, len) in [
+        ("tiny", 3u64),
+        ("page", 4096),
+        ("odd", 70_001),
+        ("big", 9 << 20),
+        ("empty", 0),
+    ] {
+        let m = std::fs::metadata(mp.join(name)).unwrap();
+        assert_eq!(m.len(), len, "{name}");
+        assert_eq!(m.blocks(), len.div_ceil(512), "{name}: blocks");
+    }
+    let m = std::fs::metadata(mp.join("holey")).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    assert!(
+        m.blocks() * 512 <= 16 << 20,
+        "the hole counts once: {} blocks for 64 MiB",
+        m.blocks()
+    );
+    assert!(m.blocks() > 0);
+    // `du` agrees, and a sparse-aware copy makes a sparse file that compares equal.
+    let o = std::process::Command::new("cp")
+        .arg("--sparse=auto")
+        .arg(mp.join("holey"))
+        .arg(s.path("copy"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let copy = std::fs::metadata(s.path("copy")).unwrap();
+    assert!(
+        copy.blocks() * 512 < 64 << 20,
+        "cp --sparse=auto kept the copy sparse: {} blocks",
+        copy.blocks()
+    );
+    assert_eq!(
+        std::fs::read(s.path("copy")).unwrap(),
+        std::fs::read(src.join("holey")).unwrap()
+    );
 }

@@ -5,4 +5,5 @@
 pub mod fuse_dev;
 pub mod handover;
 pub mod keeper;
+pub mod sd_notify;
 pub mod serve;

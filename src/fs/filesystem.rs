@@ -119,7 +119,7 @@ impl WsFs {
             kind: n.kind,
             perm: (n.mode & 0o7777) as u16,
             size: n.size,
-            blocks: n.size.div_ceil(512),
+            blocks: distinct_bytes(&n.extents).div_ceil(512),
             mtime: to_time(n.mtime_sec, n.mtime_nsec),
             nlink,
             uid: self.uid,
@@ -333,4 +333,20 @@ impl WsFs {
         });
         FsError::Io { path, source: err }
     }
+}
+
+/// The bytes a file occupies as distinct content: each distinct piece of a chunk counted once.
+/// That is its size for ordinary files, and far less for sparse files (a run of zeros — a hole —
+/// is one chunk, referenced again and again). It is what `st_blocks` reports (in 512-byte
+/// units), so `du` shows what a file really holds and `cp --sparse=auto`, `tar --sparse` and
+/// rsync see a sparse file as sparse (docs/semantics.md).
+pub fn distinct_bytes(extents: &[crate::manifest::Extent]) -> u64 {
+    if extents.len() <= 1 {
+        return extents.iter().map(|x| u64::from(x.len)).sum();
+    }
+    let mut pieces: Vec<(u32, u32, u32)> =
+        extents.iter().map(|x| (x.chunk, x.offset, x.len)).collect();
+    pieces.sort_unstable();
+    pieces.dedup();
+    pieces.iter().map(|p| u64::from(p.2)).sum()
 }

@@ -166,6 +166,11 @@ impl InodeTable {
         self.nodes.len()
     }
 
+    /// Distinct chunks the tree uses.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

@@ -36,6 +36,9 @@ pub struct CacheStatus {
     /// found cached); equal to the workspace's chunk count when it is done.
     #[serde(default)]
     pub prefetched: u64,
+    /// Chunks in the workspace (what a finished `--prefetch chunks|all` has dealt with).
+    #[serde(default)]
+    pub chunks: u64,
     pub memory_bytes: u64,
 }
 
@@ -147,6 +150,7 @@ impl StatusSource {
             disk_corrupt: get(&f.disk_corrupt),
             fetched: get(&f.fetched),
             prefetched: get(&f.prefetched),
+            chunks: self.fs.table().chunk_count() as u64,
             memory_bytes: self.fs.fetcher().memory().bytes() as u64,
         };
         let w = &self.fs.warmup;
@@ -482,6 +486,17 @@ fn print_mount(m: &MountStatus) {
         "  reads={} bytes_served={} failovers={} eio={} repairs={} cache: memory_hits={} disk_hits={} fetched={}",
         m.reads, m.bytes_served, m.failovers, m.eio, m.repairs, m.cache.memory_hits, m.cache.disk_hits, m.cache.fetched
     );
+    if m.cache.prefetched > 0 {
+        println!(
+            "  prefetch: {} of {} chunks ({}%)",
+            m.cache.prefetched,
+            m.cache.chunks,
+            (m.cache.prefetched * 100)
+                .checked_div(m.cache.chunks)
+                .unwrap_or(100)
+                .min(100)
+        );
+    }
     let w = &m.warmup;
     if !w.state.is_empty() && w.state != "off" {
         println!(

@@ -27,6 +27,42 @@ struct ConfigFile {
     /// are relative to the config file.
     #[serde(default)]
     trust_keys: Vec<std::path::PathBuf>,
+    /// What `wsfs mount --config FILE` mounts when the command line does not say (systemd's
+    /// `wsfs@NAME` reads `/etc/wsfs/NAME.toml`); other commands ignore it.
+    #[serde(default)]
+    mount: MountSection,
+}
+
+/// The `[mount]` table of a config file: defaults for `wsfs mount`; a flag on the command line
+/// wins over the same key here.
+#[derive(Clone, Debug, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MountSection {
+    pub workspace: Option<String>,
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Absolute path of the mount point.
+    pub mountpoint: Option<std::path::PathBuf>,
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// A size such as "10G".
+    pub cache_size: Option<String>,
+    pub allow_other: Option<bool>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// none, tree, chunks or all.
+    pub prefetch: Option<String>,
+    /// A duration such as "30s".
+    pub read_deadline: Option<String>,
+    pub metrics_file: Option<std::path::PathBuf>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// The `[mount]` table of a config file (empty without a file or a table).
+pub fn config_mount(config: Option<&Path>) -> Result<MountSection, ConfigError> {
+    match config {
+        Some(path) => Ok(read_config(path)?.mount),
+        None => Ok(MountSection::default()),
+    }
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -87,7 +123,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message} (expected [[store]] tables with url = \"…\" and an optional options = {{ … }})")]
+    #[error("config file {path} is not valid: {message} (expected [[store]] tables with url = \"…\" and an optional options = {{ … }}, trust_keys = [\"…\"] and a [mount] table; see docs/operations.md)")]
     Parse { path: String, message: String },
     #[error("store option {key} = {value:?} is not valid: {why}")]
     BadOption {
@@ -113,6 +149,31 @@ pub fn chain_specs(config: Option<&Path>, flags: &[String]) -> Result<Vec<StoreS
         return Err(ConfigError::NoStores);
     }
     Ok(specs)
+}
+
+/// Whether a store URL carries credentials: a user name or password, or a query parameter that
+/// is a token or signature (`sig=`, `X-Amz-Signature=`, `token=`, …). Such a URL is readable by
+/// anyone who can see the command line; credentials belong in the environment or a config file.
+pub fn url_has_credentials(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    const SECRET_KEYS: [&str; 10] = [
+        "sig",
+        "signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "x-goog-signature",
+        "token",
+        "access_key",
+        "secret",
+        "password",
+    ];
+    !u.username().is_empty()
+        || u.password().is_some()
+        || u.query_pairs()
+            .any(|(k, _)| SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()))
 }
 
 /// Splits wsfs's own `wsfs_*` options out of a spec and applies them over `base`.
@@ -210,6 +271,36 @@ mod tests {
         let (l, rest) = limits_for(&specs[0], Limits::default()).unwrap();
         assert_eq!(l.request_timeout, Duration::from_secs(1));
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn credentials_in_urls_are_recognised() {
+        assert!(url_has_credentials("http://user:pw@host:9000/b/p"));
+        assert!(url_has_credentials(
+            "https://acct.blob.core.windows.net/c?sv=2022&sig=abc"
+        ));
+        assert!(url_has_credentials("https://h/b?X-Amz-Signature=1"));
+        assert!(!url_has_credentials("s3://bucket/prefix"));
+        assert!(!url_has_credentials("file:///var/ws"));
+        assert!(!url_has_credentials("https://h/b?region=eu"));
+    }
+
+    #[test]
+    fn a_mount_table_is_read_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[[store]]\nurl = \"file:///s\"\n[mount]\nworkspace = \"w\"\nlayers = [\"a\", \"b\"]\nmountpoint = \"/job/ws\"\nallow_other = true\n",
+        )
+        .unwrap();
+        let m = config_mount(Some(&p)).unwrap();
+        assert_eq!(m.workspace.as_deref(), Some("w"));
+        assert_eq!(m.layers, ["a", "b"]);
+        assert_eq!(m.allow_other, Some(true));
+        std::fs::write(&p, "[mount]\nworkspaces = \"w\"\n").unwrap();
+        let e = config_mount(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("workspaces"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub mod stats;
 pub mod verified;
 
 pub use chain::{Chain, ResolvedLayer, Served};
-pub use config::{chain_specs, config_trust_keys, Limits, StoreSpec};
+pub use config::{
+    chain_specs, config_mount, config_trust_keys, url_has_credentials, Limits, MountSection,
+    StoreSpec,
+};
 pub use outcome::{AllMissed, Attempt, Outcome};
 pub use provider::{Listed, Provider};
 pub use verified::VerifiedChunk;

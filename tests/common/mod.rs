@@ -465,3 +465,44 @@ pub fn first_chunk_of(store_dir: &Path, path: &str) -> wsfs::manifest::Digest {
         .expect("entry in manifest");
     man.chunks[e.extents[0].chunk as usize].hash
 }
+
+// Scenarios that change the mount table of the machine run in a mount namespace of their own.
+
+pub const IN_PRIVATE_NS: &str = "WSFS_TEST_IN_PRIVATE_MOUNT_NS";
+
+/// Runs the (ignored) test `scenario` of this binary in a mount namespace of its own, and
+/// asserts that it ran and passed.
+pub fn run_in_private_namespace(scenario: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/mnt").expect("ns link");
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(exe)
+        .args([
+            scenario,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(IN_PRIVATE_NS, &ns)
+        .output()
+        .expect("run unshare (util-linux)");
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("1 passed"), "the scenario ran: {out}");
+}
+
+/// In a scenario: asserts that this process runs in another mount namespace than its outer
+/// test (which names its own in the environment).
+pub fn assert_in_private_namespace() {
+    let outer = std::env::var_os(IN_PRIVATE_NS)
+        .expect("this scenario changes the mount table: run it only through its outer test");
+    let mine = std::fs::read_link("/proc/self/ns/mnt").expect("ns link");
+    assert_ne!(
+        mine.as_os_str(),
+        outer.as_os_str(),
+        "not in a private mount namespace: refusing to run"
+    );
+}
