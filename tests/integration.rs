@@ -599,3 +599,46 @@ fn store_credentials_stay_off_every_command_line() {
     }
     compare_trees(&src, &mp);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Progress where work is long
+// ---------------------------------------------------------------------------------------------
+
+/// `cmd` run on a pseudo-terminal (util-linux `script`), its output as the terminal got it.
+fn on_a_terminal(cmd: &str) -> String {
+    let o = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux)");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn long_commands_show_progress_on_a_terminal_and_one_summary_otherwise() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 200, 6, 3);
+    let store = s.store("store");
+    let persist_cmd = format!(
+        "{WSFS} persist --store {store} --workspace ws --layer build --root {}",
+        src.display()
+    );
+    let verify_cmd = format!("{WSFS} verify --store {store} --workspace ws --layer build --deep");
+    // On a terminal: persist shows bytes, verify the chunks checked per layer and store.
+    let out = on_a_terminal(&persist_cmd);
+    assert!(out.contains("persisted "), "{out}");
+    assert!(out.contains('\u{1b}'), "a progress bar was drawn: {out}");
+    let out = on_a_terminal(&verify_cmd);
+    assert!(out.contains("chunks build on"), "verify progress: {out}");
+    assert!(out.contains("(download and hash)"), "{out}");
+    assert!(out.contains("complete"), "{out}");
+    // Not on a terminal (a CI log): the summary alone, no escape codes.
+    for cmd in [&persist_cmd, &verify_cmd] {
+        let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert_ok(&o);
+        let all = text(&o);
+        assert!(!all.contains('\u{1b}'), "escape codes in a log: {all}");
+        assert!(!all.contains("chunks build on"), "progress in a log: {all}");
+    }
+}
