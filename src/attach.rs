@@ -42,6 +42,9 @@ pub struct AttachArgs {
     pub mount_args: Vec<OsString>,
     /// `--store` URLs, handed to the mount in its environment (never on a command line).
     pub store_urls: Vec<String>,
+    /// `--uid`/`--gid`: also the owner of the attached directory's top (see [`own_top`]).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub at: PathBuf,
     pub scratch: Option<PathBuf>,
     pub keep_scratch: bool,
@@ -168,6 +171,20 @@ impl Made {
     }
 }
 
+/// The overlay's top directory takes its owner and mode from `upper/`, which root just made:
+/// without this, a job running as its own user could not create anything at the top of its own
+/// checkout after an attach. `upper/` gets DIR's owner and mode, or `--uid/--gid` if given.
+fn own_top(upper: &Path, at: &Path, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(at)?;
+    std::os::unix::fs::chown(
+        upper,
+        Some(uid.unwrap_or(m.uid())),
+        Some(gid.unwrap_or(m.gid())),
+    )?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+}
+
 pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -218,6 +235,14 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
             )));
         }
         made.upper_work.push(d.clone());
+    }
+    if let Err(e) = own_top(&upper, &at, args.uid, args.gid) {
+        made.undo();
+        return Err(WsfsError::Mount(format!(
+            "cannot give {} the owner and mode of {}: {e}",
+            upper.display(),
+            at.display()
+        )));
     }
     match create_dirs(&ws_mount) {
         Ok(c) => made.workspace_created = c,

@@ -277,6 +277,10 @@ pub enum Command {
         /// Remove every wsfs mount whose daemon is gone.
         #[arg(long)]
         all_stale: bool,
+        /// Succeed (exit 0) when nothing is mounted at MOUNTPOINT: for cleanup steps that
+        /// always run, also after a job that never mounted.
+        #[arg(long)]
+        if_mounted: bool,
     },
     /// Show mounts, counters and recent failures.
     Status {

@@ -14,6 +14,10 @@ pub mod exit {
     pub const TIMEOUT: i32 = 7;
 }
 
+/// How a line break inside a message crosses the one-line readiness protocol (ASCII record
+/// separator: never part of a message).
+const LINE_BREAK: &str = "\u{1e}";
+
 #[derive(Debug, thiserror::Error)]
 pub enum WsfsError {
     #[error("{0}")]
@@ -77,11 +81,22 @@ impl WsfsError {
     }
 
     /// The exit code as a single line `ERROR <code> <message>` (the daemon's readiness protocol).
+    /// Line breaks travel as [`LINE_BREAK`] and are restored by [`Self::from_code_line`], so a
+    /// list (conflicting paths, say) reaches the user as a list.
     pub fn code_line(&self) -> String {
         format!(
             "ERROR {} {}",
             self.exit_code(),
-            self.to_string().replace('\n', " ")
+            self.to_string().replace('\n', LINE_BREAK)
+        )
+    }
+
+    /// The error a [`Self::code_line`] carries (`rest` is what follows `ERROR `).
+    pub fn from_code_line(rest: &str) -> WsfsError {
+        let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+        WsfsError::from_code(
+            code.parse::<i32>().unwrap_or(exit::FAILURE),
+            msg.replace(LINE_BREAK, "\n"),
         )
     }
 }

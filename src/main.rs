@@ -517,6 +517,8 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             wsfs::attach::attach(wsfs::attach::AttachArgs {
                 mount_args: a,
                 store_urls: store.stores.clone(),
+                uid,
+                gid,
                 at,
                 scratch,
                 keep_scratch,
@@ -529,7 +531,8 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             force,
             timeout,
             all_stale,
-        } => wsfs::ops::umount::run(mountpoint.as_deref(), force, timeout, all_stale),
+            if_mounted,
+        } => wsfs::ops::umount::run(mountpoint.as_deref(), force, timeout, all_stale, if_mounted),
         Command::Status { mountpoint, json } => {
             wsfs::ops::status::print(mountpoint.as_deref(), json)
         }

@@ -146,6 +146,75 @@ pub fn without_store_args(args: &[OsString]) -> Vec<OsString> {
     out
 }
 
+/// Options of `wsfs mount` whose values are paths.
+const PATH_OPTIONS: [&str; 5] = [
+    "--config",
+    "--cache-dir",
+    "--metrics-file",
+    "--trust-key",
+    "--attach-lower",
+];
+
+/// The mount command's arguments (`mount …`, global options allowed before it) with every path
+/// — path options and the MOUNTPOINT — made absolute against this process's directory, so that
+/// the keeper and its daemons can run in `/`. A daemon must not hold the directory it was
+/// started from: that may be the checkout a job attaches over, which it would keep busy.
+pub fn with_absolute_paths(args: &[OsString]) -> Vec<OsString> {
+    use clap::CommandFactory;
+    let top = crate::cli::Cli::command();
+    let Some(mount) = top.find_subcommand("mount") else {
+        return args.to_vec();
+    };
+    let takes_value = |long: &str| {
+        top.get_arguments()
+            .chain(mount.get_arguments())
+            .find(|a| a.get_long() == Some(long.trim_start_matches("--")))
+            .is_some_and(|a| a.get_action().takes_values())
+    };
+    let absolute = |v: &OsString| -> OsString {
+        mountinfo::absolute_lexical(Path::new(v))
+            .map(|(a, _)| a.into_os_string())
+            .unwrap_or_else(|| v.clone())
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut seen_subcommand = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy();
+        if let Some(long) = text.strip_prefix("--").map(|_| text.as_ref()) {
+            if let Some((name, value)) = long.split_once('=') {
+                if PATH_OPTIONS.contains(&name) {
+                    let mut o = OsString::from(format!("{name}="));
+                    o.push(absolute(&OsString::from(value)));
+                    out.push(o);
+                } else {
+                    out.push(a.clone());
+                }
+                continue;
+            }
+            out.push(a.clone());
+            if takes_value(long) {
+                if let Some(v) = it.next() {
+                    out.push(if PATH_OPTIONS.contains(&long) {
+                        absolute(v)
+                    } else {
+                        v.clone()
+                    });
+                }
+            }
+        } else if !seen_subcommand && text == "mount" {
+            seen_subcommand = true;
+            out.push(a.clone());
+        } else if seen_subcommand && !text.starts_with('-') {
+            // The one positional of `wsfs mount`: MOUNTPOINT.
+            out.push(absolute(a));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// Starts the keeper (this executable with `args` — the mount command's arguments — plus
 /// `--foreground --notify-ready`) and waits until it reports the mount ready or failed. The
 /// store URLs travel in the environment ([`STORE_URLS_ENV`]), never on a command line.
@@ -168,11 +237,15 @@ pub fn spawn_keeper(
         .append(true)
         .open(&log)
         .map_err(|e| WsfsError::Failed(format!("cannot open log {}: {e}", log.display())))?;
-    let mut args = without_store_args(args);
+    let mut args = without_store_args(&with_absolute_paths(args));
     args.push("--foreground".into());
     args.push(NOTIFY_FLAG.into());
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
+        // Keeper and daemons hold no directory the job may want to unmount (see
+        // with_absolute_paths); their run directory is absolute too.
+        .current_dir("/")
+        .env("WSFS_RUN_DIR", runtime::run_dir_absolute())
         .env(STORE_URLS_ENV, store_urls.join("\n"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -229,9 +302,7 @@ pub fn spawn_keeper(
     }
     let status = child.wait().ok();
     if let Some(rest) = line.strip_prefix("ERROR ") {
-        let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
-        let msg = msg.to_string();
-        return Err(WsfsError::from_code(code.parse::<i32>().unwrap_or(1), msg));
+        return Err(WsfsError::from_code_line(rest));
     }
     let tail = std::fs::read_to_string(&log)
         .map(|s| {
@@ -297,5 +368,50 @@ pub fn notify_parent(r: Result<(), &WsfsError>) {
         use std::os::fd::AsRawFd;
         // SAFETY: both descriptors are valid for the duration of the call.
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn paths_become_absolute_and_nothing_else_changes() {
+        let cwd = std::env::current_dir().unwrap();
+        let abs = |p: &str| cwd.join(p).into_os_string();
+        let out = with_absolute_paths(&os(&[
+            "--log",
+            "info",
+            "mount",
+            "--config",
+            "c.toml",
+            "--layer",
+            "l1",
+            "--cache-dir=cache",
+            "--allow-other",
+            "mnt",
+            "--trust-key",
+            "/abs/k.pub",
+            "--workspace",
+            "ws",
+        ]));
+        let mut want = os(&["--log", "info", "mount", "--config"]);
+        want.push(abs("c.toml"));
+        want.extend(os(&["--layer", "l1"]));
+        let mut cache = OsString::from("--cache-dir=");
+        cache.push(abs("cache"));
+        want.push(cache);
+        want.push("--allow-other".into());
+        want.push(abs("mnt"));
+        want.extend(os(&["--trust-key", "/abs/k.pub", "--workspace", "ws"]));
+        assert_eq!(out, want);
+        assert_eq!(
+            without_store_args(&os(&["mount", "--store", "s3://a", "--store=gs://b", "m"])),
+            os(&["mount", "m"])
+        );
     }
 }

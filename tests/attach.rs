@@ -281,3 +281,86 @@ fn prefetch_all_warms_the_workspace_under_the_overlay_and_umount_mid_warm_up_wor
     assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
     assert_eq!(snapshot(&co), before);
 }
+
+/// Runs `script` in `dir` as user and group 65534 (nobody), as a CI job's own user would.
+fn as_nobody(dir: &Path, script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn a_job_user_can_write_at_the_top_of_its_attached_checkout() {
+    require_fuse();
+    let s = Scratch::new();
+    // The job's user must be able to reach the test's directories.
+    std::fs::set_permissions(
+        s.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let src = s.mkdir("src");
+    std::fs::create_dir(src.join("dist")).unwrap();
+    std::fs::write(src.join("dist/app"), "built\n").unwrap();
+    assert_ok(&persist(&s, &[s.store("st")], "ws", "build", &src, &[]));
+    let attach = |at: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "attach",
+            "--store",
+            Box::leak(s.store("st").into_boxed_str()),
+            "--workspace",
+            "ws",
+            "--layer",
+            "build",
+            "--at",
+            Box::leak(at.display().to_string().into_boxed_str()),
+        ];
+        args.extend_from_slice(extra);
+        let o = s.wsfs(&args);
+        assert_ok(&o);
+        Attached {
+            at: at.to_path_buf(),
+            run_dir: s.run_dir(),
+        }
+    };
+
+    // A root-owned checkout, attached with --uid/--gid: the top directory becomes the user's.
+    let a = s.mkdir("checkout-a");
+    let _ga = attach(&a, &["--uid", "65534", "--gid", "65534"]);
+    let o = as_nobody(
+        &a,
+        "mkdir results && echo ok > results/x && echo more >> dist/app && cat dist/app",
+    );
+    assert!(
+        o.status.success(),
+        "the job's user writes in its checkout: {}",
+        text(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "built\nmore\n");
+    let md = std::fs::metadata(&a).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+
+    // Without --uid/--gid the top keeps the checkout's own owner and mode.
+    let b = s.mkdir("checkout-b");
+    std::os::unix::fs::chown(&b, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&b, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let _gb = attach(&b, &[]);
+    let md = std::fs::metadata(&b).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (65534, 65534, 0o750)
+    );
+    let o = as_nobody(&b, "touch top-level-file");
+    assert!(o.status.success(), "{}", text(&o));
+}

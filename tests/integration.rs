@@ -642,3 +642,69 @@ fn long_commands_show_progress_on_a_terminal_and_one_summary_otherwise() {
         assert!(!all.contains("chunks build on"), "progress in a log: {all}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup steps and working directories
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn keeper_and_daemon_hold_no_working_directory_and_relative_paths_work() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = persisted(&s, "ci-6");
+    // The command runs inside the job's directory, with relative paths everywhere.
+    let job = s.mkdir("job");
+    std::fs::create_dir(job.join("ws")).unwrap();
+    std::fs::write(
+        job.join("c.toml"),
+        format!("[[store]]\nurl = {:?}\n", s.store("store")),
+    )
+    .unwrap();
+    let o = Command::new(WSFS)
+        .args([
+            "mount",
+            "--config",
+            "c.toml",
+            "--workspace",
+            "ci-6",
+            "--layer",
+            "build",
+            "--cache-dir",
+            "cache",
+            "ws",
+        ])
+        .current_dir(&job)
+        .env("WSFS_RUN_DIR", s.run_dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let mp = job.join("ws");
+    let _g = Mounted {
+        mountpoint: mp.clone(),
+        run_dir: s.run_dir(),
+    };
+    compare_trees(&src, &mp);
+    assert!(
+        job.join("cache").is_dir(),
+        "--cache-dir taken against the caller's directory"
+    );
+    for p in processes(&s, &mp) {
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", p.pid)).unwrap();
+        assert_eq!(
+            cwd,
+            Path::new("/"),
+            "pid {} holds {} (it would keep a checkout busy)",
+            p.pid,
+            cwd.display()
+        );
+    }
+    // So a shell that left the directory can unmount it, and a cleanup step can always run.
+    let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
+    assert_ok(&o);
+    let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
+    assert_code(&o, 1);
+    assert!(text(&o).contains("is not mounted"), "{}", text(&o));
+    let o = s.wsfs(&["umount", "--if-mounted", mp.to_str().unwrap()]);
+    assert_ok(&o);
+    assert!(text(&o).contains("nothing is mounted"), "{}", text(&o));
+}

@@ -116,6 +116,13 @@ fn concurrent_layers_writing_the_same_path_conflict() {
         !e.contains("same.txt"),
         "identical content and mode is not a conflict: {e}"
     );
+    // The list reaches the user as a list (one path per line), through the keeper's one-line
+    // readiness report.
+    assert!(
+        e.lines().any(|l| l.trim() == "out/a.txt (layers x and y)")
+            && e.lines().any(|l| l.trim() == "out/b.txt (layers x and y)"),
+        "one conflicting path per line: {e}"
+    );
     assert!(!is_mounted(&mp), "nothing mounted");
 }
 

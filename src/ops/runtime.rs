@@ -47,6 +47,15 @@ impl MountRecord {
 
 /// The directory for records, sockets and daemon logs: `$WSFS_RUN_DIR`, else `/run/wsfs` for
 /// root, else `$XDG_RUNTIME_DIR/wsfs`, else `/tmp/wsfs-<uid>`.
+/// [`run_dir`] as an absolute path (a relative `WSFS_RUN_DIR` is taken against the current
+/// directory), for processes that run elsewhere.
+pub fn run_dir_absolute() -> PathBuf {
+    let d = run_dir();
+    super::mountinfo::absolute_lexical(&d)
+        .map(|(a, _)| a)
+        .unwrap_or(d)
+}
+
 pub fn run_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("WSFS_RUN_DIR") {
         return PathBuf::from(d);

@@ -29,6 +29,7 @@ pub fn run(
     force: bool,
     timeout: Duration,
     all_stale: bool,
+    if_mounted: bool,
 ) -> Result<(), WsfsError> {
     if all_stale {
         if mountpoint.is_some() {
@@ -50,6 +51,14 @@ pub fn run(
     }
     let entries = mountinfo::read_mounts()
         .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
+    if if_mounted && mountinfo::find_by_mountpoint(&entries, &abs).is_none() {
+        runtime::remove_all(&abs);
+        eprintln!(
+            "wsfs: nothing is mounted at {}; nothing to do",
+            abs.display()
+        );
+        return Ok(());
+    }
     if overlay::attachments(&entries)
         .iter()
         .any(|a| a.at() == abs.as_path())
