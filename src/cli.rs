@@ -211,6 +211,11 @@ pub enum Command {
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
         prefetch_concurrency: usize,
+        /// Profile-guided prefetch: fetch first, in parallel, the chunks the last mount with this
+        /// profile name read (stored at `profiles/NAME` on the stores), record the order of this
+        /// run's first reads, and store it at unmount. Name it after the job (e.g. `test-linux`).
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
         /// At most this much page-cache memory is filled ahead of reads: with `tree` or `all`,
         /// the other small files of a pack chunk a file was just read from; with `all`, every
         /// small file. 0: none. Clean page-cache pages are
@@ -265,6 +270,9 @@ pub enum Command {
         /// overlay).
         #[arg(long, default_value = "tree", value_parser = ["none", "tree", "chunks", "all"])]
         prefetch: String,
+        /// As for `wsfs mount`: profile-guided prefetch under this name.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
     },
     /// Unmount a wsfs mount.
     Umount {

@@ -100,11 +100,27 @@ impl Fetcher {
     /// provider keeps most of its request slots free for them), and a chunk this task is already
     /// fetching is shared with any reader that wants it.
     pub fn prefetch_all(self: &Arc<Self>, chunks: Vec<ChunkInfo>, concurrency: usize) {
+        let this = self.clone();
+        self.prefetch_in_order(chunks, concurrency, "the whole workspace", move || {
+            this.stats.prefetched.fetch_add(1, Relaxed);
+        });
+    }
+
+    /// [`Fetcher::prefetch_all`] for any list (a profile's chunks), calling `done` once per
+    /// chunk dealt with (fetched, found cached, or failed: a reader's own fetch reports that).
+    pub fn prefetch_in_order(
+        self: &Arc<Self>,
+        chunks: Vec<ChunkInfo>,
+        concurrency: usize,
+        what: &'static str,
+        done: impl Fn() + Send + Sync + 'static,
+    ) {
         use futures::StreamExt;
         let this = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let total = chunks.len();
+            let done = &done;
             futures::stream::iter(chunks)
                 .for_each_concurrent(concurrency.max(1), |c| {
                     let this = this.clone();
@@ -113,14 +129,14 @@ impl Fetcher {
                         if this.memory.get(&c.hash).is_none() {
                             let _ = this.start(&c).await;
                         }
-                        this.stats.prefetched.fetch_add(1, Relaxed);
+                        done();
                     }
                 })
                 .await;
             tracing::info!(
                 chunks = total,
                 secs = started.elapsed().as_secs_f64(),
-                "prefetch of the whole workspace finished"
+                "prefetch of {what} finished"
             );
         });
     }

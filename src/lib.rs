@@ -15,6 +15,7 @@ pub mod mount;
 pub mod mount_helper;
 pub mod ops;
 pub mod persist;
+pub mod profile;
 pub mod retention;
 pub mod store;
 pub mod test_hooks;

@@ -292,6 +292,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             threads,
             prefetch,
             prefetch_concurrency,
+            profile,
             prefetch_page_cache,
             read_ahead_kb,
             ready_timeout,
@@ -349,6 +350,10 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             let gid = gid.or(cfg.gid);
             let metrics_file = metrics_file.or(cfg.metrics_file);
             let metrics_addr = metrics_addr.or(cfg.metrics_addr);
+            let profile = profile.or(cfg.profile);
+            if let Some(p) = &profile {
+                wsfs::manifest::names::validate_name("profile", p).map_err(WsfsError::Usage)?;
+            }
             let specs = specs(&store)?;
             check_mount_input(
                 &store,
@@ -416,6 +421,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 read_ahead_kb,
                 attach_lower,
                 trust_keys: trust_keys(&store)?,
+                profile,
             };
             if serve_daemon {
                 return wsfs::daemon::serve::run(args);
@@ -473,6 +479,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             uid,
             gid,
             prefetch,
+            profile,
         } => {
             specs(&store)?;
             let mut a: Vec<std::ffi::OsString> = Vec::new();
@@ -513,6 +520,9 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 push("--gid", g.to_string().into());
             }
             push("--prefetch", prefetch.clone().into());
+            if let Some(p) = profile {
+                push("--profile", p.into());
+            }
             let shown_at = at.clone();
             wsfs::attach::attach(wsfs::attach::AttachArgs {
                 mount_args: a,

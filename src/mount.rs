@@ -56,6 +56,8 @@ pub struct MountArgs {
     pub attach_lower: Option<PathBuf>,
     /// Only refs signed by one of these keys are mounted (`--trust-key`, `trust_keys`).
     pub trust_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// `--profile NAME`: replay the stored profile, record this run's, store it at unmount.
+    pub profile: Option<String>,
 }
 
 /// Checks a mountpoint without ever stat-ing a path that may be a hung mount: the mount table

@@ -87,6 +87,12 @@ fn first_message(chan: &Channel) -> Result<Start, WsfsError> {
     }
 }
 
+/// Chunks a profile replay fetches at once (at least): a profile lists what the job will ask
+/// for first, so it is fetched wide, while the job starts.
+const PROFILE_CONCURRENCY: usize = 16;
+/// How long an unmount waits for the profile to be stored.
+const PROFILE_SAVE_WAIT: Duration = Duration::from_secs(5);
+
 /// The filesystem, built and ready to mount.
 struct Built {
     /// The mount's lease, taken before any ref was read (first daemon only).
@@ -226,6 +232,11 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
         args.gid.unwrap_or(gid),
     ));
     fs.pages.set_budget(args.prefetch_page_cache);
+    if args.profile.is_some() && first {
+        // Only a daemon that serves from the start records: a replacement saw only part of
+        // the run, and its profile would replace a whole one.
+        fs.record_profile();
+    }
     drop(_guard);
     Ok(Built {
         lease,
@@ -464,6 +475,13 @@ fn start_serving(
                 .map(|l| (l.name.clone(), l.signer.clone()))
                 .collect(),
             started: record.started,
+            profile: args
+                .profile
+                .as_ref()
+                .map(|name| crate::ops::status::ProfileStatus {
+                    name: name.clone(),
+                    ..Default::default()
+                }),
             ..Default::default()
         },
     });
@@ -491,6 +509,14 @@ fn start_serving(
     }
     if first {
         set_read_ahead(&mp, args.read_ahead_kb);
+    }
+    if let Some(name) = &args.profile {
+        // Before the whole-workspace prefetch: the profile's chunks are what the job wants first.
+        let (chain, fs, name) = (built.chain.clone(), fs.clone(), name.clone());
+        let concurrency = args.prefetch_concurrency.max(PROFILE_CONCURRENCY);
+        built.rt.spawn(async move {
+            crate::profile::replay(&chain, &fs, &name, concurrency).await;
+        });
     }
     if args.prefetch_chunks {
         fs.fetcher()
@@ -592,6 +618,21 @@ fn wait(
     });
     if let Some(x) = metrics {
         x.finish();
+    }
+    if let Some(name) = &args.profile {
+        let providers = built.chain.providers().to_vec();
+        let fs = built.fs.clone();
+        // The timer is made inside the runtime (block_on), where tokio's clock lives.
+        let saved = built.rt.block_on(async move {
+            tokio::time::timeout(
+                PROFILE_SAVE_WAIT,
+                crate::profile::save(&providers, &fs, name),
+            )
+            .await
+        });
+        if saved.is_err() {
+            tracing::warn!(profile = %name, "storing the profile took too long; given up");
+        }
     }
     // Unmounted: nothing is in use any more.
     let _ = built.rt.block_on(async {

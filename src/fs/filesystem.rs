@@ -52,6 +52,10 @@ pub struct WsFs {
     pub warmup: Warmup,
     /// What has been pushed into the kernel's page cache, and the budget left for it.
     pub pages: KernelPages,
+    /// `--profile`: the order of first reads per chunk, when this mount records one.
+    recorder: std::sync::OnceLock<crate::profile::Recorder>,
+    /// `--profile`: how the replay of the stored profile went.
+    pub profile_stats: Arc<crate::profile::ProfileStats>,
 }
 
 /// One entry of a directory listing; `next` is the offset to resume after it.
@@ -82,7 +86,21 @@ impl WsFs {
             ops: FuseOpStats::default(),
             ledger: FailureLedger::default(),
             warmup: Warmup::default(),
+            recorder: std::sync::OnceLock::new(),
+            profile_stats: Arc::default(),
         }
+    }
+
+    /// From now on, record the order in which reads first touch chunks (`--profile`).
+    pub fn record_profile(&self) {
+        let _ = self
+            .recorder
+            .set(crate::profile::Recorder::new(self.table.chunk_count()));
+    }
+
+    /// The recorder, if this mount records a profile.
+    pub fn recorder(&self) -> Option<&crate::profile::Recorder> {
+        self.recorder.get()
     }
 
     pub fn table(&self) -> &InodeTable {
@@ -272,6 +290,12 @@ impl WsFs {
             ));
         }
         if read_ahead {
+            // A job's own read (not the warm-up): the profile notes chunks it touches first.
+            if let Some(r) = self.recorder.get() {
+                for (e, _, _) in &pieces {
+                    r.touch(n.extents[*e].chunk);
+                }
+            }
             // Start the next extents' chunks now, so a sequential reader finds them ready.
             for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {
                 if let Some(c) = self.table.chunk(x.chunk) {

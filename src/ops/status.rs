@@ -42,6 +42,19 @@ pub struct CacheStatus {
     pub memory_bytes: u64,
 }
 
+/// Profile-guided prefetch (`--profile NAME`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProfileStatus {
+    pub name: String,
+    /// Chunks the stored profile listed, how many of them this workspace has, and how many of
+    /// those the replay has dealt with (fetched or found cached).
+    pub listed: u64,
+    pub matched: u64,
+    pub replayed: u64,
+    /// Chunks this run's reads have touched so far (stored as the profile at unmount).
+    pub recorded: u64,
+}
+
 /// The kernel cache warm-up of `--prefetch all`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WarmupStatus {
@@ -108,6 +121,8 @@ pub struct MountStatus {
     pub cache: CacheStatus,
     #[serde(default)]
     pub warmup: WarmupStatus,
+    #[serde(default)]
+    pub profile: Option<ProfileStatus>,
     pub stores: Vec<StoreStatus>,
     /// FUSE requests by op (lookup, getattr, readlink, open, read, readdir, readdirplus, opendir,
     /// statfs) and the error replies among them.
@@ -153,6 +168,13 @@ impl StatusSource {
             chunks: self.fs.table().chunk_count() as u64,
             memory_bytes: self.fs.fetcher().memory().bytes() as u64,
         };
+        if let Some(p) = s.profile.as_mut() {
+            let ps = &self.fs.profile_stats;
+            p.listed = get(&ps.listed);
+            p.matched = get(&ps.matched);
+            p.replayed = get(&ps.replayed);
+            p.recorded = self.fs.recorder().map(|r| r.len() as u64).unwrap_or(0);
+        }
         let w = &self.fs.warmup;
         s.warmup = WarmupStatus {
             state: w.state().name().to_string(),
@@ -486,6 +508,12 @@ fn print_mount(m: &MountStatus) {
         "  reads={} bytes_served={} failovers={} eio={} repairs={} cache: memory_hits={} disk_hits={} fetched={}",
         m.reads, m.bytes_served, m.failovers, m.eio, m.repairs, m.cache.memory_hits, m.cache.disk_hits, m.cache.fetched
     );
+    if let Some(p) = &m.profile {
+        println!(
+            "  profile {}: replayed {} of {} chunks ({} listed), recorded {}",
+            p.name, p.replayed, p.matched, p.listed, p.recorded
+        );
+    }
     if m.cache.prefetched > 0 {
         println!(
             "  prefetch: {} of {} chunks ({}%)",

@@ -55,6 +55,8 @@ pub struct MountSection {
     pub read_deadline: Option<String>,
     pub metrics_file: Option<std::path::PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Profile-guided prefetch under this name.
+    pub profile: Option<String>,
 }
 
 /// The `[mount]` table of a config file (empty without a file or a table).

@@ -1,0 +1,284 @@
+//! Profile-guided prefetch (`mount|attach --profile NAME`). CI jobs repeat: the same job reads
+//! nearly the same files on every commit. A mount with a profile name
+//!
+//! * **records** the order in which the job's reads first touched each chunk (a bitmap check per
+//!   read; a lock only the first time a chunk is touched, so recording never slows reads), and
+//!   at unmount stores that order at `profiles/<NAME>` on every store, beside the workspaces;
+//! * **replays** the stored profile of the same name at the next mount: right after the tree
+//!   serves, the chunks it lists that the new workspace also has are fetched, in that order and
+//!   several at a time, into the caches — so the job finds them there when it asks.
+//!
+//! A profile names chunks by digest, not by index, so it stays useful across commits (a new
+//! workspace shares most chunks with the last one); chunks the workspace no longer has are
+//! skipped. Unknown, stale, foreign or damaged profiles cost nothing: a damaged one (bad magic,
+//! length or checksum) is a miss on that store and the next store is asked; if no store has a
+//! good one, nothing is prefetched. Every prefetched chunk is verified by its digest like any
+//! other, so a profile can waste bandwidth at worst, never change what a read returns.
+//!
+//! Format (`WSFSPRF1`): magic, u32 LE count, `count` × 32-byte chunk digests in first-read
+//! order, then the BLAKE3 of everything before it.
+
+use crate::manifest::Digest;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+const MAGIC: &[u8; 8] = b"WSFSPRF1";
+/// Profiles larger than this are not profiles (a million chunks is a 32 MiB profile).
+pub const MAX_PROFILE_BYTES: u64 = 32 << 20;
+
+/// The store key of profile `name`.
+pub fn key(name: &str) -> String {
+    format!("profiles/{name}")
+}
+
+/// Encodes an ordered list of chunk digests.
+pub fn encode(order: &[Digest]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 4 + order.len() * 32 + 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(order.len() as u32).to_le_bytes());
+    for d in order {
+        out.extend_from_slice(&d.0);
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// Decodes a profile, or says why it is not one.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Digest>, String> {
+    if bytes.len() < 8 + 4 + 32 || &bytes[..8] != MAGIC {
+        return Err("not a wsfs profile (bad magic or too short)".into());
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err("checksum mismatch (damaged profile)".into());
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&body[8..12]);
+    let count = u32::from_le_bytes(n) as usize;
+    let digests = &body[12..];
+    if digests.len() != count.saturating_mul(32) {
+        return Err(format!(
+            "length mismatch: {count} digests announced, {} bytes present",
+            digests.len()
+        ));
+    }
+    Ok(digests
+        .chunks_exact(32)
+        .map(|c| {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(c);
+            Digest(d)
+        })
+        .collect())
+}
+
+/// Records the order in which reads first touch chunks (by chunk index in the mounted table).
+pub struct Recorder {
+    /// One bit per chunk: touched already.
+    seen: Vec<AtomicU64>,
+    order: Mutex<Vec<u32>>,
+}
+
+impl Recorder {
+    pub fn new(chunks: usize) -> Recorder {
+        Recorder {
+            seen: (0..chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            order: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Notes that a read touched chunk `index`. Cheap when it was touched before (one load).
+    pub fn touch(&self, index: u32) {
+        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        let Some(w) = self.seen.get(word) else {
+            return;
+        };
+        if w.load(Relaxed) & bit != 0 {
+            return;
+        }
+        if w.fetch_or(bit, Relaxed) & bit == 0 {
+            self.order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(index);
+        }
+    }
+
+    /// Chunk indexes in first-touch order.
+    pub fn order(&self) -> Vec<u32> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.lock().map(|o| o.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What `status` says about a mount's profile.
+#[derive(Debug, Default)]
+pub struct ProfileStats {
+    /// Chunks the stored profile listed.
+    pub listed: AtomicU64,
+    /// Of those, chunks this workspace has (queued for prefetch).
+    pub matched: AtomicU64,
+    /// Chunks the replay has dealt with so far.
+    pub replayed: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(b: u8) -> Digest {
+        Digest([b; 32])
+    }
+
+    #[test]
+    fn round_trip_and_damage_is_refused() {
+        let order = vec![d(3), d(1), d(2)];
+        let bytes = encode(&order);
+        assert_eq!(decode(&bytes).unwrap(), order);
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert!(decode(&bad).unwrap_err().contains("checksum"));
+        assert!(decode(b"garbage").unwrap_err().contains("magic"));
+        let mut short = bytes[..bytes.len() - 32 - 32].to_vec();
+        let sum = blake3::hash(&short);
+        short.extend_from_slice(sum.as_bytes());
+        assert!(decode(&short).unwrap_err().contains("length mismatch"));
+        assert_eq!(decode(&encode(&[])).unwrap(), Vec::<Digest>::new());
+    }
+
+    #[test]
+    fn the_recorder_keeps_first_touches_in_order_once() {
+        let r = Recorder::new(130);
+        for i in [5, 129, 5, 0, 129, 64] {
+            r.touch(i);
+        }
+        r.touch(1000); // outside the table: ignored
+        assert_eq!(r.order(), vec![5, 129, 0, 64]);
+        let r = std::sync::Arc::new(Recorder::new(10_000));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let r = r.clone();
+                std::thread::spawn(move || (0..10_000).for_each(|i| r.touch(i)))
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        let mut o = r.order();
+        assert_eq!(o.len(), 10_000, "each chunk once, whatever the races");
+        o.sort_unstable();
+        o.dedup();
+        assert_eq!(o.len(), 10_000);
+    }
+}
+
+/// Fetches profile `name` (failover: a damaged copy is a miss, the next store is asked) and
+/// prefetches, in its order and `concurrency` at a time, the chunks of it this workspace has.
+pub async fn replay(
+    chain: &crate::store::Chain,
+    fs: &std::sync::Arc<crate::fs::filesystem::WsFs>,
+    name: &str,
+    concurrency: usize,
+) {
+    use crate::store::Outcome;
+    let got = chain
+        .fetch("profile", &key(name), MAX_PROFILE_BYTES, |b| {
+            decode(b).map_err(Outcome::Corrupt)
+        })
+        .await;
+    let digests = match got {
+        Ok(served) => served.value,
+        Err(missed) => {
+            if missed
+                .attempts
+                .iter()
+                .all(|a| matches!(a.outcome, Outcome::NotFound))
+            {
+                tracing::info!(
+                    profile = name,
+                    "no stored profile yet: this mount records one"
+                );
+            } else {
+                tracing::warn!(profile = name, error = %missed, "the stored profile cannot be used; nothing is prefetched by it");
+            }
+            return;
+        }
+    };
+    let table = fs.table();
+    let by_digest: std::collections::HashMap<Digest, crate::manifest::ChunkInfo> =
+        (0..table.chunk_count() as u32)
+            .filter_map(|i| table.chunk(i).map(|c| (c.hash, *c)))
+            .collect();
+    let mut seen = std::collections::HashSet::new();
+    let chunks: Vec<crate::manifest::ChunkInfo> = digests
+        .iter()
+        .filter(|d| seen.insert(**d))
+        .filter_map(|d| by_digest.get(d).copied())
+        .collect();
+    let stats = fs.profile_stats.clone();
+    stats.listed.store(digests.len() as u64, Relaxed);
+    stats.matched.store(chunks.len() as u64, Relaxed);
+    tracing::info!(
+        profile = name,
+        listed = digests.len(),
+        matched = chunks.len(),
+        "replaying the stored profile: prefetching the chunks the last run read first"
+    );
+    fs.fetcher()
+        .prefetch_in_order(chunks, concurrency, "the profile", move || {
+            stats.replayed.fetch_add(1, Relaxed);
+        });
+}
+
+/// Stores what this mount recorded as profile `name` on every store (best effort: a store
+/// that refuses is logged). Nothing is stored if no read touched a chunk: an idle mount must not
+/// replace a useful profile.
+pub async fn save(
+    providers: &[std::sync::Arc<crate::store::Provider>],
+    fs: &crate::fs::filesystem::WsFs,
+    name: &str,
+) {
+    let Some(rec) = fs.recorder() else {
+        return;
+    };
+    let table = fs.table();
+    let order: Vec<Digest> = rec
+        .order()
+        .into_iter()
+        .filter_map(|i| table.chunk(i).map(|c| c.hash))
+        .collect();
+    if order.is_empty() {
+        tracing::info!(
+            profile = name,
+            "no chunk was read: the stored profile is left as it was"
+        );
+        return;
+    }
+    let bytes = bytes::Bytes::from(encode(&order));
+    let k = key(name);
+    let results =
+        futures::future::join_all(providers.iter().map(|p| p.put(&k, bytes.clone()))).await;
+    let mut saved = 0;
+    for (p, r) in providers.iter().zip(results) {
+        match r {
+            Ok(()) => saved += 1,
+            Err(o) => {
+                tracing::warn!(store = %p.name, profile = name, outcome = %o, "cannot store the profile there")
+            }
+        }
+    }
+    tracing::info!(
+        profile = name,
+        chunks = order.len(),
+        stores = saved,
+        "profile stored"
+    );
+}
