@@ -150,42 +150,124 @@ fn build_globs(paths: &[String]) -> Result<Option<GlobSet>, WsfsError> {
     ))
 }
 
+/// The leading components of a pattern that contain no glob syntax (`results/test-a` of
+/// `results/test-a/**`): only that part of the tree can match, so only it is walked.
+fn literal_prefix(pattern: &str) -> &str {
+    let pattern = pattern.trim_start_matches("./").trim_end_matches('/');
+    let mut end = 0;
+    for (i, comp) in pattern.split('/').enumerate() {
+        if comp.is_empty() || comp.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+            break;
+        }
+        end = if i == 0 {
+            comp.len()
+        } else {
+            end + 1 + comp.len()
+        };
+    }
+    &pattern[..end]
+}
+
+/// Where to walk for these patterns (relative to the root, "" = all of it): their literal
+/// prefixes, without those inside another. Persisting `results` from a checkout with a
+/// workspace attached over it must not read every workspace entry.
+fn walk_starts(paths: &[String]) -> Vec<String> {
+    let mut starts: Vec<String> = paths
+        .iter()
+        .map(|p| literal_prefix(p).to_string())
+        .collect();
+    if paths.is_empty() || starts.iter().any(|s| s.is_empty()) {
+        return vec![String::new()];
+    }
+    starts.sort();
+    starts.dedup();
+    let mut out: Vec<String> = Vec::new();
+    for s in starts {
+        if !out.iter().any(|o| s.starts_with(&format!("{o}/"))) {
+            out.push(s);
+        }
+    }
+    out
+}
+
 /// Walks `root` (never following symlinks) and returns the entries to persist, sorted by path.
-/// With patterns, `unmatched` gets the index of every pattern that matched nothing.
+/// With patterns, `unmatched` gets the index of every pattern that matched nothing; only the
+/// parts of the tree a pattern can match are walked (and the directories leading to them).
 fn walk(
     root: &Path,
     globs: Option<&GlobSet>,
+    paths: &[String],
     skipped: &mut Vec<String>,
     unmatched: &mut Vec<usize>,
 ) -> Result<Vec<Walked>, WsfsError> {
-    let mut all = Vec::new();
-    for item in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-    {
-        let item =
-            item.map_err(|e| WsfsError::Failed(format!("cannot walk {}: {e}", root.display())))?;
-        let rel = item
-            .path()
-            .strip_prefix(root)
-            .map_err(|e| WsfsError::Failed(e.to_string()))?
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        let meta = item.path().symlink_metadata().map_err(|e| {
-            WsfsError::Failed(format!("cannot stat {}: {e}", item.path().display()))
-        })?;
-        let ft = meta.file_type();
+    let mut by_rel: std::collections::BTreeMap<Vec<u8>, Walked> = Default::default();
+    let starts = if globs.is_some() {
+        walk_starts(paths)
+    } else {
+        vec![String::new()]
+    };
+    for start in &starts {
+        let top = root.join(start);
+        if !start.is_empty() {
+            // The start and the directories leading to it, as the whole walk would see them:
+            // a symlink on the way is not followed (then nothing below it can match).
+            let mut rel = PathBuf::new();
+            let mut reachable = true;
+            for comp in Path::new(start).components() {
+                rel.push(comp);
+                let abs = root.join(&rel);
+                let Ok(meta) = abs.symlink_metadata() else {
+                    reachable = false;
+                    break;
+                };
+                let is_dir = meta.is_dir();
+                let key = rel.as_os_str().as_bytes().to_vec();
+                by_rel.entry(key.clone()).or_insert(Walked {
+                    rel: key,
+                    abs: abs.clone(),
+                    meta,
+                });
+                if !is_dir {
+                    reachable = abs == top;
+                    break;
+                }
+            }
+            if !reachable || !top.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+        }
+        for item in walkdir::WalkDir::new(&top)
+            .follow_links(false)
+            .sort_by_file_name()
+            .min_depth(1)
+        {
+            let item =
+                item.map_err(|e| WsfsError::Failed(format!("cannot walk {}: {e}", top.display())))?;
+            let rel = item
+                .path()
+                .strip_prefix(root)
+                .map_err(|e| WsfsError::Failed(e.to_string()))?
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let meta = item.path().symlink_metadata().map_err(|e| {
+                WsfsError::Failed(format!("cannot stat {}: {e}", item.path().display()))
+            })?;
+            by_rel.entry(rel.clone()).or_insert(Walked {
+                rel,
+                abs: item.path().to_path_buf(),
+                meta,
+            });
+        }
+    }
+    let mut all = Vec::with_capacity(by_rel.len());
+    for (_, w) in by_rel {
+        let ft = w.meta.file_type();
         if ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device() {
-            skipped.push(item.path().display().to_string());
+            skipped.push(w.abs.display().to_string());
             continue;
         }
-        all.push(Walked {
-            rel,
-            abs: item.path().to_path_buf(),
-            meta,
-        });
+        all.push(w);
     }
     let Some(globs) = globs else {
         all.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -310,11 +392,12 @@ pub async fn persist(
     };
     let mut report = PersistReport::default();
     let root = opts.root.clone();
+    let paths = opts.paths.clone();
     let entries = {
         let mut skipped = Vec::new();
         let entries = tokio::task::spawn_blocking(move || {
             let mut unmatched = Vec::new();
-            let r = walk(&root, globs.as_ref(), &mut skipped, &mut unmatched);
+            let r = walk(&root, globs.as_ref(), &paths, &mut skipped, &mut unmatched);
             r.map(|e| (e, skipped, unmatched))
         })
         .await
@@ -611,4 +694,64 @@ fn tokio_stream_of<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_pattern_can_match_is_walked() {
+        assert_eq!(literal_prefix("results/test-a/**"), "results/test-a");
+        assert_eq!(literal_prefix("./dist/"), "dist");
+        assert_eq!(literal_prefix("*.o"), "");
+        assert_eq!(literal_prefix("src/*/x"), "src");
+        assert_eq!(literal_prefix("a/b{c,d}"), "a");
+        let v = |p: &[&str]| walk_starts(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(v(&["results", "results/x/**", "dist"]), ["dist", "results"]);
+        assert_eq!(v(&["results", "**/*.log"]), [""]);
+        assert_eq!(v(&["ab", "a/b"]), ["a/b", "ab"]);
+    }
+
+    #[test]
+    fn a_pattern_walk_persists_what_the_whole_walk_would() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["results/a", "results/b", "dist/x", "other", "lnk-target/in"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for f in [
+            "results/a/1",
+            "results/b/2",
+            "dist/x/app",
+            "other/o",
+            "top.log",
+            "lnk-target/in/f",
+        ] {
+            std::fs::write(r.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("lnk-target", r.join("lnk")).unwrap();
+        let cases: [&[&str]; 5] = [
+            &["results"],
+            &["results/a/1", "dist"],
+            &["*.log", "results/b"],
+            &["lnk/in/f", "lnk"],
+            &["missing/x", "dist/x/app"],
+        ];
+        for pats in cases {
+            let pats: Vec<String> = pats.iter().map(|s| s.to_string()).collect();
+            let globs = build_globs(&pats).unwrap();
+            let (mut s1, mut u1, mut s2, mut u2) = (vec![], vec![], vec![], vec![]);
+            let fast = walk(r, globs.as_ref(), &pats, &mut s1, &mut u1).unwrap();
+            // The whole walk: the same patterns with a pattern that has no literal prefix.
+            let mut all_pats = pats.clone();
+            all_pats.push("*.nothing-matches".into());
+            let all_globs = build_globs(&all_pats).unwrap();
+            let full = walk(r, all_globs.as_ref(), &all_pats, &mut s2, &mut u2).unwrap();
+            let names = |v: &[Walked]| v.iter().map(|w| w.rel.clone()).collect::<Vec<_>>();
+            assert_eq!(names(&fast), names(&full), "{pats:?}");
+            u2.retain(|i| *i < pats.len());
+            assert_eq!(u1, u2, "{pats:?}: unmatched patterns");
+        }
+    }
 }
