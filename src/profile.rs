@@ -132,54 +132,6 @@ pub struct ProfileStats {
     pub replayed: AtomicU64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(b: u8) -> Digest {
-        Digest([b; 32])
-    }
-
-    #[test]
-    fn round_trip_and_damage_is_refused() {
-        let order = vec![d(3), d(1), d(2)];
-        let bytes = encode(&order);
-        assert_eq!(decode(&bytes).unwrap(), order);
-        let mut bad = bytes.clone();
-        bad[20] ^= 1;
-        assert!(decode(&bad).unwrap_err().contains("checksum"));
-        assert!(decode(b"garbage").unwrap_err().contains("magic"));
-        let mut short = bytes[..bytes.len() - 32 - 32].to_vec();
-        let sum = blake3::hash(&short);
-        short.extend_from_slice(sum.as_bytes());
-        assert!(decode(&short).unwrap_err().contains("length mismatch"));
-        assert_eq!(decode(&encode(&[])).unwrap(), Vec::<Digest>::new());
-    }
-
-    #[test]
-    fn the_recorder_keeps_first_touches_in_order_once() {
-        let r = Recorder::new(130);
-        for i in [5, 129, 5, 0, 129, 64] {
-            r.touch(i);
-        }
-        r.touch(1000); // outside the table: ignored
-        assert_eq!(r.order(), vec![5, 129, 0, 64]);
-        let r = std::sync::Arc::new(Recorder::new(10_000));
-        let hs: Vec<_> = (0..4)
-            .map(|_| {
-                let r = r.clone();
-                std::thread::spawn(move || (0..10_000).for_each(|i| r.touch(i)))
-            })
-            .collect();
-        hs.into_iter().for_each(|h| h.join().unwrap());
-        let mut o = r.order();
-        assert_eq!(o.len(), 10_000, "each chunk once, whatever the races");
-        o.sort_unstable();
-        o.dedup();
-        assert_eq!(o.len(), 10_000);
-    }
-}
-
 /// Fetches profile `name` (failover: a damaged copy is a miss, the next store is asked) and
 /// prefetches, in its order and `concurrency` at a time, the chunks of it this workspace has.
 pub async fn replay(
@@ -281,4 +233,52 @@ pub async fn save(
         stores = saved,
         "profile stored"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(b: u8) -> Digest {
+        Digest([b; 32])
+    }
+
+    #[test]
+    fn round_trip_and_damage_is_refused() {
+        let order = vec![d(3), d(1), d(2)];
+        let bytes = encode(&order);
+        assert_eq!(decode(&bytes).unwrap(), order);
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert!(decode(&bad).unwrap_err().contains("checksum"));
+        assert!(decode(b"garbage").unwrap_err().contains("magic"));
+        let mut short = bytes[..bytes.len() - 32 - 32].to_vec();
+        let sum = blake3::hash(&short);
+        short.extend_from_slice(sum.as_bytes());
+        assert!(decode(&short).unwrap_err().contains("length mismatch"));
+        assert_eq!(decode(&encode(&[])).unwrap(), Vec::<Digest>::new());
+    }
+
+    #[test]
+    fn the_recorder_keeps_first_touches_in_order_once() {
+        let r = Recorder::new(130);
+        for i in [5, 129, 5, 0, 129, 64] {
+            r.touch(i);
+        }
+        r.touch(1000); // outside the table: ignored
+        assert_eq!(r.order(), vec![5, 129, 0, 64]);
+        let r = std::sync::Arc::new(Recorder::new(10_000));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let r = r.clone();
+                std::thread::spawn(move || (0..10_000).for_each(|i| r.touch(i)))
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        let mut o = r.order();
+        assert_eq!(o.len(), 10_000, "each chunk once, whatever the races");
+        o.sort_unstable();
+        o.dedup();
+        assert_eq!(o.len(), 10_000);
+    }
 }
