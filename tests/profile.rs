@@ -56,14 +56,21 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
     let s = Scratch::new();
     let src = tree(&s);
     let store = s.store("st");
-    assert_ok(&persist(&s, &[store.clone()], "run1", "build", &src, &[]));
+    assert_ok(&persist(
+        &s,
+        std::slice::from_ref(&store),
+        "run1",
+        "build",
+        &src,
+        &[],
+    ));
     let chunk = |f: &str| first_chunk_of(&s.path("st"), f);
 
     // Run 1: no profile yet; reads c, a, e (and c again).
     let mp = s.mkdir("mnt1");
     let m = mount(
         &s,
-        &[store.clone()],
+        std::slice::from_ref(&store),
         "run1",
         &["build"],
         &mp,
@@ -86,11 +93,18 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
     );
 
     // Run 2: the next commit's workspace (same files, so the same chunks), no cache shared.
-    assert_ok(&persist(&s, &[store.clone()], "run2", "build", &src, &[]));
+    assert_ok(&persist(
+        &s,
+        std::slice::from_ref(&store),
+        "run2",
+        "build",
+        &src,
+        &[],
+    ));
     let mp2 = s.mkdir("mnt2");
     let _m2 = mount(
         &s,
-        &[store.clone()],
+        std::slice::from_ref(&store),
         "run2",
         &["build"],
         &mp2,
