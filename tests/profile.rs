@@ -108,7 +108,14 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
         "run2",
         &["build"],
         &mp2,
-        &["--profile", "job", "--prefetch", "none"],
+        &[
+            "--profile",
+            "job",
+            "--prefetch",
+            "none",
+            "--metrics-file",
+            s.path("m.prom").to_str().unwrap(),
+        ],
     );
     let st = replay_done(&s, &mp2);
     let p = &st["profile"];
@@ -129,6 +136,24 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
     let st = status_json(&s, &mp2);
     assert_eq!(st["cache"]["fetched"], 3, "{st}");
     assert!(st["cache"]["memory_hits"].as_u64().unwrap() >= 3, "{st}");
+    // Prometheus shows the replay.
+    let want = "state=\"replayed\"} 3";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(s.path("m.prom"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.starts_with("wsfs_profile_chunks{")
+                && l.contains("profile=\"job\"")
+                && l.ends_with(want)
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no wsfs_profile_chunks replayed 3 in the metrics file"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A file outside the profile is fetched on demand, as usual.
     assert_eq!(read(&mp2.join("b")), read(&src.join("b")));
     assert_eq!(status_json(&s, &mp2)["cache"]["fetched"], 4);

@@ -199,6 +199,25 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         "1 while the --prefetch all kernel warm-up runs.",
         u64::from(status.warmup.state == "running"),
     );
+    if let Some(p) = &status.profile {
+        w.family(
+            "wsfs_profile_chunks",
+            "gauge",
+            "Profile-guided prefetch (--profile): chunks the stored profile listed, those this workspace has, those replayed so far, and those this run's reads touched (the next profile).",
+        );
+        for (state, v) in [
+            ("listed", p.listed),
+            ("matched", p.matched),
+            ("replayed", p.replayed),
+            ("recorded", p.recorded),
+        ] {
+            w.sample(
+                "wsfs_profile_chunks",
+                &[("profile", p.name.as_str()), ("state", state)],
+                &v.to_string(),
+            );
+        }
+    }
     w.single(
         "wsfs_failovers_total",
         "counter",
