@@ -211,6 +211,12 @@ pub enum Command {
         /// Chunks the background prefetch fetches at once.
         #[arg(long, default_value_t = 4)]
         prefetch_concurrency: usize,
+        /// FUSE passthrough (Linux >= 6.9, root): a file of 1 MiB or more whose chunks are all in
+        /// the disk cache is materialized there once (checked against the manifest's whole-file
+        /// BLAKE3) and opened with that copy as backing file, so the kernel reads it at native
+        /// speed. Needs --cache-dir. Costs one round trip per open (no no-open mode).
+        #[arg(long)]
+        passthrough: bool,
         /// Profile-guided prefetch: fetch first, in parallel, the chunks the last mount with this
         /// profile name read (stored at `profiles/NAME` on the stores), record the order of this
         /// run's first reads, and store it at unmount. Name it after the job (e.g. `test-linux`).
@@ -273,6 +279,10 @@ pub enum Command {
         /// As for `wsfs mount`: profile-guided prefetch under this name.
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,
+        /// As for `wsfs mount`: FUSE passthrough for files whose chunks are in the disk cache
+        /// (needs --cache-dir).
+        #[arg(long)]
+        passthrough: bool,
     },
     /// Unmount a wsfs mount.
     Umount {

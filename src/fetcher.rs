@@ -75,6 +75,11 @@ impl Fetcher {
         &self.memory
     }
 
+    /// The disk cache, if the mount has one (`--cache-dir`).
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
     /// Returns the verified chunk, or an error after at most the read deadline.
     pub async fn get(self: &Arc<Self>, info: &ChunkInfo) -> Result<VerifiedChunk, FetchError> {
         if let Some(c) = self.memory.get(&info.hash) {

@@ -292,6 +292,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             threads,
             prefetch,
             prefetch_concurrency,
+            passthrough,
             profile,
             prefetch_page_cache,
             read_ahead_kb,
@@ -351,6 +352,12 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             let metrics_file = metrics_file.or(cfg.metrics_file);
             let metrics_addr = metrics_addr.or(cfg.metrics_addr);
             let profile = profile.or(cfg.profile);
+            let passthrough = passthrough || cfg.passthrough.unwrap_or(false);
+            if passthrough && cache_dir.is_none() {
+                return Err(WsfsError::Usage(
+                    "--passthrough needs --cache-dir: the backing files are verified copies kept in the disk cache".into(),
+                ));
+            }
             if let Some(p) = &profile {
                 wsfs::manifest::names::validate_name("profile", p).map_err(WsfsError::Usage)?;
             }
@@ -422,6 +429,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 attach_lower,
                 trust_keys: trust_keys(&store)?,
                 profile,
+                passthrough,
             };
             if serve_daemon {
                 return wsfs::daemon::serve::run(args);
@@ -480,6 +488,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             gid,
             prefetch,
             profile,
+            passthrough,
         } => {
             specs(&store)?;
             let mut a: Vec<std::ffi::OsString> = Vec::new();
@@ -522,6 +531,9 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             push("--prefetch", prefetch.clone().into());
             if let Some(p) = profile {
                 push("--profile", p.into());
+            }
+            if passthrough {
+                a.push("--passthrough".into());
             }
             let shown_at = at.clone();
             wsfs::attach::attach(wsfs::attach::AttachArgs {

@@ -58,6 +58,8 @@ pub struct MountArgs {
     pub trust_keys: Vec<ed25519_dalek::VerifyingKey>,
     /// `--profile NAME`: replay the stored profile, record this run's, store it at unmount.
     pub profile: Option<String>,
+    /// `--passthrough`: verified local copies of cached files as FUSE backing files.
+    pub passthrough: bool,
 }
 
 /// Checks a mountpoint without ever stat-ing a path that may be a hung mount: the mount table

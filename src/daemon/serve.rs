@@ -386,13 +386,16 @@ fn start_serving(
     let fs = &built.fs;
     let _guard = built.rt.enter();
     let (neighbours, neighbour_queue) = crate::fs::neighbours::channel();
-    let adapter = FuseAdapter::new(
+    let mut adapter = FuseAdapter::new(
         fs.clone(),
         built.rt.handle().clone(),
         64,
         args.warm_kernel,
         args.warm_kernel.then_some(neighbours),
     );
+    if args.passthrough {
+        adapter = adapter.with_passthrough();
+    }
     let mut config = fuser::Config::default();
     config.n_threads = Some(args.threads.max(2));
     // One descriptor shared by all FUSE threads: requests a daemon has read live on that

@@ -34,7 +34,16 @@ pub struct FsStats {
     pub reads: AtomicU64,
     pub bytes_served: AtomicU64,
     pub eio: AtomicU64,
+    /// `--passthrough`: opens answered with a backing file, opens that fell back to reads
+    /// through wsfs (the kernel refused the backing file), and files materialized for it.
+    pub passthrough_opens: AtomicU64,
+    pub passthrough_fallbacks: AtomicU64,
+    pub files_materialized: AtomicU64,
 }
+
+/// Files smaller than this are not worth a passthrough copy: the page cache serves them, and
+/// wsfs pushes small files into it itself.
+pub const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
 
 /// How many extents past the last one a read touched are fetched ahead of time.
 pub const READ_AHEAD_EXTENTS: usize = 4;
@@ -96,6 +105,56 @@ impl WsFs {
         let _ = self
             .recorder
             .set(crate::profile::Recorder::new(self.table.chunk_count()));
+    }
+
+    /// A verified local copy of file `ino` for FUSE passthrough, if it is worth one: a regular
+    /// file of at least [`PASSTHROUGH_MIN_BYTES`] whose copy is in the disk cache, or whose every
+    /// chunk is (then the copy is made now, from verified chunks, and checked against the
+    /// manifest's whole-file BLAKE3). `None`: serve it through wsfs as usual.
+    pub async fn passthrough_source(&self, ino: u64) -> Option<std::fs::File> {
+        let n = self.node(ino).ok()?;
+        if n.kind != EntryKind::File || n.size < PASSTHROUGH_MIN_BYTES {
+            return None;
+        }
+        let disk = self.fetcher.disk()?;
+        if let Some(f) = disk.file(&n.content, n.size) {
+            return Some(f);
+        }
+        let infos: Vec<ChunkInfo> = n
+            .extents
+            .iter()
+            .filter_map(|x| self.table.chunk(x.chunk).copied())
+            .collect();
+        if infos.len() != n.extents.len() || !infos.iter().all(|c| disk.has_chunk(&c.hash)) {
+            return None;
+        }
+        let made = async {
+            let mut w = disk.begin_file(n.content, n.size)?;
+            for (x, info) in n.extents.iter().zip(&infos) {
+                let c = self
+                    .fetcher
+                    .get(info)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let (a, b) = (x.offset as usize, x.offset as usize + x.len as usize);
+                let piece = c
+                    .data()
+                    .get(a..b)
+                    .ok_or_else(|| std::io::Error::other("extent outside its chunk"))?;
+                w.write(piece)?;
+            }
+            w.finish()
+        };
+        match made.await {
+            Ok(f) => {
+                self.stats.files_materialized.fetch_add(1, Relaxed);
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(path = %n.path_lossy(), error = %e, "cannot materialize the file for passthrough; it is read through wsfs");
+                None
+            }
+        }
     }
 
     /// The recorder, if this mount records a profile.

@@ -8,7 +8,7 @@ use super::neighbours::NeighbourPush;
 use super::opstats::FuseOp;
 use crate::manifest::EntryKind;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, InitFlags, IoctlFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
@@ -28,6 +28,22 @@ pub struct FuseAdapter {
     max_background: u16,
     readdirplus_always: bool,
     neighbours: Option<NeighbourPush>,
+    passthrough: Passthrough,
+}
+
+/// FUSE passthrough (`--passthrough`): files with a verified local copy are opened with that
+/// copy as their backing file, and the kernel reads it directly (native speed, no request per
+/// read). Asking for it costs the no-open mode: every open is then answered (one round trip).
+#[derive(Default)]
+struct Passthrough {
+    requested: bool,
+    /// The kernel agreed at INIT (`FUSE_PASSTHROUGH`); else opens stay in no-open mode.
+    negotiated: std::sync::atomic::AtomicBool,
+    /// One backing id per inode while any open of it lasts (the kernel wants the same id for
+    /// every open of one inode), with the count of those opens.
+    backing: std::sync::Mutex<std::collections::HashMap<u64, (fuser::BackingId, usize)>>,
+    /// The first refusal is logged at WARN, the rest are counted.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl FuseAdapter {
@@ -48,6 +64,63 @@ impl FuseAdapter {
             max_background,
             readdirplus_always,
             neighbours,
+            passthrough: Passthrough::default(),
+        }
+    }
+
+    /// Asks the kernel for FUSE passthrough at INIT (see [`Passthrough`]).
+    pub fn with_passthrough(mut self) -> FuseAdapter {
+        self.passthrough.requested = true;
+        self
+    }
+
+    fn passthrough_on(&self) -> bool {
+        self.passthrough
+            .negotiated
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers an open with the file's verified local copy as backing file, or — no copy, or the
+    /// kernel refuses it (not root, a stacked filesystem under the cache) — as a plain open whose
+    /// reads come to wsfs.
+    fn open_passthrough(&self, ino: u64, reply: ReplyOpen) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.fs.stats;
+        let mut map = self
+            .passthrough
+            .backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((id, opens)) = map.get_mut(&ino) {
+            *opens += 1;
+            stats.passthrough_opens.fetch_add(1, Relaxed);
+            reply.opened_passthrough(FileHandle(0), FopenFlags::empty(), id);
+            return;
+        }
+        drop(map);
+        let Some(file) = self.rt.block_on(self.fs.passthrough_source(ino)) else {
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            return;
+        };
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let mut map = self
+                    .passthrough
+                    .backing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let (id, opens) = map.entry(ino).or_insert((id, 0));
+                *opens += 1;
+                stats.passthrough_opens.fetch_add(1, Relaxed);
+                reply.opened_passthrough(FileHandle(0), FopenFlags::empty(), id);
+            }
+            Err(e) => {
+                stats.passthrough_fallbacks.fetch_add(1, Relaxed);
+                if !self.passthrough.warned.swap(true, Relaxed) {
+                    tracing::warn!(ino, error = %e, "the kernel refused a passthrough backing file; such files are read through wsfs (counted as passthrough_fallbacks)");
+                }
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            }
         }
     }
 }
@@ -113,6 +186,20 @@ impl fuser::Filesystem for FuseAdapter {
         let _ = config.set_max_background(self.max_background);
         let _ = config.set_congestion_threshold(self.max_background * 3 / 4);
         let _ = config.set_max_readahead(1 << 20);
+        if self.passthrough.requested {
+            if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                // 1: backing files on a plain filesystem, and wsfs itself still usable under
+                // overlayfs (attach).
+                && config.set_max_stack_depth(1).is_ok()
+            {
+                self.passthrough
+                    .negotiated
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                tracing::warn!("this kernel offers no FUSE passthrough (Linux >= 6.9 has it): files are read through wsfs");
+            }
+        }
         Ok(())
     }
 
@@ -149,6 +236,7 @@ impl fuser::Filesystem for FuseAdapter {
         let write =
             !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
+            Ok(()) if self.passthrough_on() => self.open_passthrough(ino.0, reply),
             // ENOSYS for a valid open tells the kernel this filesystem needs no open/release at
             // all (it is stateless: no file handles). The kernel then stops sending OPEN, FLUSH
             // and RELEASE for every later open and keeps the page cache (no-open implies
@@ -189,13 +277,26 @@ impl fuser::Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The last close of a passthrough inode ends its backing id.
+        let mut map = self
+            .passthrough
+            .backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, opens)) = map.get_mut(&ino.0) {
+            *opens -= 1;
+            if *opens == 0 {
+                map.remove(&ino.0);
+            }
+        }
+        drop(map);
         reply.ok();
     }
 

@@ -28,6 +28,8 @@ pub struct Node {
     pub extents: Box<[Extent]>,
     pub ext_starts: Box<[u64]>,
     pub children: Vec<u64>,
+    /// BLAKE3 of the whole content (files): names a materialized copy for passthrough.
+    pub content: crate::manifest::Digest,
 }
 
 impl Node {
@@ -68,6 +70,7 @@ impl InodeTable {
             extents: Box::default(),
             ext_starts: Box::default(),
             children: Vec::new(),
+            content: crate::manifest::Digest([0; 32]),
         });
         let mut by_path: HashMap<&[u8], u64> = HashMap::with_capacity(entries.len());
         let mut total_bytes = 0;
@@ -116,6 +119,7 @@ impl InodeTable {
                 extents: e.extents.clone().into_boxed_slice(),
                 ext_starts: starts.into_boxed_slice(),
                 children: Vec::new(),
+                content: e.content,
             });
             nodes[(parent - 1) as usize].children.push(ino);
             if by_path.insert(&e.path, ino).is_some() {

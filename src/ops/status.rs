@@ -123,6 +123,14 @@ pub struct MountStatus {
     pub warmup: WarmupStatus,
     #[serde(default)]
     pub profile: Option<ProfileStatus>,
+    /// `--passthrough`: opens served by a backing file, opens that fell back to reads through
+    /// wsfs, and files materialized in the disk cache for it.
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    #[serde(default)]
+    pub passthrough_fallbacks: u64,
+    #[serde(default)]
+    pub files_materialized: u64,
     pub stores: Vec<StoreStatus>,
     /// FUSE requests by op (lookup, getattr, readlink, open, read, readdir, readdirplus, opendir,
     /// statfs) and the error replies among them.
@@ -155,6 +163,9 @@ impl StatusSource {
         s.reads = get(&self.fs.stats.reads);
         s.bytes_served = get(&self.fs.stats.bytes_served);
         s.eio = get(&self.fs.stats.eio);
+        s.passthrough_opens = get(&self.fs.stats.passthrough_opens);
+        s.passthrough_fallbacks = get(&self.fs.stats.passthrough_fallbacks);
+        s.files_materialized = get(&self.fs.stats.files_materialized);
         s.failovers = get(&self.chain.stats.failovers);
         s.repairs = get(&self.chain.stats.repairs);
         s.signature_failures = get(&self.chain.stats.signature_failures);
@@ -508,6 +519,12 @@ fn print_mount(m: &MountStatus) {
         "  reads={} bytes_served={} failovers={} eio={} repairs={} cache: memory_hits={} disk_hits={} fetched={}",
         m.reads, m.bytes_served, m.failovers, m.eio, m.repairs, m.cache.memory_hits, m.cache.disk_hits, m.cache.fetched
     );
+    if m.passthrough_opens + m.passthrough_fallbacks + m.files_materialized > 0 {
+        println!(
+            "  passthrough: opens={} fallbacks={} files_materialized={}",
+            m.passthrough_opens, m.passthrough_fallbacks, m.files_materialized
+        );
+    }
     if let Some(p) = &m.profile {
         println!(
             "  profile {}: replayed {} of {} chunks ({} listed), recorded {}",

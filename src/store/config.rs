@@ -57,6 +57,8 @@ pub struct MountSection {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Profile-guided prefetch under this name.
     pub profile: Option<String>,
+    /// FUSE passthrough for files whose chunks are in the disk cache.
+    pub passthrough: Option<bool>,
 }
 
 /// The `[mount]` table of a config file (empty without a file or a table).
