@@ -7,6 +7,8 @@ set -euo pipefail
 W=${WSFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/wsfs}
 T=/var/tmp/ptbench; rm -rf $T; mkdir -p $T/src $T/mnt
 export WSFS_RUN_DIR=$T/run
+# Whatever happens, leave no mount behind (only this script's own).
+trap '"$W" umount --force --if-mounted "$T/mnt" >/dev/null 2>&1 || true' EXIT
 head -c $((512<<20)) /dev/urandom > $T/src/big.bin
 $W persist --store file://$T/store --workspace b --layer big --root $T/src >/dev/null
 dd_s() { local t0=$EPOCHREALTIME; dd if="$1" of=/dev/null bs=1M status=none; awk -v a=$t0 -v b=$EPOCHREALTIME 'BEGIN{printf "%.0f", 512*1.048576/(b-a)}'; }
@@ -26,4 +28,5 @@ m --cache-dir $T/cache --passthrough; dd_s $T/mnt/big.bin >/dev/null; u   # make
 for r in 1 2 3; do
   drop; m --cache-dir $T/cache --passthrough; echo "pt_diskcache $(dd_s $T/mnt/big.bin)"; echo "pt_warm $(dd_s $T/mnt/big.bin)"; u
 done
-rm -rf $T
+"$W" umount --if-mounted "$T/mnt" >/dev/null 2>&1 || true
+rm -rf "$T"
