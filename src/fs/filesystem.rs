@@ -45,8 +45,10 @@ pub struct FsStats {
 /// wsfs pushes small files into it itself.
 pub const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
 
-/// How many extents past the last one a read touched are fetched ahead of time.
-pub const READ_AHEAD_EXTENTS: usize = 4;
+/// How many extents past the last one a read touched are fetched ahead of time, at most…
+pub const READ_AHEAD_EXTENTS: usize = 16;
+/// …and how many bytes of them (whole extents; chunks average 1 MiB).
+pub const READ_AHEAD_BYTES: u64 = 16 << 20;
 
 pub struct WsFs {
     table: InodeTable,
@@ -355,8 +357,15 @@ impl WsFs {
                     r.touch(n.extents[*e].chunk);
                 }
             }
-            // Start the next extents' chunks now, so a sequential reader finds them ready.
+            // Start the next extents' chunks now, so a sequential reader finds them ready: up to
+            // READ_AHEAD_BYTES ahead, several fetches in flight, enough to keep a link with
+            // round trips of tens of milliseconds full (one chunk at a time would not).
+            let mut ahead = 0u64;
             for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {
+                if ahead >= READ_AHEAD_BYTES {
+                    break;
+                }
+                ahead += u64::from(x.len);
                 if let Some(c) = self.table.chunk(x.chunk) {
                     self.fetcher.prefetch(c);
                 }
