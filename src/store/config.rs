@@ -62,11 +62,24 @@ pub struct MountSection {
 }
 
 /// The `[mount]` table of a config file (empty without a file or a table).
+/// Relative paths in it (mountpoint, cache_dir, metrics_file) are taken against the config
+/// file's directory, as `trust_keys` are: the same file means the same mount wherever it is
+/// used from (systemd runs in `/`).
 pub fn config_mount(config: Option<&Path>) -> Result<MountSection, ConfigError> {
-    match config {
-        Some(path) => Ok(read_config(path)?.mount),
-        None => Ok(MountSection::default()),
+    let Some(path) = config else {
+        return Ok(MountSection::default());
+    };
+    let mut m = read_config(path)?.mount;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut m.mountpoint, &mut m.cache_dir, &mut m.metrics_file]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
     }
+    Ok(m)
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -302,6 +315,10 @@ mod tests {
         assert_eq!(m.workspace.as_deref(), Some("w"));
         assert_eq!(m.layers, ["a", "b"]);
         assert_eq!(m.allow_other, Some(true));
+        std::fs::write(&p, "[mount]\nmountpoint = \"ws\"\ncache_dir = \"/abs/cache\"\n").unwrap();
+        let m = config_mount(Some(&p)).unwrap();
+        assert_eq!(m.mountpoint.unwrap(), dir.path().join("ws"), "relative to the file");
+        assert_eq!(m.cache_dir.unwrap(), Path::new("/abs/cache"));
         std::fs::write(&p, "[mount]\nworkspaces = \"w\"\n").unwrap();
         let e = config_mount(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("workspaces"), "{e}");
