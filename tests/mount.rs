@@ -569,3 +569,96 @@ fn ioctls_are_answered_not_a_tty_quietly_and_counted() {
         .collect::<String>();
     assert!(!log.contains("Not Implemented"), "{log}");
 }
+
+#[test]
+fn seek_data_and_seek_hole_see_one_data_run_and_no_warning() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s, 5, 0);
+    let mp = s.mkdir("mnt");
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--prefetch", "none"],
+    );
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(mp.join("run.sh")).unwrap();
+    let size = f.metadata().unwrap().len() as i64;
+    assert!(size > 2);
+    let fd = f.as_raw_fd();
+    // SAFETY: a valid descriptor of an open file.
+    let seek = |off: i64, whence: i32| unsafe { libc::lseek(fd, off, whence) };
+    assert_eq!(seek(0, libc::SEEK_DATA), 0);
+    assert_eq!(seek(1, libc::SEEK_DATA), 1);
+    assert_eq!(seek(0, libc::SEEK_HOLE), size, "the only hole is the end");
+    assert_eq!(seek(size, libc::SEEK_DATA), -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENXIO)
+    );
+    let st = status_json(&s, &mp);
+    assert!(st["fuse_ops"]["lseek"].as_u64().unwrap() >= 3, "{st}");
+    let log = std::fs::read_dir(s.run_dir().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}
+
+#[test]
+fn reading_a_packed_file_fetches_the_next_packs_in_path_order() {
+    require_fuse();
+    let s = Scratch::new();
+    // Three directories of small files, about one 4 MiB pack each.
+    let src = s.path("src");
+    let mut rng = Rng::new(8);
+    for d in ["a", "b", "c", "d"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..70 {
+            std::fs::write(src.join(format!("{d}/{i:03}")), rng.bytes(60 << 10)).unwrap();
+        }
+    }
+    assert_ok(&persist(&s, &[s.store("s1")], "ws", "l1", &src, &[]));
+    let packs = chunk_files(&s.path("s1")).len();
+    assert!(packs >= 4, "{packs} packs");
+    let mp = s.mkdir("mnt");
+    let _m = mount(
+        &s,
+        &[s.store("s1")],
+        "ws",
+        &["l1"],
+        &mp,
+        &["--prefetch", "none"],
+    );
+    // One file of the first directory: its pack and the two after it come.
+    assert_eq!(read_file(&mp.join("a/000")), read_file(&src.join("a/000")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status_json(&s, &mp)["cache"]["fetched"].as_u64() < Some(3) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            status_json(&s, &mp)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        status_json(&s, &mp)["cache"]["fetched"],
+        3,
+        "two packs ahead, not more"
+    );
+    // The next directory's files are there when the reader gets to them.
+    let st = status_json(&s, &mp);
+    let hits = st["cache"]["memory_hits"].as_u64().unwrap();
+    assert_eq!(read_file(&mp.join("b/000")), read_file(&src.join("b/000")));
+    let st = status_json(&s, &mp);
+    assert!(st["cache"]["memory_hits"].as_u64().unwrap() > hits, "{st}");
+}
+
+fn read_file(p: &std::path::Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}

@@ -129,13 +129,14 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
         "the profile's chunks, fetched ahead: {st}"
     );
     assert_eq!(st["reads"], 0, "before any read: {st}");
-    // The job's reads find them in the cache: nothing more is fetched for them.
+    // The job's reads find them in the cache: every one is a memory hit, none waits on a fetch
+    // (what reads start for the files after them, the pack read-ahead, comes on top).
     for f in ["c", "a", "e"] {
+        let hits = status_json(&s, &mp2)["cache"]["memory_hits"].as_u64().unwrap();
         assert_eq!(read(&mp2.join(f)), read(&src.join(f)));
+        let st = status_json(&s, &mp2);
+        assert!(st["cache"]["memory_hits"].as_u64().unwrap() > hits, "{f}: {st}");
     }
-    let st = status_json(&s, &mp2);
-    assert_eq!(st["cache"]["fetched"], 3, "{st}");
-    assert!(st["cache"]["memory_hits"].as_u64().unwrap() >= 3, "{st}");
     // Prometheus shows the replay.
     let want = "state=\"replayed\"} 3";
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -154,9 +155,8 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // A file outside the profile is fetched on demand, as usual.
+    // A file outside the profile reads as usual.
     assert_eq!(read(&mp2.join("b")), read(&src.join("b")));
-    assert_eq!(status_json(&s, &mp2)["cache"]["fetched"], 4);
 }
 
 #[test]

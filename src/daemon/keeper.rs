@@ -452,7 +452,8 @@ impl Keeper {
         let pid = d.child.id();
         let (ready_before, started, failed) = (d.ready, d.started, d.failed);
         if lingering {
-            tracing::warn!(pid, "the daemon's main thread is gone but a thread of it still waits on the mount; replacing it now");
+            // Reaped later; whether that calls for a replacement is decided below (after a
+            // clean unmount the mount is simply gone, and nothing is wrong).
             self.dying.push(d.child);
         }
         if !self.ready_reported {
@@ -473,6 +474,9 @@ impl Keeper {
         if !self.mount_present(conn.mount_id) {
             tracing::info!(pid, %status, "the mount is gone; keeper exiting");
             return Some(Ok(()));
+        }
+        if lingering {
+            tracing::warn!(pid, "the daemon's main thread is gone but a thread of it still waits on the mount; replacing it now");
         }
         if status.success() && !lingering {
             // A daemon exits 0 only when its session ended: the connection was aborted.

@@ -47,8 +47,15 @@ pub const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
 
 /// How many extents past the last one a read touched are fetched ahead of time, at most…
 pub const READ_AHEAD_EXTENTS: usize = 16;
-/// …and how many bytes of them (whole extents; chunks average 1 MiB).
-pub const READ_AHEAD_BYTES: u64 = 16 << 20;
+/// …and how many bytes of them (whole extents; chunks average 1 MiB): as far ahead as the reader
+/// has read from the file's start, between the two bounds — a reader that has come far is
+/// sequential and needs several fetches in flight to fill a link with long round trips; one
+/// near the start may read a header and stop.
+pub const READ_AHEAD_MIN_BYTES: u64 = 4 << 20;
+pub const READ_AHEAD_MAX_BYTES: u64 = 16 << 20;
+/// After a read from a pack (small files packed together), how many of the packs that follow it
+/// in path order are fetched too: a job reading a directory's files reads the next packs next.
+pub const PACK_READ_AHEAD: usize = 2;
 
 pub struct WsFs {
     table: InodeTable,
@@ -155,6 +162,38 @@ impl WsFs {
             Err(e) => {
                 tracing::warn!(path = %n.path_lossy(), error = %e, "cannot materialize the file for passthrough; it is read through wsfs");
                 None
+            }
+        }
+    }
+
+    /// Starts fetching what a reader is likely to want next, after a read that ended at `end`
+    /// within file `n`, whose extents before `next` it touched. Only hints: fetches run in the
+    /// background and a reader that wants a chunk shares its fetch.
+    fn read_ahead(&self, n: &Node, next: usize, end: u64) {
+        if next < n.extents.len() {
+            // A large file: its next extents.
+            let window = end.clamp(READ_AHEAD_MIN_BYTES, READ_AHEAD_MAX_BYTES);
+            let mut ahead = 0u64;
+            for x in n.extents.iter().skip(next).take(READ_AHEAD_EXTENTS) {
+                if ahead >= window {
+                    break;
+                }
+                ahead += u64::from(x.len);
+                if let Some(c) = self.table.chunk(x.chunk) {
+                    self.fetcher.prefetch(c);
+                }
+            }
+        } else if n.extents.len() == 1 {
+            // A small file (one extent, in a pack): the packs after its own in path order.
+            let mut at = n.extents[0].chunk;
+            for _ in 0..PACK_READ_AHEAD {
+                let Some(following) = self.table.next_chunk(at) else {
+                    break;
+                };
+                if let Some(c) = self.table.chunk(following) {
+                    self.fetcher.prefetch(c);
+                }
+                at = following;
             }
         }
     }
@@ -357,19 +396,7 @@ impl WsFs {
                     r.touch(n.extents[*e].chunk);
                 }
             }
-            // Start the next extents' chunks now, so a sequential reader finds them ready: up to
-            // READ_AHEAD_BYTES ahead, several fetches in flight, enough to keep a link with
-            // round trips of tens of milliseconds full (one chunk at a time would not).
-            let mut ahead = 0u64;
-            for x in n.extents.iter().skip(i).take(READ_AHEAD_EXTENTS) {
-                if ahead >= READ_AHEAD_BYTES {
-                    break;
-                }
-                ahead += u64::from(x.len);
-                if let Some(c) = self.table.chunk(x.chunk) {
-                    self.fetcher.prefetch(c);
-                }
-            }
+            self.read_ahead(n, i, end);
         }
         let chunks: Vec<Result<VerifiedChunk, FetchError>> =
             futures::future::join_all(infos.iter().map(|c| self.fetcher.get(c))).await;

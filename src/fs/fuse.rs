@@ -10,8 +10,8 @@ use crate::manifest::EntryKind;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -310,6 +310,36 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         // Nothing to flush in a read-only filesystem; ENOSYS stops the kernel from asking.
         reply.error(Errno::ENOSYS);
+    }
+
+    /// SEEK_DATA / SEEK_HOLE (cp, tar --sparse, cargo): every byte of a file is data to the
+    /// reader (holes read as zeros like the rest), so data runs to the end and the only hole is
+    /// the end of the file.
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let _s = tracing::debug_span!("lseek", ino = ino.0, offset, whence).entered();
+        self.count(FuseOp::Lseek);
+        let size = match self.fs.attr(ino.0) {
+            Ok(a) => a.size,
+            Err(e) => return reply.error(self.fail(FuseOp::Lseek, &e)),
+        };
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match whence {
+            libc::SEEK_DATA if off < size => reply.offset(offset),
+            libc::SEEK_HOLE if off < size => reply.offset(size as i64),
+            libc::SEEK_DATA | libc::SEEK_HOLE => reply.error(Errno::ENXIO),
+            // SEEK_SET/CUR/END never reach a filesystem that does not ask for them.
+            _ => reply.error(Errno::EINVAL),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -42,6 +42,8 @@ pub struct InodeTable {
     nodes: Vec<Node>,
     chunks: Vec<ChunkInfo>,
     total_bytes: u64,
+    /// Per chunk, the next chunk in path order (`u32::MAX`: the last).
+    next_chunk: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +140,37 @@ impl InodeTable {
             });
             nodes[i].children = children;
         }
+        // Each chunk's successor in path order (the order packs were filled in: a directory's
+        // files sit in consecutive packs), for the pack read-ahead.
+        let mut next_chunk = vec![u32::MAX; chunks.len()];
+        let mut seen = vec![false; chunks.len()];
+        let mut last: Option<u32> = None;
+        for n in &nodes {
+            for x in n.extents.iter() {
+                let i = x.chunk as usize;
+                if seen.get(i) == Some(&false) {
+                    seen[i] = true;
+                    if let Some(l) = last {
+                        next_chunk[l as usize] = x.chunk;
+                    }
+                    last = Some(x.chunk);
+                }
+            }
+        }
         Ok(InodeTable {
             nodes,
             chunks,
             total_bytes,
+            next_chunk,
         })
+    }
+
+    /// The chunk that follows `index` in path order (see `next_chunk`).
+    pub fn next_chunk(&self, index: u32) -> Option<u32> {
+        self.next_chunk
+            .get(index as usize)
+            .copied()
+            .filter(|n| *n != u32::MAX)
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {

@@ -19,10 +19,12 @@ pub enum FuseOp {
     Statfs,
     /// Answered ENOTTY (terminal and file-flag ioctls tools send on every open).
     Ioctl,
+    /// SEEK_DATA / SEEK_HOLE.
+    Lseek,
 }
 
 impl FuseOp {
-    pub const ALL: [FuseOp; 10] = [
+    pub const ALL: [FuseOp; 11] = [
         FuseOp::Lookup,
         FuseOp::Getattr,
         FuseOp::Readlink,
@@ -33,6 +35,7 @@ impl FuseOp {
         FuseOp::Opendir,
         FuseOp::Statfs,
         FuseOp::Ioctl,
+        FuseOp::Lseek,
     ];
 
     /// The `op` label value.
@@ -48,6 +51,7 @@ impl FuseOp {
             FuseOp::Opendir => "opendir",
             FuseOp::Statfs => "statfs",
             FuseOp::Ioctl => "ioctl",
+            FuseOp::Lseek => "lseek",
         }
     }
 }

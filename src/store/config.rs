@@ -315,9 +315,17 @@ mod tests {
         assert_eq!(m.workspace.as_deref(), Some("w"));
         assert_eq!(m.layers, ["a", "b"]);
         assert_eq!(m.allow_other, Some(true));
-        std::fs::write(&p, "[mount]\nmountpoint = \"ws\"\ncache_dir = \"/abs/cache\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "[mount]\nmountpoint = \"ws\"\ncache_dir = \"/abs/cache\"\n",
+        )
+        .unwrap();
         let m = config_mount(Some(&p)).unwrap();
-        assert_eq!(m.mountpoint.unwrap(), dir.path().join("ws"), "relative to the file");
+        assert_eq!(
+            m.mountpoint.unwrap(),
+            dir.path().join("ws"),
+            "relative to the file"
+        );
         assert_eq!(m.cache_dir.unwrap(), Path::new("/abs/cache"));
         std::fs::write(&p, "[mount]\nworkspaces = \"w\"\n").unwrap();
         let e = config_mount(Some(&p)).unwrap_err().to_string();
