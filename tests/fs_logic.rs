@@ -321,3 +321,22 @@ async fn a_read_pushes_exactly_its_packs_other_files_once_within_budget() {
     assert_eq!(sink2.0.lock().unwrap().len(), 2);
     assert_eq!(fs2.pages.budget_left(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_order_puts_packs_before_large_files_whatever_their_paths() {
+    // `build/` (large artifacts) sorts before `src/` (small files).
+    let files = vec![
+        ("build/app.bin", data(3 << 20, 3)),
+        ("src/a.c", data(2000, 4)),
+        ("src/b.c", data(3000, 5)),
+    ];
+    let (fs, _) = build(&files, &["build", "src"]).await;
+    let t = fs.table();
+    let order = t.chunks_in_path_order();
+    assert_eq!(order.len(), t.chunk_count(), "every chunk once");
+    let small = t
+        .get(t.lookup(t.lookup(1, b"src").unwrap(), b"a.c").unwrap())
+        .unwrap();
+    let pack = t.chunk(small.extents[0].chunk).unwrap().hash;
+    assert_eq!(order[0].hash, pack, "the pack of the sources first");
+}

@@ -132,10 +132,15 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
     // The job's reads find them in the cache: every one is a memory hit, none waits on a fetch
     // (what reads start for the files after them, the pack read-ahead, comes on top).
     for f in ["c", "a", "e"] {
-        let hits = status_json(&s, &mp2)["cache"]["memory_hits"].as_u64().unwrap();
+        let hits = status_json(&s, &mp2)["cache"]["memory_hits"]
+            .as_u64()
+            .unwrap();
         assert_eq!(read(&mp2.join(f)), read(&src.join(f)));
         let st = status_json(&s, &mp2);
-        assert!(st["cache"]["memory_hits"].as_u64().unwrap() > hits, "{f}: {st}");
+        assert!(
+            st["cache"]["memory_hits"].as_u64().unwrap() > hits,
+            "{f}: {st}"
+        );
     }
     // Prometheus shows the replay.
     let want = "state=\"replayed\"} 3";
