@@ -38,9 +38,11 @@ fn containers_see_mounts_and_attaches_by_propagation() {
     run_in_private_namespace("container_scenario_in_a_private_namespace");
 }
 
-/// podman, confined to the scratch directory.
+/// podman, confined to the scratch directory — except its run root, which podman wants at most
+/// 50 characters long: a short directory of this test's own in /tmp, removed with it.
 struct Podman {
     base: PathBuf,
+    runroot: tempfile::TempDir,
 }
 
 impl Podman {
@@ -49,7 +51,7 @@ impl Podman {
         c.arg("--root")
             .arg(self.base.join("root"))
             .arg("--runroot")
-            .arg(self.base.join("run"))
+            .arg(self.runroot.path())
             .arg("--tmpdir")
             .arg(self.base.join("tmp"))
             .args([
@@ -123,8 +125,12 @@ fn container_scenario_in_a_private_namespace() {
     }
     let podman = Podman {
         base: s.mkdir("podman"),
+        runroot: tempfile::Builder::new()
+            .prefix("wsfs-pr")
+            .tempdir_in("/tmp")
+            .expect("a short run root in /tmp"),
     };
-    for d in ["root", "run", "tmp"] {
+    for d in ["root", "tmp"] {
         s.mkdir(&format!("podman/{d}"));
     }
     std::fs::write(
