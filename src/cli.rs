@@ -8,13 +8,52 @@ use std::path::PathBuf;
 #[command(name = "wsfs", version, about = "Lazy, verified FUSE mounts of CI workspaces", long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
-    pub log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. info, wsfs=debug. Also RUST_LOG.
     #[arg(long, global = true)]
     pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What a mount brings close before it is asked for (`--prefetch`; see `wsfs mount --help`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Prefetch {
+    None,
+    #[default]
+    Tree,
+    Chunks,
+    All,
+}
+
+impl Prefetch {
+    /// Fetch every chunk in the background.
+    pub fn chunks(self) -> bool {
+        matches!(self, Prefetch::Chunks | Prefetch::All)
+    }
+    /// Warm the kernel's caches (names, attributes; neighbours of read files).
+    pub fn kernel(self) -> bool {
+        matches!(self, Prefetch::Tree | Prefetch::All)
+    }
+    /// Push every small file's pages too.
+    pub fn files(self) -> bool {
+        self == Prefetch::All
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Prefetch::None => "none",
+            Prefetch::Tree => "tree",
+            Prefetch::Chunks => "chunks",
+            Prefetch::All => "all",
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -206,8 +245,8 @@ pub enum Command {
         /// path order (no kernel warm-up). `all`: `tree` and `chunks`, and push small files
         /// (<= 1 MiB) into the kernel's page cache, so reading them sends no FUSE request (for
         /// jobs that read most of the workspace). [default: tree]
-        #[arg(long, value_parser = ["none", "tree", "chunks", "all"])]
-        prefetch: Option<String>,
+        #[arg(long, value_enum)]
+        prefetch: Option<Prefetch>,
         /// Chunks the background prefetch fetches at once: enough to fill a link whose round
         /// trips are tens of milliseconds (4 left a 125 MB/s link at 39 MB/s), while leaving
         /// each store's other request slots (--provider-concurrency) to on-demand reads.
@@ -276,8 +315,8 @@ pub enum Command {
         gid: Option<u32>,
         /// As for `wsfs mount`: tree (default), none, chunks or all (the warm-up works through the
         /// overlay).
-        #[arg(long, default_value = "tree", value_parser = ["none", "tree", "chunks", "all"])]
-        prefetch: String,
+        #[arg(long, value_enum, default_value_t = Prefetch::Tree)]
+        prefetch: Prefetch,
         /// As for `wsfs mount`: profile-guided prefetch under this name.
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,

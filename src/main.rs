@@ -19,7 +19,7 @@ fn init_logging(cli: &Cli, default: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
+    if cli.log_format == wsfs::cli::LogFormat::Json {
         b.json().init();
     } else {
         b.init();
@@ -114,10 +114,11 @@ fn check_mount_input(
 
 /// A mount returns when the tree can be read; fetching every chunk (`--prefetch chunks|all`)
 /// goes on in the background, and the user is told where to watch it.
-fn say_prefetching(prefetch: &str, at: &std::path::Path) {
-    if prefetch == "chunks" || prefetch == "all" {
+fn say_prefetching(prefetch: wsfs::cli::Prefetch, at: &std::path::Path) {
+    if prefetch.chunks() {
         eprintln!(
-            "wsfs: fetching every chunk in the background (--prefetch {prefetch}); `wsfs status {}` shows how far it is",
+            "wsfs: fetching every chunk in the background (--prefetch {}); `wsfs status {}` shows how far it is",
+            prefetch.name(),
             at.display()
         );
     }
@@ -338,14 +339,18 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                     .map_err(|e| WsfsError::Usage(format!("[mount] read_deadline: {e}")))?,
                 (None, None) => std::time::Duration::from_secs(30),
             };
-            let prefetch = prefetch
-                .or(cfg.prefetch)
-                .unwrap_or_else(|| "tree".to_string());
-            if !["none", "tree", "chunks", "all"].contains(&prefetch.as_str()) {
-                return Err(WsfsError::Usage(format!(
-                    "[mount] prefetch = {prefetch:?}: expected none, tree, chunks or all"
-                )));
-            }
+            let prefetch = match (prefetch, cfg.prefetch) {
+                (Some(p), _) => p,
+                (None, Some(text)) => <wsfs::cli::Prefetch as clap::ValueEnum>::from_str(
+                    &text, false,
+                )
+                .map_err(|_| {
+                    WsfsError::Usage(format!(
+                        "[mount] prefetch = {text:?}: expected none, tree, chunks or all"
+                    ))
+                })?,
+                (None, None) => wsfs::cli::Prefetch::default(),
+            };
             let allow_other = allow_other || cfg.allow_other.unwrap_or(false);
             let uid = uid.or(cfg.uid);
             let gid = gid.or(cfg.gid);
@@ -387,7 +392,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 // The keeper gets this command's arguments (it reads the same config file) and
                 // the store URLs, in its environment.
                 wsfs::mount::spawn_keeper(argv, &store.stores, &mountpoint, ready_timeout)?;
-                say_prefetching(&prefetch, &mountpoint);
+                say_prefetching(prefetch, &mountpoint);
                 return Ok(());
             }
             // Keeper and daemons refer to the mount point by its absolute path (records, the
@@ -420,9 +425,9 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 threads: threads.unwrap_or((cpus * 2).max(4)),
                 metrics_file,
                 metrics_addr,
-                prefetch_chunks: prefetch == "chunks" || prefetch == "all",
-                warm_kernel: prefetch == "tree" || prefetch == "all",
-                warm_files: prefetch == "all",
+                prefetch_chunks: prefetch.chunks(),
+                warm_kernel: prefetch.kernel(),
+                warm_files: prefetch.files(),
                 prefetch_concurrency,
                 prefetch_page_cache,
                 read_ahead_kb,
@@ -528,7 +533,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             if let Some(g) = gid {
                 push("--gid", g.to_string().into());
             }
-            push("--prefetch", prefetch.clone().into());
+            push("--prefetch", prefetch.name().into());
             if let Some(p) = profile {
                 push("--profile", p.into());
             }
@@ -545,7 +550,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 scratch,
                 keep_scratch,
             })?;
-            say_prefetching(&prefetch, &shown_at);
+            say_prefetching(prefetch, &shown_at);
             Ok(())
         }
         Command::Umount {

@@ -586,10 +586,7 @@ async fn upload_and_commit(
     report.dirs = counts[1];
     report.symlinks = counts[2];
     report.chunks = builder.chunk_count() as u64;
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let created = crate::ops::process::unix_now();
     let m = builder.finish(
         opts.workspace.clone(),
         opts.layer.clone(),

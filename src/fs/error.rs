@@ -38,9 +38,4 @@ impl FsError {
             FsError::Io { .. } => libc::EIO,
         }
     }
-
-    /// Whether the error is worth a log line on its own (expected misses like ENOENT are not).
-    pub fn is_notable(&self) -> bool {
-        matches!(self, FsError::Io { .. })
-    }
 }

@@ -153,10 +153,7 @@ pub struct StatusSource {
 impl StatusSource {
     pub fn snapshot(&self) -> MountStatus {
         let mut s = self.base.clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = crate::ops::process::unix_now();
         s.alive = true;
         s.uptime_secs = (now - s.started).max(0) as u64;
         s.entries = self.fs.table().len() as u64;

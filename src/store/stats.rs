@@ -18,8 +18,6 @@ pub const OUTCOME_LABELS: [&str; 7] = [
 pub struct ProviderStats {
     by_outcome: [AtomicU64; 7],
     pub bytes: AtomicU64,
-    /// Sum of request latencies in microseconds (with the hit/miss counts gives a mean).
-    pub latency_us: AtomicU64,
     /// Latency of every request actually sent (skips are not requests).
     pub latency: LatencyHistogram,
 }
@@ -31,7 +29,6 @@ impl ProviderStats {
             .position(|l| *l == o.label())
             .unwrap_or(0);
         self.by_outcome[i].fetch_add(1, Relaxed);
-        self.latency_us.fetch_add(micros, Relaxed);
         if !matches!(o, Outcome::Skipped) {
             self.latency.observe(micros);
         }
