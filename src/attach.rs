@@ -326,7 +326,7 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
     })();
     if let Err(e) = mounted {
         // Nobody was told the workspace mount exists: take it down (forced, so it cannot stay).
-        let _ = crate::ops::umount::unmount_wsfs(&ws_mount, true, Duration::from_secs(10));
+        let _ = crate::ops::wsfs_unmount::unmount_wsfs(&ws_mount, true, Duration::from_secs(10));
         made.undo();
         return Err(e);
     }
@@ -403,7 +403,7 @@ pub fn detach(rec: &AttachRecord, force: bool, timeout: Duration) -> Result<(), 
             }
         }
     }
-    let ws = crate::ops::umount::unmount_wsfs(&rec.workspace_mount, force, timeout);
+    let ws = crate::ops::wsfs_unmount::unmount_wsfs(&rec.workspace_mount, force, timeout);
     if let Err(e) = ws {
         // Still mounted? Then report; otherwise it was already gone.
         let still = mountinfo::read_mounts()

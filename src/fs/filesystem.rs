@@ -71,9 +71,9 @@ pub struct WsFs {
     /// What has been pushed into the kernel's page cache, and the budget left for it.
     pub pages: KernelPages,
     /// `--profile`: the order of first reads per chunk, when this mount records one.
-    recorder: std::sync::OnceLock<crate::profile::Recorder>,
+    recorder: std::sync::OnceLock<super::recorder::Recorder>,
     /// `--profile`: how the replay of the stored profile went.
-    pub profile_stats: Arc<crate::profile::ProfileStats>,
+    pub profile_stats: Arc<super::recorder::ProfileStats>,
 }
 
 /// One entry of a directory listing; `next` is the offset to resume after it.
@@ -113,7 +113,7 @@ impl WsFs {
     pub fn record_profile(&self) {
         let _ = self
             .recorder
-            .set(crate::profile::Recorder::new(self.table.chunk_count()));
+            .set(super::recorder::Recorder::new(self.table.chunk_count()));
     }
 
     /// A verified local copy of file `ino` for FUSE passthrough, if it is worth one: a regular
@@ -199,7 +199,7 @@ impl WsFs {
     }
 
     /// The recorder, if this mount records a profile.
-    pub fn recorder(&self) -> Option<&crate::profile::Recorder> {
+    pub fn recorder(&self) -> Option<&super::recorder::Recorder> {
         self.recorder.get()
     }
 

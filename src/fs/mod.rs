@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod neighbours;
 pub mod opstats;
 pub mod pages;
+pub mod recorder;
 pub mod warmup;
 
 pub use error::FsError;

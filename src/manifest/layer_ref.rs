@@ -26,7 +26,16 @@ pub struct LayerRef {
     pub ancestors: BTreeMap<String, String>,
     /// An Ed25519 signature over all of the above (see `signature.rs`); `None` when unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<super::signature::RefSignature>,
+    pub signature: Option<RefSignature>,
+}
+
+/// A signature as stored in a ref (made and checked by `signature.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefSignature {
+    /// The signer's public key, hex (32 bytes).
+    pub key: String,
+    /// The Ed25519 signature, hex (64 bytes).
+    pub sig: String,
 }
 
 impl LayerRef {

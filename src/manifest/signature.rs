@@ -7,16 +7,8 @@
 
 use super::layer_ref::LayerRef;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use serde::{Deserialize, Serialize};
 
-/// A signature as stored in a ref.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefSignature {
-    /// The signer's public key, hex (32 bytes).
-    pub key: String,
-    /// The Ed25519 signature, hex (64 bytes).
-    pub sig: String,
-}
+pub use super::layer_ref::RefSignature;
 
 /// A short, stable name for a public key: the first 8 bytes of its BLAKE3, hex.
 pub fn key_id(key: &VerifyingKey) -> String {

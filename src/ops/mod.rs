@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod status;
 pub mod umount;
 pub mod unmount;
+pub mod wsfs_unmount;
