@@ -562,11 +562,7 @@ fn ioctls_are_answered_not_a_tty_quietly_and_counted() {
     }
     let st = status_json(&s, &mp);
     assert!(st["fuse_ops"]["ioctl"].as_u64().unwrap() >= 3, "{st}");
-    let log = std::fs::read_dir(s.run_dir().join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
+    let log = s.daemon_logs();
     assert!(!log.contains("Not Implemented"), "{log}");
 }
 
@@ -601,11 +597,7 @@ fn seek_data_and_seek_hole_see_one_data_run_and_no_warning() {
     );
     let st = status_json(&s, &mp);
     assert!(st["fuse_ops"]["lseek"].as_u64().unwrap() >= 3, "{st}");
-    let log = std::fs::read_dir(s.run_dir().join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
+    let log = s.daemon_logs();
     assert!(!log.contains("Not Implemented"), "{log}");
 }
 

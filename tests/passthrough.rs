@@ -137,10 +137,7 @@ fn cached_files_are_read_from_a_verified_copy_and_a_changed_copy_is_remade() {
         read(&src.join("big")),
         "the copy is right again"
     );
-    let log = std::fs::read_dir(s.run_dir().join("logs"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect::<String>();
+    let log = s.daemon_logs();
     assert!(log.contains("changed since it was verified"), "{log}");
 
     // Refused without a disk cache, before anything starts.
@@ -257,10 +254,7 @@ fn refusal_scenario_in_a_private_namespace() {
     assert!(counters(&s, &mp).3 >= before);
     assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
     drop(m);
-    let log = std::fs::read_dir(s.run_dir().join("logs"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect::<String>();
+    let log = s.daemon_logs();
     assert_eq!(
         log.matches("refused a passthrough backing file").count(),
         1,

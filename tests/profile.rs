@@ -230,10 +230,7 @@ fn damaged_foreign_and_missing_profiles_cost_nothing() {
             assert_eq!(got.len(), 6, "{name} on {store}: every chunk was read once");
         }
     }
-    let log = std::fs::read_dir(s.run_dir().join("logs"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect::<String>();
+    let log = s.daemon_logs();
     assert!(
         log.contains("the stored profile cannot be used"),
         "a damaged profile is reported: {log}"

@@ -449,11 +449,7 @@ fn a_child_mounts_the_parent_it_was_persisted_against() {
     }
     let _m = mount(&s, &st, "ws", &["child"], &mp, &[]);
     assert_eq!(std::fs::read(mp.join("lib.txt")).unwrap(), b"parent v2\n");
-    let log = std::fs::read_dir(s.run_dir().join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
+    let log = s.daemon_logs();
     assert!(log.contains("pins no parent versions"), "{log}");
 }
 

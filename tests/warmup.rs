@@ -301,13 +301,7 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
     let s = Scratch::new();
     wide_tree(&s);
     let mp = s.mkdir("mnt");
-    let logs = || -> String {
-        std::fs::read_dir(s.run_dir().join("logs"))
-            .unwrap()
-            .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .collect()
-    };
+    let logs = || -> String { s.daemon_logs() };
     let stopped_by_signal = |l: &str| {
         l.lines()
             .any(|l| l.contains("kernel cache warm-up finished") && l.contains("stopped"))

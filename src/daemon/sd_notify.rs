@@ -19,6 +19,8 @@ pub fn notify(state: &str) {
 fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let sock = UnixDatagram::unbound()?;
+    // Never wait on systemd: a full queue is an error (logged), not a stall of the keeper.
+    sock.set_nonblocking(true)?;
     let bytes = path.as_bytes();
     if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;

@@ -62,6 +62,17 @@ impl Scratch {
             .expect("run wsfs")
     }
 
+    /// Everything the daemons of this scratch's mounts have logged so far.
+    pub fn daemon_logs(&self) -> String {
+        std::fs::read_dir(self.run_dir().join("logs"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn mkdir(&self, p: &str) -> PathBuf {
         let d = self.path(p);
         std::fs::create_dir_all(&d).expect("mkdir");
