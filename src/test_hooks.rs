@@ -4,7 +4,8 @@
 /// With `WSFS_TEST_PAUSE=POINT:FILE` set, a command reaching `POINT` creates `FILE.paused` and
 /// waits while `FILE` exists. Points: persist `before-commit` (every chunk uploaded, no manifest
 /// or ref written yet) and `before-readback` (the ref written, not yet read back); gc
-/// `gc-before-ref-delete` (what expires is decided, no ref deleted yet).
+/// `gc-before-ref-delete` (what expires is decided, no ref deleted yet); the mount daemon
+/// `daemon-after-ready` (readiness reported, not yet waiting for stop signals).
 pub async fn pause(point: &str) {
     let Some(spec) = std::env::var_os("WSFS_TEST_PAUSE") else {
         return;

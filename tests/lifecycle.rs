@@ -70,12 +70,8 @@ fn watch(
     let mut rounds = 0;
     while t.elapsed() < dur {
         rounds += 1;
-        match std::fs::read_dir(path) {
-            Ok(rd) => {
-                let got: BTreeSet<String> = rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
+        match list_names(path) {
+            Ok(got) => {
                 if &got != names {
                     bad.push(format!("listing: {got:?}"));
                 }
@@ -96,6 +92,15 @@ fn watch(
     }
     assert!(rounds > 10, "the watch barely ran");
     bad
+}
+
+/// The names in a directory, as `ls` sees them: an error from opening it or from any
+/// `getdents` call is an error (a dead connection can fail the listing after the open worked;
+/// dropping that error would turn a loud failure into an empty directory).
+fn list_names(dir: &Path) -> std::io::Result<BTreeSet<String>> {
+    std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect()
 }
 
 fn top_names(dir: &Path) -> BTreeSet<String> {
@@ -380,12 +385,8 @@ fn assert_dead_and_loud(
     untouched: Option<&str>,
 ) {
     for _ in 0..20 {
-        match std::fs::read_dir(mp) {
-            Ok(rd) => {
-                let got: BTreeSet<String> = rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
+        match list_names(mp) {
+            Ok(got) => {
                 assert_eq!(
                     &got, names,
                     "a listing of the dead mount is the workspace or an error"
@@ -573,7 +574,14 @@ fn sigterm_with_a_file_open_keeps_serving_and_names_the_holder() {
         let bad = watch(&mp, &names, "run.sh", &want, Duration::from_secs(2));
         assert!(bad.is_empty(), "after SIGTERM to {target}: {bad:?}");
         assert!(is_mounted(&mp));
-        assert!(rec.daemon().alive() && keeper.alive());
+        assert!(
+            rec.daemon().alive() && keeper.alive(),
+            "after SIGTERM to {target}: daemon alive {}, keeper alive {}, record now {:?}; log: {}",
+            rec.daemon().alive(),
+            keeper.alive(),
+            m.record(),
+            s.daemon_logs()
+        );
     }
     let log = std::fs::read_to_string(wsfs_log(&s, &mp)).unwrap();
     let me = std::process::id().to_string();
@@ -596,6 +604,74 @@ fn sigterm_with_a_file_open_keeps_serving_and_names_the_holder() {
     );
     assert!(keeper.wait_gone(Duration::from_secs(10)), "keeper exits");
     assert!(!is_mounted(&mp));
+}
+
+/// A SIGTERM that follows the readiness at once (a CI step that mounts, finds it has nothing to
+/// do, and stops the mount) is a stop request, not the default action: the daemon is held just
+/// after reporting ready, signalled there, and must then unmount cleanly — no death, no takeover.
+#[test]
+fn sigterm_right_after_ready_is_a_clean_stop_not_a_death() {
+    require_fuse();
+    let s = Scratch::new();
+    setup(&s);
+    let mp = s.mkdir("mnt");
+    let hold = s.path("hold");
+    std::fs::write(&hold, b"").unwrap();
+    let o = Command::new(WSFS)
+        .args([
+            "mount",
+            "--store",
+            &s.store("s1"),
+            "--workspace",
+            "ws",
+            "--layer",
+            "l1",
+            "--prefetch",
+            "none",
+        ])
+        .arg(&mp)
+        .env("WSFS_RUN_DIR", s.run_dir())
+        .env(
+            "WSFS_TEST_PAUSE",
+            format!("daemon-after-ready:{}", hold.display()),
+        )
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let m = Mounted {
+        mountpoint: mp.clone(),
+        run_dir: s.run_dir(),
+    };
+    let marker = PathBuf::from(format!("{}.paused", hold.display()));
+    let t = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the daemon never reached daemon-after-ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rec = m.record().expect("record");
+    let keeper = rec.keeper.expect("keeper");
+    kill(rec.pid, libc::SIGTERM);
+    // Let the default action (if it were still in place) take effect before the daemon moves on.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::remove_file(&hold).unwrap();
+    assert!(
+        rec.daemon().wait_gone(Duration::from_secs(10)),
+        "the daemon stops: {}",
+        s.daemon_logs()
+    );
+    assert!(
+        keeper.wait_gone(Duration::from_secs(10)),
+        "the keeper exits with it: {}",
+        s.daemon_logs()
+    );
+    assert!(!is_mounted(&mp), "unmounted");
+    let log = s.daemon_logs();
+    assert!(!log.contains("the daemon died"), "{log}");
+    assert!(!log.contains("replacement daemon"), "{log}");
+    assert!(log.contains("stop requested"), "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------

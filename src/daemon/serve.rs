@@ -111,6 +111,9 @@ fn serve(args: MountArgs, chan: &Channel, start: Start) -> Result<(), WsfsError>
     let mut built = build(&args, &start)?;
     let (conn, fd, takeovers) = connect(&args, chan, start, &built)?;
     let serving = start_serving(&args, &mut built, &conn, fd, takeovers)?;
+    // Before anyone is told the mount is ready: a SIGTERM that follows the readiness at once
+    // must be a stop request, not the default action (death, and a takeover).
+    let stops = StopSignals::install(&built.rt);
     let _ = chan.send(&Msg::Ready, None);
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
@@ -121,7 +124,50 @@ fn serve(args: MountArgs, chan: &Channel, start: Start) -> Result<(), WsfsError>
         "serving"
     );
     watch_keeper(chan);
-    wait(&args, &built, &conn, serving)
+    built
+        .rt
+        .block_on(crate::test_hooks::pause("daemon-after-ready"));
+    wait(&args, &built, &conn, serving, stops)
+}
+
+/// SIGTERM and SIGINT, caught: each one is a stop request (see [`stop_requested`]).
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Replaces the default action of both signals from here on; a signal that arrives before
+    /// [`StopSignals::next`] is first awaited is kept and acted on then.
+    fn install(rt: &tokio::runtime::Runtime) -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_rt = rt.enter();
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        if let Err(e) = term.as_ref().and(int.as_ref()) {
+            tracing::warn!(error = %e, "cannot catch SIGTERM/SIGINT: they will end this daemon (the keeper replaces it)");
+        }
+        StopSignals {
+            term: term.ok(),
+            int: int.ok(),
+        }
+    }
+
+    /// The next stop signal; never, if they could not be caught.
+    async fn next(&mut self) {
+        match (self.term.as_mut(), self.int.as_mut()) {
+            (Some(t), Some(i)) => {
+                tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+            }
+            (Some(t), None) => {
+                t.recv().await;
+            }
+            (None, Some(i)) => {
+                i.recv().await;
+            }
+            (None, None) => futures::future::pending::<()>().await,
+        }
+    }
 }
 
 /// Step 1: stores, manifests (resolved from refs, or the pinned ones of a takeover), merged
@@ -582,6 +628,7 @@ fn wait(
     built: &Built,
     conn: &ConnState,
     serving: Serving,
+    mut stops: StopSignals,
 ) -> Result<(), WsfsError> {
     let Serving {
         done,
@@ -590,21 +637,10 @@ fn wait(
     } = serving;
     let mp = args.mountpoint.clone();
     built.rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let mut int = signal(SignalKind::interrupt()).ok();
         let mut ended = tokio::task::spawn_blocking(move || done.recv());
         loop {
-            let stop = async {
-                match (term.as_mut(), int.as_mut()) {
-                    (Some(t), Some(i)) => {
-                        tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-                    }
-                    _ => futures::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
-                _ = stop => {
+                _ = stops.next() => {
                     let fs = built.fs.clone();
                     let mp = mp.clone();
                     let id = conn.mount_id;
