@@ -72,7 +72,7 @@ for i in range(2000):
     open(f"{root}/small/s{i}", "wb").write(os.urandom(random.randint(100, 4000)))
 PY
 store=s3://gcbench/ws
-"$WSFS" persist --store "$store" --workspace kept --layer l --root "$work/tree" >/dev/null
+"$WSFS" persist --no-index --store "$store" --workspace kept --layer l --root "$work/tree" >/dev/null
 seed() { # seeds $n unreached chunk objects (16 threads)
     py "$n" <<'PY'
 import sys, os, boto3, hashlib

@@ -727,7 +727,7 @@ for job in "${jobs[@]}"; do
     log "$job: wsfs persist and tar.zst of $root"
     sync
     t0=$EPOCHREALTIME
-    "$WSFS" persist --store "file://$www/$job" --workspace "$job" --layer build --root "$root" \
+    "$WSFS" persist --no-index --store "file://$www/$job" --workspace "$job" --layer build --root "$root" \
         >>"$run/logs/persist.log" 2>&1 || { tail -20 "$run/logs/persist.log" >&2; die "persist of $job failed"; }
     persist_s=$(since "$t0")
     t0=$EPOCHREALTIME

@@ -292,7 +292,7 @@ head -c "$((half_mib << 20))" /dev/urandom >"$ws/out/big-2.bin"
 big_bytes=$((half_mib << 20))
 
 log "persisting the workspace to file://$store; building the eager tar.zst"
-t=$(secs "$WSFS" persist --store "file://$store" --workspace bench --layer ws --root "$ws")
+t=$(secs "$WSFS" persist --no-index --store "file://$store" --workspace bench --layer ws --root "$ws")
 record persist_s "$t"
 tar -C "$ws" -cf - . | zstd -q -3 -T0 -o "$store/ws.tar.zst"
 tarzst_bytes=$(stat -c %s "$store/ws.tar.zst")

@@ -10,7 +10,7 @@ export WSFS_RUN_DIR=$T/run
 # Whatever happens, leave no mount behind (only this script's own).
 trap '"$W" umount --force --if-mounted "$T/mnt" >/dev/null 2>&1 || true' EXIT
 head -c $((512<<20)) /dev/urandom > $T/src/big.bin
-$W persist --store file://$T/store --workspace b --layer big --root $T/src >/dev/null
+$W persist --no-index --store file://$T/store --workspace b --layer big --root $T/src >/dev/null
 dd_s() { local t0=$EPOCHREALTIME; dd if="$1" of=/dev/null bs=1M status=none; awk -v a=$t0 -v b=$EPOCHREALTIME 'BEGIN{printf "%.0f", 512*1.048576/(b-a)}'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 m() { $W mount --store file://$T/store --workspace b --layer big "$@" $T/mnt 2>/dev/null; }

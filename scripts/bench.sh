@@ -343,10 +343,10 @@ for i in 1 2 3 4 5 6 7 8; do head -c $((64 << 20)) /dev/urandom >"$work/gen/big/
 
 log "persisting the tree and the large files to file://$store; building the tar.zst baseline"
 drop_caches
-t=$(secs "$WSFS" persist --store "file://$store" --workspace bench --layer tree --root "$work/gen/tree")
+t=$(secs "$WSFS" persist --no-index --store "file://$store" --workspace bench --layer tree --root "$work/gen/tree")
 record persist_tree_s "$t"
 drop_caches
-t=$(secs "$WSFS" persist --store "file://$store" --workspace bench --layer big --root "$work/gen/big")
+t=$(secs "$WSFS" persist --no-index --store "file://$store" --workspace bench --layer big --root "$work/gen/big")
 record persist_big_s "$t"
 tar -C "$work/gen/tree" -cf - . | zstd -q -3 -T0 -o "$store/tree.tar.zst"
 tarzst_bytes=$(stat -c %s "$store/tree.tar.zst")
@@ -594,7 +594,7 @@ PY
     mkdir -p "$work/gen/s3"
     head -c "$((s3_mib << 20))" /dev/urandom >"$work/gen/s3/data.bin"
     s3=s3://wsfs-bench/ws
-    t=$(secs "$WSFS" persist --store "$s3" --workspace bench --layer s3 --root "$work/gen/s3")
+    t=$(secs "$WSFS" persist --no-index --store "$s3" --workspace bench --layer s3 --root "$work/gen/s3")
     record persist_s3_s "$t"
     for _ in $(seq "$runs"); do
         STORE_URL=$s3 wsfs_mount "$mnt" bench s3
@@ -606,7 +606,7 @@ PY
 
     log "S3: eager download (curl) + extract of tree.tar.zst from moto vs mount + read, cold"
     s3tree=s3://wsfs-bench/tree
-    "$WSFS" persist --store "$s3tree" --workspace bench --layer tree --root "$work/gen/tree" >/dev/null
+    "$WSFS" persist --no-index --store "$s3tree" --workspace bench --layer tree --root "$work/gen/tree" >/dev/null
     url=$(python3 - "$AWS_ENDPOINT" "$store/tree.tar.zst" <<'PY'
 import sys, boto3
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")

@@ -171,7 +171,7 @@ sentinel_start() {
         head -c $((i * 997)) /dev/urandom >"$sentinel/src/sub/f$i"
     done
     head -c 3000000 /dev/urandom >"$sentinel/src/big.bin"
-    WSFS_RUN_DIR=$sentinel/run "$wsfs_bin" persist --store "file://$sentinel/store" \
+    WSFS_RUN_DIR=$sentinel/run "$wsfs_bin" persist --no-index --store "file://$sentinel/store" \
         --workspace sentinel --layer l1 --root "$sentinel/src" >/dev/null
     WSFS_RUN_DIR=$sentinel/run "$wsfs_bin" mount --store "file://$sentinel/store" \
         --workspace sentinel --layer l1 "$sentinel/mnt"
@@ -236,6 +236,9 @@ echo "GCS (fake-gcs-server):  $WSFS_TEST_GCS_ENDPOINT"
 [[ -e /dev/fuse ]] || echo "test.sh: warning: /dev/fuse is missing; FUSE tests will fail" >&2
 
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+# Persists the tests make keep their index under the tests' own directory, never the machine's
+# /var/cache/wsfs (each test's helpers also point it into the test's scratch directory).
+export WSFS_PERSIST_INDEX_DIR=$WSFS_TEST_TMP/persist-index
 
 if ((quick == 0)); then
     banner "cargo fmt --all -- --check"

@@ -139,6 +139,14 @@ pub enum Command {
         /// How long to wait for a `wsfs gc` running on a store before failing there.
         #[arg(long, default_value = "10m", value_parser = parse_dur)]
         gc_wait: std::time::Duration,
+        /// Where the persist index lives: what the last persist of this root and layer read, so
+        /// unchanged files are not read again [default: /var/cache/wsfs/persist-index for root,
+        /// else ~/.cache/wsfs/persist-index].
+        #[arg(long, value_name = "DIR", env = "WSFS_PERSIST_INDEX_DIR")]
+        index_dir: Option<PathBuf>,
+        /// Read every file, and neither use nor write a persist index (wins over --index-dir).
+        #[arg(long)]
+        no_index: bool,
         /// Paths or globs relative to --root (default: everything).
         paths: Vec<String>,
     },

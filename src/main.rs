@@ -146,6 +146,8 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             allow_empty,
             sign_key,
             gc_wait,
+            index_dir,
+            no_index,
             paths,
         } => {
             let sign_key = sign_key
@@ -171,6 +173,11 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                     gc_wait,
                     allow_empty,
                     sign_key,
+                    index_dir: if no_index {
+                        None
+                    } else {
+                        index_dir.or_else(wsfs::persist::index::default_dir)
+                    },
                 },
             ))?;
             for s in &report.skipped_special {

@@ -89,6 +89,7 @@ fn helper_scenario_in_a_private_namespace() {
         Command::new("mount")
             .args(args)
             .env("WSFS_RUN_DIR", s.run_dir())
+            .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
             .output()
             .expect("run mount(8)")
     };
@@ -350,6 +351,7 @@ fn systemd_readiness_is_sent_when_the_tree_serves_and_stop_unmounts() {
         .args(&argv[1..])
         .env("NOTIFY_SOCKET", &notify)
         .env("WSFS_RUN_DIR", s.run_dir())
+        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start the unit's command");
@@ -408,6 +410,7 @@ fn systemd_start_of_a_missing_layer_fails_without_ready() {
         .args(&argv[1..])
         .env("NOTIFY_SOCKET", &notify)
         .env("WSFS_RUN_DIR", s.run_dir())
+        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
         .output()
         .expect("run the unit's command");
     let _guard = Mounted {
@@ -675,6 +678,7 @@ fn keeper_and_daemon_hold_no_working_directory_and_relative_paths_work() {
         ])
         .current_dir(&job)
         .env("WSFS_RUN_DIR", s.run_dir())
+        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
         .output()
         .unwrap();
     assert_ok(&o);

@@ -990,6 +990,10 @@ impl Sim {
             "WSFS_RUN_DIR".into(),
             self.s.run_dir().display().to_string(),
         );
+        env.insert(
+            "WSFS_PERSIST_INDEX_DIR".into(),
+            self.s.index_dir().display().to_string(),
+        );
         env.insert("CI".into(), "true".into());
         let co = checkout.display().to_string();
         let vars: Vec<(&str, String)> = match r.ci {

@@ -486,6 +486,7 @@ fn held_at(s: &Scratch, args: &[String], point: &str, hold: &Path) -> std::proce
     let child = Command::new(WSFS)
         .args(args)
         .env("WSFS_RUN_DIR", s.run_dir())
+        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
         .env("WSFS_TEST_PAUSE", format!("{point}:{}", hold.display()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

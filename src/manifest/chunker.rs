@@ -174,6 +174,39 @@ impl LayerBuilder {
         Ok(())
     }
 
+    /// Adds a regular file whose content is already stored: its digest and its pieces (chunk,
+    /// offset in the chunk, length), as an earlier layer recorded them. Nothing is read and no
+    /// chunk goes to the sink; the caller must have confirmed that every chunk named here is on
+    /// every store the layer is committed to.
+    pub fn add_stored_file(
+        &mut self,
+        meta: Meta,
+        size: u64,
+        content: Digest,
+        pieces: &[(ChunkInfo, u32, u32)],
+    ) {
+        let extents = pieces
+            .iter()
+            .map(|(c, offset, len)| Extent {
+                chunk: self.known_chunk(*c),
+                offset: *offset,
+                len: *len,
+            })
+            .collect();
+        self.push(meta, EntryKind::File, size, Vec::new(), extents, content);
+    }
+
+    /// Registers a chunk that is already stored (with its stored length) and returns its index.
+    fn known_chunk(&mut self, c: ChunkInfo) -> u32 {
+        if let Some(&i) = self.by_hash.get(&c.hash) {
+            return i;
+        }
+        let index = self.chunks.len() as u32;
+        self.chunks.push(c);
+        self.by_hash.insert(c.hash, index);
+        index
+    }
+
     /// Registers a chunk (deduplicated by digest) and returns its index.
     fn add_chunk<E>(
         &mut self,

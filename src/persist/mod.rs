@@ -1,6 +1,10 @@
 //! `wsfs persist`: walk a tree, chunk it, upload every new chunk to every store concurrently, then
 //! the manifest, then — last, and only on stores that received everything — the layer ref.
 //! A ref on a store therefore promises that the manifest and every chunk are on that store.
+//!
+//! The steps: walk (`walk.rs`) → plan what the persist index lets us skip reading
+//! (`index.rs`, `reuse.rs`) → take the persist lease → confirm the reused chunks on the stores →
+//! chunk and upload → leave the index for next time → commit (manifest, then ref, per store).
 
 use crate::error::WsfsError;
 use crate::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
@@ -9,13 +13,16 @@ use crate::manifest::{self, keys, Digest, LayerRef};
 use crate::store::{Outcome, Provider};
 use bytes::Bytes;
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use walk::{build_globs, mtime, walk, Walked};
 
+pub mod index;
+mod reuse;
 mod walk;
 
 /// How many stores must hold the committed layer for persist to succeed.
@@ -59,6 +66,8 @@ pub struct PersistOptions {
     pub allow_empty: bool,
     /// Sign the ref with this key.
     pub sign_key: Option<ed25519_dalek::SigningKey>,
+    /// Where the persist index lives (see `persist/index.rs`); None: every file is read.
+    pub index_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +92,56 @@ pub struct PersistReport {
     pub manifest: Option<Digest>,
     pub stores: Vec<StoreResult>,
     pub seconds: f64,
+    /// What the persist index did.
+    pub index: IndexUse,
+}
+
+/// How a persist used its index.
+#[derive(Debug, Default)]
+pub enum IndexUse {
+    /// No index directory (`--no-index`).
+    #[default]
+    Off,
+    /// None yet for this tree and layer: every file was read.
+    Fresh,
+    /// There was one, but it could not be used: every file was read.
+    Unusable(String),
+    Used {
+        /// Files taken from the index, not read.
+        reused_files: u64,
+        reused_bytes: u64,
+        /// Files read (new, changed, racily clean, in a mostly dead pack, or naming a chunk a
+        /// store lacks).
+        read_files: u64,
+        /// Distinct chunks confirmed on every store.
+        confirmed_chunks: u64,
+        /// Chunks the index named that some store lacked.
+        missing_chunks: u64,
+    },
+}
+
+impl IndexUse {
+    fn describe(&self) -> String {
+        match self {
+            IndexUse::Off => "not used (--no-index)".into(),
+            IndexUse::Fresh => "none yet for this tree and layer: every file read".into(),
+            IndexUse::Unusable(why) => format!("unusable ({why}): every file read"),
+            IndexUse::Used {
+                reused_files,
+                reused_bytes,
+                read_files,
+                confirmed_chunks,
+                missing_chunks,
+            } => format!(
+                "{reused_files} files unchanged ({reused_bytes} bytes not read), {read_files} read; {confirmed_chunks} stored chunks confirmed{}",
+                if *missing_chunks > 0 {
+                    format!(", {missing_chunks} missing on some store (their files read again)")
+                } else {
+                    String::new()
+                }
+            ),
+        }
+    }
 }
 
 impl PersistReport {
@@ -98,6 +157,7 @@ impl PersistReport {
             self.seconds,
             self.manifest.map(|d| d.to_hex()).unwrap_or_else(|| "-".into())
         );
+        s.push_str(&format!("\n  index: {}", self.index.describe()));
         for st in &self.stores {
             s.push_str(&format!(
                 "\n  {}: {} new chunks, {} already present, {} bytes written, ref {}{}",
@@ -160,6 +220,9 @@ pub async fn persist(
     opts: PersistOptions,
 ) -> Result<PersistReport, WsfsError> {
     let started = std::time::Instant::now();
+    // Before anything is read: the racy-timestamp rule of the index this persist leaves measures
+    // from here (see persist/index.rs).
+    let started_ns = index::now_ns();
     validate_name("workspace", &opts.workspace).map_err(WsfsError::Usage)?;
     validate_name("layer", &opts.layer).map_err(WsfsError::Usage)?;
     for p in &opts.parents {
@@ -237,6 +300,18 @@ pub async fn persist(
         report.skipped_special = entries.1;
         entries.0
     };
+    let index_key = index::IndexKey {
+        root: std::fs::canonicalize(&opts.root).unwrap_or_else(|_| opts.root.clone()),
+        workspace: opts.workspace.clone(),
+        layer: opts.layer.clone(),
+    };
+    let (entries, mut plan) = plan_reuse(
+        opts.index_dir.clone(),
+        index_key.clone(),
+        entries,
+        &mut report,
+    )
+    .await?;
     if let Some(w) = entries.iter().find(|w| w.rel.contains(&b'\n')) {
         tracing::warn!(path = %w.abs.display(), "file name contains a newline");
     }
@@ -262,28 +337,115 @@ pub async fn persist(
     // persist waits for a gc already running (see retention/lease.rs).
     let (lease, blocked) =
         crate::retention::lease::persist_gate(providers, &opts.workspace, opts.gc_wait).await;
-    let result = upload_and_commit(
-        providers, &opts, entries, bar, root_meta, ancestors, &lease, &blocked, report, started,
-    )
+    let result = async {
+        if let Some(plan) = plan.as_mut() {
+            let skip: Vec<usize> = blocked.iter().map(|(i, _)| *i).collect();
+            let confirmed = reuse::confirm(providers, &skip, plan).await;
+            let reused = plan.iter().flatten();
+            let (reused_files, reused_bytes) = reused.fold((0, 0), |(n, b), r| (n + 1, b + r.size));
+            let files = entries.iter().filter(|w| w.meta.is_file()).count() as u64;
+            report.index = IndexUse::Used {
+                reused_files,
+                reused_bytes,
+                read_files: files - reused_files,
+                confirmed_chunks: confirmed.chunks,
+                missing_chunks: confirmed.missing,
+            };
+        }
+        let chunked = chunk_and_upload(
+            providers,
+            &opts,
+            entries,
+            plan.unwrap_or_default(),
+            bar,
+            root_meta,
+            &blocked,
+        )
+        .await?;
+        if let Some(dir) = &opts.index_dir {
+            write_index(dir, &index_key, started_ns, &chunked);
+        }
+        commit(
+            providers, &opts, chunked, ancestors, &lease, report, started,
+        )
+        .await
+    }
     .await;
     lease.release().await;
     result
 }
 
-/// Chunks and uploads the walked tree, then commits manifest and ref per store.
-#[allow(clippy::too_many_arguments)]
-async fn upload_and_commit(
+/// Loads the index (if any) and decides which walked files need not be read; fills in
+/// `report.index` for the cases where no plan comes out.
+async fn plan_reuse(
+    dir: Option<PathBuf>,
+    key: index::IndexKey,
+    entries: Vec<Walked>,
+    report: &mut PersistReport,
+) -> Result<(Vec<Walked>, Option<reuse::Plan>), WsfsError> {
+    let Some(dir) = dir else {
+        report.index = IndexUse::Off;
+        return Ok((entries, None));
+    };
+    let (entries, loaded) = tokio::task::spawn_blocking(move || {
+        let loaded =
+            index::PersistIndex::load(&dir, &key).map(|i| i.map(|i| reuse::plan(&i, &entries)));
+        (entries, loaded)
+    })
+    .await
+    .map_err(|e| WsfsError::Failed(e.to_string()))?;
+    match loaded {
+        Ok(Some(plan)) => Ok((entries, Some(plan))),
+        Ok(None) => {
+            report.index = IndexUse::Fresh;
+            Ok((entries, None))
+        }
+        Err(why) => {
+            tracing::warn!(reason = %why, "the persist index cannot be used; reading every file");
+            report.index = IndexUse::Unusable(why);
+            Ok((entries, None))
+        }
+    }
+}
+
+/// Leaves the index for the next persist of this tree. Best effort: a failure is a warning.
+fn write_index(dir: &Path, key: &index::IndexKey, started_ns: i64, chunked: &Chunked) {
+    let bytes = index::build(key, started_ns, &chunked.manifest, &chunked.stamps);
+    if let Err(e) = index::store(dir, key, &bytes) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot write the persist index (the next persist reads every file)");
+    }
+}
+
+/// How many of each kind of entry a layer holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+}
+
+/// The layer, chunked and its new chunks uploaded; not committed anywhere yet.
+struct Chunked {
+    manifest: manifest::Manifest,
+    counts: Counts,
+    /// The walked stat of every regular file, for the next persist's index.
+    stamps: HashMap<Vec<u8>, index::Stamp>,
+    /// Per store (same order as the providers): chunks uploaded, chunks already there, bytes
+    /// written, and the first error (a store with an error gets no ref).
+    states: Arc<Vec<StoreState>>,
+}
+
+/// Reads and chunks the walked tree (except what the plan reuses) on a blocking thread, and
+/// uploads each new chunk to every store as it comes.
+async fn chunk_and_upload(
     providers: &[Arc<Provider>],
     opts: &PersistOptions,
     entries: Vec<Walked>,
+    plan: reuse::Plan,
     bar: Option<indicatif::ProgressBar>,
     root_meta: manifest::RootMeta,
-    ancestors: std::collections::BTreeMap<String, Digest>,
-    lease: &crate::retention::lease::Held,
     blocked: &[(usize, String)],
-    mut report: PersistReport,
-    started: std::time::Instant,
-) -> Result<PersistReport, WsfsError> {
+) -> Result<Chunked, WsfsError> {
     let states: Arc<Vec<StoreState>> = Arc::new(
         providers
             .iter()
@@ -307,35 +469,41 @@ async fn upload_and_commit(
     // channel, so memory stays bounded however large the tree is.
     let (tx, rx) = tokio::sync::mpsc::channel::<NewChunk>(opts.concurrency.max(1) * 2);
     let bar2 = bar.clone();
-    let chunking =
-        tokio::task::spawn_blocking(move || -> Result<(LayerBuilder, [u64; 3]), WsfsError> {
-            let mut b = LayerBuilder::new();
-            b.set_root(root_meta);
-            let mut counts = [0u64; 3];
-            let mut sink = |c: NewChunk| -> Result<(), std::io::Error> {
-                tx.blocking_send(c)
-                    .map_err(|_| std::io::Error::other("uploads stopped"))
+    let chunking = tokio::task::spawn_blocking(move || {
+        let mut plan = plan.into_iter();
+        let mut sink = |c: NewChunk| -> Result<(), std::io::Error> {
+            tx.blocking_send(c)
+                .map_err(|_| std::io::Error::other("uploads stopped"))
+        };
+        let mut b = LayerBuilder::new();
+        b.set_root(root_meta);
+        let mut counts = Counts::default();
+        let mut stamps = HashMap::new();
+        for w in entries {
+            let reused = plan.next().flatten();
+            let (sec, nsec) = mtime(&w.meta);
+            let meta = Meta {
+                path: w.rel.clone(),
+                mode: w.meta.mode(),
+                mtime_sec: sec,
+                mtime_nsec: nsec,
             };
-            for w in entries {
-                let (sec, nsec) = mtime(&w.meta);
-                let meta = Meta {
-                    path: w.rel.clone(),
-                    mode: w.meta.mode(),
-                    mtime_sec: sec,
-                    mtime_nsec: nsec,
-                };
-                let ft = w.meta.file_type();
-                if ft.is_dir() {
-                    counts[1] += 1;
-                    b.add_dir(meta);
-                } else if ft.is_symlink() {
-                    counts[2] += 1;
-                    let t = std::fs::read_link(&w.abs).map_err(|e| {
-                        WsfsError::Failed(format!("cannot read link {}: {e}", w.abs.display()))
-                    })?;
-                    b.add_symlink(meta, t.as_os_str().as_bytes().to_vec());
+            let ft = w.meta.file_type();
+            if ft.is_dir() {
+                counts.dirs += 1;
+                b.add_dir(meta);
+            } else if ft.is_symlink() {
+                counts.symlinks += 1;
+                let t = std::fs::read_link(&w.abs).map_err(|e| {
+                    WsfsError::Failed(format!("cannot read link {}: {e}", w.abs.display()))
+                })?;
+                b.add_symlink(meta, t.as_os_str().as_bytes().to_vec());
+            } else {
+                counts.files += 1;
+                stamps.insert(w.rel.clone(), index::Stamp::of(&w.meta));
+                if let Some(r) = reused {
+                    b.add_stored_file(meta, r.size, r.content, &r.pieces);
                 } else {
-                    counts[0] += 1;
                     let f = std::fs::File::open(&w.abs).map_err(|e| {
                         WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display()))
                     })?;
@@ -348,15 +516,16 @@ async fn upload_and_commit(
                     .map_err(|e| {
                         WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display()))
                     })?;
-                    if let Some(bar) = &bar2 {
-                        bar.inc(w.meta.len());
-                    }
+                }
+                if let Some(bar) = &bar2 {
+                    bar.inc(w.meta.len());
                 }
             }
-            b.flush(&mut sink)
-                .map_err(|e| WsfsError::Failed(format!("chunking failed: {e}")))?;
-            Ok((b, counts))
-        });
+        }
+        b.flush(&mut sink)
+            .map_err(|e| WsfsError::Failed(format!("chunking failed: {e}")))?;
+        Ok::<_, WsfsError>((b, counts, stamps))
+    });
 
     let provs: Vec<Arc<Provider>> = providers.to_vec();
     let stored_lens: Vec<(u32, u32)> = tokio_stream_of(rx)
@@ -384,7 +553,7 @@ async fn upload_and_commit(
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let (mut builder, counts) = chunking
+    let (mut builder, counts, stamps) = chunking
         .await
         .map_err(|e| WsfsError::Failed(e.to_string()))??;
     if let Some(b) = &bar {
@@ -392,20 +561,47 @@ async fn upload_and_commit(
     }
     for (i, len) in &stored_lens {
         builder.set_stored_len(*i, *len);
-        report.stored_bytes += u64::from(*len);
     }
-    report.files = counts[0];
-    report.dirs = counts[1];
-    report.symlinks = counts[2];
-    report.chunks = builder.chunk_count() as u64;
-    let created = crate::ops::process::unix_now();
-    let m = builder.finish(
+    let manifest = builder.finish(
         opts.workspace.clone(),
         opts.layer.clone(),
         opts.parents.clone(),
-        created,
+        crate::ops::process::unix_now(),
     );
+    Ok(Chunked {
+        manifest,
+        counts,
+        stamps,
+        states,
+    })
+}
+
+/// Writes the manifest, then the ref, on every store that received everything (and still holds
+/// the persist lease), and says whether enough stores committed.
+async fn commit(
+    providers: &[Arc<Provider>],
+    opts: &PersistOptions,
+    chunked: Chunked,
+    ancestors: std::collections::BTreeMap<String, Digest>,
+    lease: &crate::retention::lease::Held,
+    mut report: PersistReport,
+    started: std::time::Instant,
+) -> Result<PersistReport, WsfsError> {
+    let Chunked {
+        manifest: m,
+        counts,
+        states,
+        ..
+    } = chunked;
+    report.files = counts.files;
+    report.dirs = counts.dirs;
+    report.symlinks = counts.symlinks;
+    // Everything the layer is made of, reused chunks included (the stores' side of it is
+    // bytes_written).
+    report.stored_bytes = m.chunks.iter().map(|c| u64::from(c.stored_len)).sum();
+    report.chunks = m.chunks.len() as u64;
     report.bytes = m.total_file_bytes();
+    let created = m.created;
     let encoded = manifest::encode(&m).map_err(|e| WsfsError::Integrity(e.to_string()))?;
     let digest = Digest::of(&encoded);
     report.manifest = Some(digest);

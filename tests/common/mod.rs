@@ -58,8 +58,14 @@ impl Scratch {
         Command::new(WSFS)
             .args(args)
             .env("WSFS_RUN_DIR", self.run_dir())
+            .env("WSFS_PERSIST_INDEX_DIR", self.index_dir())
             .output()
             .expect("run wsfs")
+    }
+
+    /// The persist index directory of this scratch's persists (never the machine's).
+    pub fn index_dir(&self) -> PathBuf {
+        self.path("persist-index")
     }
 
     /// Everything the daemons of this scratch's mounts have logged so far.
