@@ -94,7 +94,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Digest;
+    use crate::Digest;
     use std::collections::BTreeMap;
 
     fn key(n: u8) -> SigningKey {

@@ -5,11 +5,13 @@
 //! * [`Chain`] — providers in failover order; returns only verified values.
 //! * [`VerifiedChunk`] — chunk bytes that passed the hash check; the only thing the read path
 //!   accepts.
-//! * [`fault`] — an `ObjectStore` wrapper that injects failures, for fast unit tests.
+//! * `fault` — an `ObjectStore` wrapper that injects failures, for fast unit tests (feature
+//!   `fault`; never in the binary).
 
 pub mod breaker;
 pub mod chain;
 pub mod config;
+#[cfg(any(test, feature = "fault"))]
 pub mod fault;
 pub mod outcome;
 pub mod provider;
