@@ -65,7 +65,16 @@ fn force_umount_frees_a_frozen_daemon_with_a_blocked_reader() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(!status.success(), "the reader saw an error");
+    let mut err = String::new();
+    if let Some(mut e) = reader.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(
+        !status.success(),
+        "the reader saw an error; umount said: {out}\n{}; reader stderr: {err}; daemon log: {}",
+        String::from_utf8_lossy(&o.stderr),
+        s.daemon_logs()
+    );
     assert!(!is_mounted(&mp), "mount gone");
     let t = Instant::now();
     while wsfs::ops::process::pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
