@@ -242,7 +242,7 @@ fn inode_table(c: &mut Criterion) {
     let mut keys: Vec<(u64, Vec<u8>)> = table
         .iter()
         .skip(1)
-        .map(|(_, n)| (n.parent, n.name.to_vec()))
+        .map(|(_, n)| (n.parent(), n.name().to_vec()))
         .collect();
     let len = keys.len();
     for i in 0..len {
@@ -262,7 +262,7 @@ fn inode_table(c: &mut Criterion) {
         bench.iter(|| {
             let mut size = 0u64;
             for ino in 1..=table.len() as u64 {
-                size += table.get(black_box(ino)).unwrap().size;
+                size += table.get(black_box(ino)).unwrap().size();
             }
             size
         })

@@ -369,7 +369,7 @@ pub fn detach(rec: &AttachRecord, force: bool, timeout: Duration) -> Result<(), 
             Ok(()) => {}
             Err(e) if !force => {
                 let mut errs = Vec::new();
-                let h = crate::ops::force_umount::find_holders(
+                let h = crate::ops::holders::find_holders(
                     &entry,
                     true,
                     Duration::from_secs(2),

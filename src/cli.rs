@@ -1,7 +1,8 @@
 //! Command-line interface (clap). Thin: parse, build the pieces, call the module that does the
 //! work, print, and map errors to the documented exit codes.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -56,7 +57,7 @@ impl Prefetch {
     }
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct StoreArgs {
     /// A store URL, repeatable; the order is the failover order (file:///abs, s3://b/p, gs://b/p, az://…, http(s)://…).
     #[arg(long = "store", value_name = "URL")]
@@ -80,6 +81,165 @@ pub struct StoreArgs {
     /// rotation; also `trust_keys = [...]` in --config). Mount, attach and verify.
     #[arg(long = "trust-key", value_name = "FILE.pub")]
     pub trust_keys: Vec<PathBuf>,
+}
+
+/// How a workspace is served: the options `wsfs mount` and `wsfs attach` share. Attach hands
+/// them to the `wsfs mount` it runs with [`ServeArgs::to_args`].
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct ServeArgs {
+    /// Disk cache directory, shared by mounts.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache bound [default: 10G].
+    #[arg(long, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Memory cache bound.
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    pub memory_cache: u64,
+    /// Owner of every file (default: the user who mounts). `mount`: needs --allow-other
+    /// (otherwise that user could not reach the mount at all). `attach`: the job's user, so
+    /// it can modify the workspace's files.
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// A read fails with EIO after this long [default: 30s].
+    #[arg(long, value_parser = parse_dur)]
+    pub read_deadline: Option<std::time::Duration>,
+    /// Write chunks found on a later store back to earlier stores that missed them.
+    #[arg(long)]
+    pub repair: bool,
+    /// Prometheus metrics file, rewritten atomically every 2 s and at exit (for node_exporter's
+    /// textfile collector, name it *.prom).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9477 (loopback advised).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// FUSE worker threads (default: 2 x cores, at least 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// What to bring close before it is asked for, in the background after mounting:
+    /// `tree` (default): list every directory through the kernel, so walks, stats and path
+    /// lookups send no FUSE request; nothing is fetched from the stores. `none`: nothing
+    /// (every name is looked up on demand). `chunks`: fetch every chunk into wsfs's caches, in
+    /// path order (no kernel warm-up). `all`: `tree` and `chunks`, and push small files
+    /// (<= 1 MiB) into the kernel's page cache, so reading them sends no FUSE request (for
+    /// jobs that read most of the workspace). [default: tree]
+    #[arg(long, value_enum)]
+    pub prefetch: Option<Prefetch>,
+    /// Chunks the background prefetch fetches at once: enough to fill a link whose round
+    /// trips are tens of milliseconds (4 left a 125 MB/s link at 39 MB/s), while leaving
+    /// each store's other request slots (--provider-concurrency) to on-demand reads.
+    #[arg(long, default_value_t = 16)]
+    pub prefetch_concurrency: usize,
+    /// FUSE passthrough (Linux >= 6.9, root): a file of 1 MiB or more whose chunks are all in
+    /// the disk cache is materialized there once (checked against the manifest's whole-file
+    /// BLAKE3) and opened with that copy as backing file, so the kernel reads it at native
+    /// speed. Needs --cache-dir. Costs one round trip per open (no no-open mode).
+    #[arg(long)]
+    pub passthrough: bool,
+    /// Profile-guided prefetch: fetch first, in parallel, the chunks the last mount with this
+    /// profile name read (stored at `profiles/NAME` on the stores), record the order of this
+    /// run's first reads, and store it at unmount. Name it after the job (e.g. `test-linux`).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// At most this much page-cache memory is filled ahead of reads: with `tree` or `all`,
+    /// the other small files of a pack chunk a file was just read from; with `all`, every
+    /// small file. 0: none. Clean page-cache pages are
+    /// reclaimable; an evicted file is simply read again through wsfs.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub prefetch_page_cache: u64,
+    /// The mount's kernel read-ahead (sysfs bdi read_ahead_kb).
+    #[arg(long, default_value_t = 4096)]
+    pub read_ahead_kb: u32,
+}
+
+impl ServeArgs {
+    /// These options as `wsfs mount` flags (what parses back to an equal value).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.opt("--cache-dir", self.cache_dir.as_ref().map(|p| p.into()));
+        a.opt(
+            "--cache-size",
+            self.cache_size.map(|n| n.to_string().into()),
+        );
+        a.one("--memory-cache", self.memory_cache.to_string());
+        a.opt("--uid", self.uid.map(|n| n.to_string().into()));
+        a.opt("--gid", self.gid.map(|n| n.to_string().into()));
+        a.opt(
+            "--read-deadline",
+            self.read_deadline.map(|d| millis(d).into()),
+        );
+        a.flag("--repair", self.repair);
+        a.opt(
+            "--metrics-file",
+            self.metrics_file.as_ref().map(|p| p.into()),
+        );
+        a.opt(
+            "--metrics-addr",
+            self.metrics_addr.map(|x| x.to_string().into()),
+        );
+        a.opt("--threads", self.threads.map(|n| n.to_string().into()));
+        a.opt("--prefetch", self.prefetch.map(|p| p.name().into()));
+        a.one(
+            "--prefetch-concurrency",
+            self.prefetch_concurrency.to_string(),
+        );
+        a.flag("--passthrough", self.passthrough);
+        a.opt("--profile", self.profile.as_ref().map(|p| p.into()));
+        a.one(
+            "--prefetch-page-cache",
+            self.prefetch_page_cache.to_string(),
+        );
+        a.one("--read-ahead-kb", self.read_ahead_kb.to_string());
+        a.0
+    }
+}
+
+impl StoreArgs {
+    /// These options as flags, without the store URLs (a parent wsfs hands those down outside
+    /// the command line: they may hold credentials).
+    pub fn to_args_without_urls(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.opt("--config", self.config.as_ref().map(|p| p.into()));
+        a.one("--request-timeout", millis(self.request_timeout));
+        a.one("--connect-timeout", millis(self.connect_timeout));
+        a.one("--retries", self.retries.to_string());
+        a.one(
+            "--provider-concurrency",
+            self.provider_concurrency.to_string(),
+        );
+        for k in &self.trust_keys {
+            a.one("--trust-key", k);
+        }
+        a.0
+    }
+}
+
+fn millis(d: std::time::Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// A command line being built.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn one(&mut self, flag: &str, v: impl Into<OsString>) {
+        self.0.push(flag.into());
+        self.0.push(v.into());
+    }
+    fn opt(&mut self, flag: &str, v: Option<OsString>) {
+        if let Some(v) = v {
+            self.one(flag, v);
+        }
+    }
+    fn flag(&mut self, flag: &str, on: bool) {
+        if on {
+            self.0.push(flag.into());
+        }
+    }
 }
 
 pub fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
@@ -211,75 +371,12 @@ pub enum Command {
         /// Stay in the foreground (systemd, debugging).
         #[arg(long)]
         foreground: bool,
-        /// Disk cache directory, shared by mounts.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Disk cache bound [default: 10G].
-        #[arg(long, value_parser = parse_size)]
-        cache_size: Option<u64>,
-        /// Memory cache bound.
-        #[arg(long, default_value = "512M", value_parser = parse_size)]
-        memory_cache: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// Let other users read the mount (the kernel then enforces file modes). Without it only
         /// the user who mounts (and nobody else, not even for cached files) can reach the tree.
         #[arg(long)]
         allow_other: bool,
-        /// Owner of every file (default: the user who mounts). Needs --allow-other: otherwise
-        /// that user could not reach the mount at all.
-        #[arg(long)]
-        uid: Option<u32>,
-        #[arg(long)]
-        gid: Option<u32>,
-        /// A read fails with EIO after this long [default: 30s].
-        #[arg(long, value_parser = parse_dur)]
-        read_deadline: Option<std::time::Duration>,
-        /// Write chunks found on a later store back to earlier stores that missed them.
-        #[arg(long)]
-        repair: bool,
-        /// Prometheus metrics file, rewritten atomically every 2 s and at exit (for node_exporter's
-        /// textfile collector, name it *.prom).
-        #[arg(long, value_name = "PATH")]
-        metrics_file: Option<PathBuf>,
-        /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9477 (loopback advised).
-        #[arg(long, value_name = "IP:PORT")]
-        metrics_addr: Option<std::net::SocketAddr>,
-        /// FUSE worker threads (default: 2 x cores, at least 4).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// What to bring close before it is asked for, in the background after mounting:
-        /// `tree` (default): list every directory through the kernel, so walks, stats and path
-        /// lookups send no FUSE request; nothing is fetched from the stores. `none`: nothing
-        /// (every name is looked up on demand). `chunks`: fetch every chunk into wsfs's caches, in
-        /// path order (no kernel warm-up). `all`: `tree` and `chunks`, and push small files
-        /// (<= 1 MiB) into the kernel's page cache, so reading them sends no FUSE request (for
-        /// jobs that read most of the workspace). [default: tree]
-        #[arg(long, value_enum)]
-        prefetch: Option<Prefetch>,
-        /// Chunks the background prefetch fetches at once: enough to fill a link whose round
-        /// trips are tens of milliseconds (4 left a 125 MB/s link at 39 MB/s), while leaving
-        /// each store's other request slots (--provider-concurrency) to on-demand reads.
-        #[arg(long, default_value_t = 16)]
-        prefetch_concurrency: usize,
-        /// FUSE passthrough (Linux >= 6.9, root): a file of 1 MiB or more whose chunks are all in
-        /// the disk cache is materialized there once (checked against the manifest's whole-file
-        /// BLAKE3) and opened with that copy as backing file, so the kernel reads it at native
-        /// speed. Needs --cache-dir. Costs one round trip per open (no no-open mode).
-        #[arg(long)]
-        passthrough: bool,
-        /// Profile-guided prefetch: fetch first, in parallel, the chunks the last mount with this
-        /// profile name read (stored at `profiles/NAME` on the stores), record the order of this
-        /// run's first reads, and store it at unmount. Name it after the job (e.g. `test-linux`).
-        #[arg(long, value_name = "NAME")]
-        profile: Option<String>,
-        /// At most this much page-cache memory is filled ahead of reads: with `tree` or `all`,
-        /// the other small files of a pack chunk a file was just read from; with `all`, every
-        /// small file. 0: none. Clean page-cache pages are
-        /// reclaimable; an evicted file is simply read again through wsfs.
-        #[arg(long, default_value = "1G", value_parser = parse_size)]
-        prefetch_page_cache: u64,
-        /// The mount's kernel read-ahead (sysfs bdi read_ahead_kb).
-        #[arg(long, default_value_t = 4096)]
-        read_ahead_kb: u32,
         /// How long to wait for the mount to become ready.
         #[arg(long, default_value = "120s", value_parser = parse_dur)]
         ready_timeout: std::time::Duration,
@@ -313,25 +410,10 @@ pub enum Command {
         /// Keep the scratch folder at umount.
         #[arg(long)]
         keep_scratch: bool,
-        /// Disk cache directory, shared by mounts.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Owner of workspace files (default: root); the job's user, so it can modify them.
-        #[arg(long)]
-        uid: Option<u32>,
-        #[arg(long)]
-        gid: Option<u32>,
-        /// As for `wsfs mount`: tree (default), none, chunks or all (the warm-up works through the
+        /// How the workspace is served, as for `wsfs mount` (the warm-up works through the
         /// overlay).
-        #[arg(long, value_enum, default_value_t = Prefetch::Tree)]
-        prefetch: Prefetch,
-        /// As for `wsfs mount`: profile-guided prefetch under this name.
-        #[arg(long, value_name = "NAME")]
-        profile: Option<String>,
-        /// As for `wsfs mount`: FUSE passthrough for files whose chunks are in the disk cache
-        /// (needs --cache-dir).
-        #[arg(long)]
-        passthrough: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Unmount a wsfs mount.
     Umount {
@@ -374,4 +456,65 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Both {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn round_trip(store: &StoreArgs, serve: &ServeArgs) -> Both {
+        let mut argv: Vec<OsString> = vec!["x".into()];
+        argv.extend(store.to_args_without_urls());
+        argv.extend(serve.to_args());
+        Both::try_parse_from(argv).unwrap()
+    }
+
+    /// Every field set to something other than its default: a field added to either struct
+    /// must be listed here (the literals name every field) and must survive `to_args`.
+    #[test]
+    fn what_attach_hands_to_mount_parses_back_to_the_same_options() {
+        let store = StoreArgs {
+            stores: vec![],
+            config: Some("/etc/wsfs/c.toml".into()),
+            request_timeout: std::time::Duration::from_millis(1500),
+            connect_timeout: std::time::Duration::from_millis(700),
+            retries: 5,
+            provider_concurrency: 9,
+            trust_keys: vec!["/k1.pub".into(), "/k 2.pub".into()],
+        };
+        let serve = ServeArgs {
+            cache_dir: Some("/var/cache/wsfs".into()),
+            cache_size: Some(3 << 30),
+            memory_cache: 64 << 20,
+            uid: Some(1001),
+            gid: Some(1002),
+            read_deadline: Some(std::time::Duration::from_secs(7)),
+            repair: true,
+            metrics_file: Some("/m/x.prom".into()),
+            metrics_addr: Some("127.0.0.1:9477".parse().unwrap()),
+            threads: Some(6),
+            prefetch: Some(Prefetch::All),
+            prefetch_concurrency: 3,
+            passthrough: true,
+            profile: Some("test-linux".into()),
+            prefetch_page_cache: 5 << 20,
+            read_ahead_kb: 1024,
+        };
+        let back = round_trip(&store, &serve);
+        assert_eq!(back.store, store);
+        assert_eq!(back.serve, serve);
+        // And the defaults stay defaults.
+        let defaults = Both::try_parse_from(["x"]).unwrap();
+        let back = round_trip(&defaults.store, &defaults.serve);
+        assert_eq!(back.store, defaults.store);
+        assert_eq!(back.serve, defaults.serve);
+    }
 }

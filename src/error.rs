@@ -66,7 +66,7 @@ impl WsfsError {
     }
 
     /// Classifies an all-providers miss: bytes that arrived but failed verification make it an
-    /// integrity failure; otherwise the object is missing.
+    /// integrity failure; otherwise the object is missing. (Also `?` on an [`AllMissed`].)
     pub fn from_missed(m: &AllMissed) -> WsfsError {
         use crate::store::Outcome;
         let integrity = m
@@ -98,5 +98,36 @@ impl WsfsError {
             code.parse::<i32>().unwrap_or(exit::FAILURE),
             msg.replace(LINE_BREAK, "\n"),
         )
+    }
+}
+
+// The lower layers' errors, each mapped to its exit code here and nowhere else: `?` on them
+// gives the right code without every call site deciding it again.
+
+impl From<AllMissed> for WsfsError {
+    fn from(m: AllMissed) -> WsfsError {
+        WsfsError::from_missed(&m)
+    }
+}
+
+/// A manifest that cannot be decoded, fails validation or cannot be encoded: its bytes are not
+/// what they must be (exit 4).
+impl From<crate::manifest::ManifestError> for WsfsError {
+    fn from(e: crate::manifest::ManifestError) -> WsfsError {
+        WsfsError::Integrity(e.to_string())
+    }
+}
+
+/// A tree that cannot be built from validated manifests is damaged input (exit 4).
+impl From<crate::fs::inode::BuildError> for WsfsError {
+    fn from(e: crate::fs::inode::BuildError) -> WsfsError {
+        WsfsError::Integrity(e.to_string())
+    }
+}
+
+/// A background task of this command panicked or was cancelled (exit 1).
+impl From<tokio::task::JoinError> for WsfsError {
+    fn from(e: tokio::task::JoinError) -> WsfsError {
+        WsfsError::Failed(format!("a background task failed: {e}"))
     }
 }

@@ -55,10 +55,7 @@ pub async fn resolve_closure(
         if found.contains_key(&name) {
             continue;
         }
-        let layer = chain
-            .resolve_layer(workspace, &name)
-            .await
-            .map_err(|m| WsfsError::from_missed(&m))?;
+        let layer = chain.resolve_layer(workspace, &name).await?;
         need(&name, layer.digest, &by)?;
         if layer.ancestors.is_empty() {
             if !layer.manifest.parents.is_empty() {

@@ -287,29 +287,32 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             layers,
             mountpoint,
             foreground,
-            cache_dir,
-            cache_size,
-            memory_cache,
+            serve,
             allow_other,
-            uid,
-            gid,
-            read_deadline,
-            repair,
-            metrics_file,
-            metrics_addr,
-            threads,
-            prefetch,
-            prefetch_concurrency,
-            passthrough,
-            profile,
-            prefetch_page_cache,
-            read_ahead_kb,
             ready_timeout,
             check_only,
             notify_ready,
             serve_daemon,
             attach_lower,
         } => {
+            let wsfs::cli::ServeArgs {
+                cache_dir,
+                cache_size,
+                memory_cache,
+                uid,
+                gid,
+                read_deadline,
+                repair,
+                metrics_file,
+                metrics_addr,
+                threads,
+                prefetch,
+                prefetch_concurrency,
+                passthrough,
+                profile,
+                prefetch_page_cache,
+                read_ahead_kb,
+            } = serve;
             // Store URLs a parent wsfs handed down outside the command line.
             store.stores.extend(wsfs::mount::inherited_store_urls());
             let cfg = wsfs::store::config_mount(store.config.as_deref())
@@ -495,64 +498,24 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             at,
             scratch,
             keep_scratch,
-            cache_dir,
-            uid,
-            gid,
-            prefetch,
-            profile,
-            passthrough,
+            serve,
         } => {
             specs(&store)?;
-            let mut a: Vec<std::ffi::OsString> = Vec::new();
-            let mut push = |k: &str, v: std::ffi::OsString| {
-                a.push(k.into());
-                a.push(v);
-            };
-            if let Some(c) = &store.config {
-                push("--config", c.into());
+            // The `wsfs mount` attach runs: the same store and serving options; the store URLs
+            // go down outside the command line.
+            let mut a = store.to_args_without_urls();
+            a.extend(["--workspace".into(), workspace.clone().into()]);
+            for l in &layers {
+                a.extend(["--layer".into(), l.into()]);
             }
-            push(
-                "--request-timeout",
-                format!("{}ms", store.request_timeout.as_millis()).into(),
-            );
-            push(
-                "--connect-timeout",
-                format!("{}ms", store.connect_timeout.as_millis()).into(),
-            );
-            push("--retries", store.retries.to_string().into());
-            for k in &store.trust_keys {
-                push("--trust-key", k.into());
-            }
-            push(
-                "--provider-concurrency",
-                store.provider_concurrency.to_string().into(),
-            );
-            push("--workspace", workspace.into());
-            for l in layers {
-                push("--layer", l.into());
-            }
-            if let Some(c) = cache_dir {
-                push("--cache-dir", c.into());
-            }
-            if let Some(u) = uid {
-                push("--uid", u.to_string().into());
-            }
-            if let Some(g) = gid {
-                push("--gid", g.to_string().into());
-            }
-            push("--prefetch", prefetch.name().into());
-            if let Some(p) = profile {
-                push("--profile", p.into());
-            }
-            if passthrough {
-                a.push("--passthrough".into());
-            }
+            a.extend(serve.to_args());
+            let prefetch = serve.prefetch.unwrap_or_default();
             let shown_at = at.clone();
             wsfs::attach::attach(wsfs::attach::AttachArgs {
                 mount_args: a,
                 store_urls: store.stores.clone(),
-                uid,
-                gid,
+                uid: serve.uid,
+                gid: serve.gid,
                 at,
                 scratch,
                 keep_scratch,

@@ -17,7 +17,7 @@ use wsfs::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
 use wsfs::manifest::{encode, keys, ChunkInfo, Digest, LayerRef, Manifest};
 use wsfs::store::breaker::State;
 use wsfs::store::fault::{Fault, FaultStore};
-use wsfs::store::{AllMissed, Chain, Limits, Outcome, Provider, VerifiedChunk};
+use wsfs::store::{AllMissed, Chain, Limits, Outcome, OutcomeKind, Provider, VerifiedChunk};
 
 // ---------------------------------------------------------------------------------------------
 // An allocator that records the largest single allocation made by the current thread while
@@ -191,8 +191,8 @@ async fn not_found_on_primary_is_served_from_secondary() {
     assert_eq!(chain.stats.failovers.load(Relaxed), 1);
     assert_eq!(chain.stats.all_missed.load(Relaxed), 0);
     let p = chain.providers();
-    assert_eq!(p[0].stats.count("not_found"), 1);
-    assert_eq!(p[1].stats.count("hit"), 1);
+    assert_eq!(p[0].stats.count(OutcomeKind::NotFound), 1);
+    assert_eq!(p[1].stats.count(OutcomeKind::Hit), 1);
 
     // Served from the primary when it has the chunk: no failover counted.
     nodes[0].put(&c.key(), &c.stored).await;
@@ -809,8 +809,8 @@ async fn hanging_primary_is_skipped_after_three_timeouts() {
     assert_eq!(nodes[0].fault.gets(), 3);
     let p0 = &chain.providers()[0];
     assert_eq!(p0.breaker.state(), State::Open);
-    assert_eq!(p0.stats.count("timeout"), 3);
-    assert_eq!(p0.stats.count("skipped"), 7);
+    assert_eq!(p0.stats.count(OutcomeKind::Timeout), 3);
+    assert_eq!(p0.stats.count(OutcomeKind::Skipped), 7);
     assert_eq!(chain.stats.failovers.load(Relaxed), 10);
 }
 

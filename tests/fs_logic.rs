@@ -208,7 +208,7 @@ async fn concurrent_reads_of_one_chunk_fetch_it_once() {
     )]));
     let ino = fs0.lookup(1, b"f").unwrap().ino;
     let node = fs0.table().get(ino).unwrap();
-    let chunk = *fs0.table().chunk(node.extents[0].chunk).unwrap();
+    let chunk = *fs0.table().chunk(node.extents()[0].chunk).unwrap();
     let fetcher = Fetcher::new(chain, 64 << 20, None, Duration::from_secs(5));
     let results = futures::future::join_all((0..16).map(|_| fetcher.get(&chunk))).await;
     for r in results {
@@ -337,6 +337,6 @@ async fn prefetch_order_puts_packs_before_large_files_whatever_their_paths() {
     let small = t
         .get(t.lookup(t.lookup(1, b"src").unwrap(), b"a.c").unwrap())
         .unwrap();
-    let pack = t.chunk(small.extents[0].chunk).unwrap().hash;
+    let pack = t.chunk(small.extents()[0].chunk).unwrap().hash;
     assert_eq!(order[0].hash, pack, "the pack of the sources first");
 }

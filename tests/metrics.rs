@@ -292,11 +292,15 @@ fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 GET; returns (status line, headers, body).
 fn http_get(addr: &str, path: &str) -> (String, String, String) {
+    http(addr, "GET", path)
+}
+
+fn http(addr: &str, method: &str, path: &str) -> (String, String, String) {
     let mut c = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut buf = String::new();
@@ -613,6 +617,23 @@ fn metrics_file_and_endpoint_agree_with_status() {
     assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
     let (nf, _, _) = http_get(&addr, "/metricsx");
     assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
+    // A scraper's HEAD: the headers of a GET, no body. Another method: 405 saying what is allowed.
+    // An idle connection (a client that connects and says nothing) holds up nobody.
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    let (st, headers, body) = http(&addr, "HEAD", "/metrics");
+    assert!(st.starts_with("HTTP/1.1 200"), "{st}");
+    assert!(
+        headers.to_ascii_lowercase().contains("content-length: "),
+        "{headers}"
+    );
+    assert!(body.is_empty(), "HEAD has no body: {body}");
+    let (st, headers, _) = http(&addr, "POST", "/metrics");
+    assert!(st.starts_with("HTTP/1.1 405"), "{st}");
+    assert!(
+        headers.to_ascii_lowercase().contains("allow: get, head"),
+        "{headers}"
+    );
+    drop(idle);
 
     // At exit the file is written once more, saying the daemon is down; no temp files remain.
     let o = s.wsfs(&["umount", mp.to_str().unwrap()]);

@@ -22,7 +22,7 @@ use crate::mount::{check_mountpoint, MountArgs};
 use crate::ops::process::{unix_now, ProcId};
 use crate::ops::runtime::{self, MountRecord};
 use crate::ops::status::{self, MountStatus, StatusSource};
-use crate::ops::{force_umount, metrics, mountinfo, unmount};
+use crate::ops::{metrics, mountinfo, unmount};
 use crate::store::Chain;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -188,7 +188,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
         Some(Ok(p)) => Some(p),
         None => None,
     };
-    let metrics_listener = match args.metrics_addr.map(metrics::bind_http) {
+    let metrics_listener = match args.metrics_addr.map(crate::ops::metrics_http::bind) {
         Some(Err(e)) if first => return Err(e),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "metrics port unusable after takeover");
@@ -253,9 +253,9 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
             return Err(e);
         }
     };
-    let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)
-        .map_err(|e| WsfsError::Integrity(e.to_string()))?;
+    let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)?;
     drop(merged.entries);
+    release_freed_heap();
     let disk = match &args.cache_dir {
         Some(d) => Some(Arc::new(
             DiskCache::open(d, args.disk_cache_bytes)
@@ -348,11 +348,7 @@ async fn load_pinned(
             Some(m) => m,
             None => {
                 tracing::warn!(layer = %p.name, "no usable local copy of the pinned manifest; fetching it");
-                chain
-                    .fetch_manifest(&digest)
-                    .await
-                    .map_err(|m| WsfsError::from_missed(&m))?
-                    .value
+                chain.fetch_manifest(&digest).await?.value
             }
         };
         out.push(m);
@@ -552,7 +548,7 @@ fn start_serving(
         None => None,
     };
     if let Some(l) = built.metrics_listener.take() {
-        if let Err(e) = metrics::serve_http(l, source.clone()) {
+        if let Err(e) = crate::ops::metrics_http::serve(l, source.clone(), built.rt.handle()) {
             tracing::warn!(error = %e, "cannot start the metrics server");
         }
     }
@@ -728,7 +724,7 @@ fn stop_requested(fs: &WsFs, mp: &Path, mount_id: u64) {
             let mut errs = Vec::new();
             let me = std::process::id() as i32;
             let holders: Vec<String> =
-                force_umount::find_holders(entry, true, Duration::from_secs(2), &mut errs)
+                crate::ops::holders::find_holders(entry, true, Duration::from_secs(2), &mut errs)
                     .into_iter()
                     .filter(|(p, _)| *p != me)
                     .map(|(p, c)| format!("{p} ({c})"))
@@ -785,5 +781,16 @@ fn set_read_ahead(mountpoint: &Path, kb: u32) {
     let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", m.major, m.minor);
     if let Err(e) = std::fs::write(&path, kb.to_string()) {
         tracing::debug!(%path, error = %e, "cannot set read_ahead_kb");
+    }
+}
+
+/// Hands the heap memory freed after the build (the decoded manifests: a small allocation per
+/// entry) back to the kernel. Without it the daemon's resident memory keeps the peak of the
+/// mount's start for its whole life: glibc returns only the top of its heap by itself.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

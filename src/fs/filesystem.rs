@@ -43,7 +43,7 @@ pub struct FsStats {
 
 /// Files smaller than this are not worth a passthrough copy: the page cache serves them, and
 /// wsfs pushes small files into it itself.
-pub const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
+pub const PASSTHROUGH_MIN_BYTES: u64 = super::inode::CONTENT_DIGEST_MIN_BYTES;
 
 /// How many extents past the last one a read touched are fetched ahead of time, at most…
 pub const READ_AHEAD_EXTENTS: usize = 16;
@@ -122,24 +122,25 @@ impl WsFs {
     /// manifest's whole-file BLAKE3). `None`: serve it through wsfs as usual.
     pub async fn passthrough_source(&self, ino: u64) -> Option<std::fs::File> {
         let n = self.node(ino).ok()?;
-        if n.kind != EntryKind::File || n.size < PASSTHROUGH_MIN_BYTES {
+        if n.kind() != EntryKind::File || n.size() < PASSTHROUGH_MIN_BYTES {
             return None;
         }
         let disk = self.fetcher.disk()?;
-        if let Some(f) = disk.file(&n.content, n.size) {
+        let content = *n.content()?;
+        if let Some(f) = disk.file(&content, n.size()) {
             return Some(f);
         }
         let infos: Vec<ChunkInfo> = n
-            .extents
+            .extents()
             .iter()
             .filter_map(|x| self.table.chunk(x.chunk).copied())
             .collect();
-        if infos.len() != n.extents.len() || !infos.iter().all(|c| disk.has_chunk(&c.hash)) {
+        if infos.len() != n.extents().len() || !infos.iter().all(|c| disk.has_chunk(&c.hash)) {
             return None;
         }
         let made = async {
-            let mut w = disk.begin_file(n.content, n.size)?;
-            for (x, info) in n.extents.iter().zip(&infos) {
+            let mut w = disk.begin_file(content, n.size())?;
+            for (x, info) in n.extents().iter().zip(&infos) {
                 let c = self
                     .fetcher
                     .get(info)
@@ -169,12 +170,12 @@ impl WsFs {
     /// Starts fetching what a reader is likely to want next, after a read that ended at `end`
     /// within file `n`, whose extents before `next` it touched. Only hints: fetches run in the
     /// background and a reader that wants a chunk shares its fetch.
-    fn read_ahead(&self, n: &Node, next: usize, end: u64) {
-        if next < n.extents.len() {
+    fn read_ahead(&self, n: Node<'_>, next: usize, end: u64) {
+        if next < n.extents().len() {
             // A large file: its next extents.
             let window = end.clamp(READ_AHEAD_MIN_BYTES, READ_AHEAD_MAX_BYTES);
             let mut ahead = 0u64;
-            for x in n.extents.iter().skip(next).take(READ_AHEAD_EXTENTS) {
+            for x in n.extents().iter().skip(next).take(READ_AHEAD_EXTENTS) {
                 if ahead >= window {
                     break;
                 }
@@ -183,9 +184,9 @@ impl WsFs {
                     self.fetcher.prefetch(c);
                 }
             }
-        } else if n.extents.len() == 1 {
+        } else if n.extents().len() == 1 {
             // A small file (one extent, in a pack): the packs after its own in path order.
-            let mut at = n.extents[0].chunk;
+            let mut at = n.extents()[0].chunk;
             for _ in 0..PACK_READ_AHEAD {
                 let Some(following) = self.table.next_chunk(at) else {
                     break;
@@ -211,22 +212,22 @@ impl WsFs {
         &self.fetcher
     }
 
-    fn node(&self, ino: u64) -> Result<&Node, FsError> {
+    fn node(&self, ino: u64) -> Result<Node<'_>, FsError> {
         self.table.get(ino).ok_or(FsError::NotFound)
     }
 
     pub fn attr(&self, ino: u64) -> Result<Attr, FsError> {
         let n = self.node(ino)?;
-        let nlink = match n.kind {
+        let nlink = match n.kind() {
             // A directory's link count: itself, its "." and each subdirectory's "..".
             EntryKind::Dir => {
                 2 + n
-                    .children
+                    .children()
                     .iter()
                     .filter(|c| {
                         self.table
-                            .get(**c)
-                            .is_some_and(|c| c.kind == EntryKind::Dir)
+                            .get(u64::from(**c))
+                            .is_some_and(|c| c.kind() == EntryKind::Dir)
                     })
                     .count() as u32
             }
@@ -234,11 +235,14 @@ impl WsFs {
         };
         Ok(Attr {
             ino,
-            kind: n.kind,
-            perm: (n.mode & 0o7777) as u16,
-            size: n.size,
-            blocks: distinct_bytes(&n.extents).div_ceil(512),
-            mtime: to_time(n.mtime_sec, n.mtime_nsec),
+            kind: n.kind(),
+            perm: (n.mode() & 0o7777) as u16,
+            size: n.size(),
+            blocks: distinct_bytes(n.extents()).div_ceil(512),
+            mtime: {
+                let (sec, nsec) = n.mtime();
+                to_time(sec, nsec)
+            },
             nlink,
             uid: self.uid,
             gid: self.gid,
@@ -247,7 +251,7 @@ impl WsFs {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let p = self.node(parent)?;
-        if p.kind != EntryKind::Dir {
+        if p.kind() != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
         let ino = self.table.lookup(parent, name).ok_or(FsError::NotFound)?;
@@ -255,7 +259,7 @@ impl WsFs {
     }
 
     pub fn opendir(&self, ino: u64) -> Result<(), FsError> {
-        match self.node(ino)?.kind {
+        match self.node(ino)?.kind() {
             EntryKind::Dir => Ok(()),
             _ => Err(FsError::NotDir),
         }
@@ -270,10 +274,10 @@ impl WsFs {
         offset: u64,
     ) -> Result<impl Iterator<Item = DirItem<'_>> + '_, FsError> {
         let n = self.node(ino)?;
-        if n.kind != EntryKind::Dir {
+        if n.kind() != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
-        let dots = [(&b"."[..], ino), (&b".."[..], n.parent)]
+        let dots = [(&b"."[..], ino), (&b".."[..], n.parent())]
             .into_iter()
             .enumerate()
             .filter(move |(i, _)| (*i as u64) >= offset)
@@ -285,17 +289,17 @@ impl WsFs {
             });
         let skip = offset.saturating_sub(2) as usize;
         let children = n
-            .children
+            .children()
             .iter()
             .enumerate()
             .skip(skip)
             .filter_map(move |(i, c)| {
-                let child = self.table.get(*c)?;
+                let child = self.table.get(u64::from(*c))?;
                 Some(DirItem {
-                    ino: *c,
+                    ino: u64::from(*c),
                     next: i as u64 + 3,
-                    kind: child.kind,
-                    name: &child.name,
+                    kind: child.kind(),
+                    name: child.name(),
                 })
             });
         Ok(dots.chain(children))
@@ -303,8 +307,8 @@ impl WsFs {
 
     pub fn readlink(&self, ino: u64) -> Result<&[u8], FsError> {
         let n = self.node(ino)?;
-        match n.kind {
-            EntryKind::Symlink => Ok(&n.target),
+        match n.kind() {
+            EntryKind::Symlink => Ok(n.target()),
             _ => Err(FsError::NotSymlink),
         }
     }
@@ -315,7 +319,7 @@ impl WsFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        match n.kind {
+        match n.kind() {
             EntryKind::File => Ok(()),
             EntryKind::Dir => Err(FsError::IsDir),
             EntryKind::Symlink => Err(FsError::NotFound),
@@ -326,7 +330,7 @@ impl WsFs {
     /// chunk it needs cannot be served. Never returns fewer bytes than asked except at EOF.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let n = self.node(ino)?;
-        if n.kind != EntryKind::File {
+        if n.kind() != EntryKind::File {
             return Err(FsError::IsDir);
         }
         self.stats.reads.fetch_add(1, Relaxed);
@@ -345,35 +349,37 @@ impl WsFs {
         let n = self
             .node(ino)
             .map_err(|e| FetchError::Internal(e.to_string()))?;
-        if n.kind != EntryKind::File {
+        if n.kind() != EntryKind::File {
             return Err(FetchError::Internal(format!("inode {ino} is not a file")));
         }
-        self.assemble(n, 0, n.size, false).await.map_err(|(_, e)| e)
+        self.assemble(n, 0, n.size(), false)
+            .await
+            .map_err(|(_, e)| e)
     }
 
     /// Bytes `[offset, min(offset + len, size))` of file `n` from verified chunks; on failure,
     /// the chunk that could not be served (if one) and why.
     async fn assemble(
         &self,
-        n: &Node,
+        n: Node<'_>,
         offset: u64,
         len: u64,
         read_ahead: bool,
     ) -> Result<Vec<u8>, (Option<ChunkInfo>, FetchError)> {
-        if offset >= n.size || len == 0 {
+        if offset >= n.size() || len == 0 {
             return Ok(Vec::new());
         }
-        let end = n.size.min(offset.saturating_add(len));
+        let end = n.size().min(offset.saturating_add(len));
         // First extent that ends after `offset`.
         let first = n
-            .ext_starts
+            .ext_starts()
             .partition_point(|&s| s <= offset)
             .saturating_sub(1);
         let mut pieces: Vec<(usize, u64, u64)> = Vec::new(); // (extent, from, to) within extent
         let mut i = first;
-        while i < n.extents.len() && n.ext_starts[i] < end {
-            let x = &n.extents[i];
-            let s = n.ext_starts[i];
+        while i < n.extents().len() && n.ext_starts()[i] < end {
+            let x = &n.extents()[i];
+            let s = n.ext_starts()[i];
             let from = offset.max(s) - s;
             let to = end.min(s + u64::from(x.len)) - s;
             pieces.push((i, from, to));
@@ -381,7 +387,7 @@ impl WsFs {
         }
         let infos: Vec<ChunkInfo> = pieces
             .iter()
-            .filter_map(|(e, _, _)| self.table.chunk(n.extents[*e].chunk).copied())
+            .filter_map(|(e, _, _)| self.table.chunk(n.extents()[*e].chunk).copied())
             .collect();
         if infos.len() != pieces.len() {
             return Err((
@@ -393,7 +399,7 @@ impl WsFs {
             // A job's own read (not the warm-up): the profile notes chunks it touches first.
             if let Some(r) = self.recorder.get() {
                 for (e, _, _) in &pieces {
-                    r.touch(n.extents[*e].chunk);
+                    r.touch(n.extents()[*e].chunk);
                 }
             }
             self.read_ahead(n, i, end);
@@ -403,7 +409,7 @@ impl WsFs {
         let mut out = Vec::with_capacity((end - offset) as usize);
         for ((e, from, to), (r, info)) in pieces.iter().zip(chunks.into_iter().zip(&infos)) {
             let chunk = r.map_err(|err| (Some(*info), err))?;
-            let x = &n.extents[*e];
+            let x = &n.extents()[*e];
             let a = (u64::from(x.offset) + from) as usize;
             let b = (u64::from(x.offset) + to) as usize;
             // Verified chunks have exactly raw_len bytes and validated extents lie inside them.
@@ -424,7 +430,7 @@ impl WsFs {
         Ok(out)
     }
 
-    fn eio(&self, n: &Node, chunk: Option<&ChunkInfo>, err: FetchError) -> FsError {
+    fn eio(&self, n: Node<'_>, chunk: Option<&ChunkInfo>, err: FetchError) -> FsError {
         self.stats.eio.fetch_add(1, Relaxed);
         let path = n.path_lossy();
         let providers = match &err {

@@ -28,7 +28,7 @@
 use super::inode::{InodeTable, Node};
 #[cfg(doc)]
 use super::pages::KernelPages;
-use super::pages::{PageCacheSink, MAX_STORED_FILE};
+use super::pages::{PageCacheSink, Reservation, MAX_STORED_FILE};
 use super::WsFs;
 use crate::manifest::EntryKind;
 use std::sync::atomic::Ordering::Relaxed;
@@ -81,12 +81,12 @@ pub fn start(
 }
 
 /// A small file held whole in one extent: `(chunk index, offset in the chunk)`.
-fn single_extent(n: &Node) -> Option<(u32, u32)> {
-    match &n.extents[..] {
-        [x] if n.kind == EntryKind::File
-            && n.size > 0
-            && n.size <= MAX_STORED_FILE
-            && u64::from(x.len) == n.size =>
+fn single_extent(n: Node<'_>) -> Option<(u32, u32)> {
+    match n.extents() {
+        [x] if n.kind() == EntryKind::File
+            && n.size() > 0
+            && n.size() <= MAX_STORED_FILE
+            && u64::from(x.len) == n.size() =>
         {
             Some((x.chunk, x.offset))
         }
@@ -113,7 +113,7 @@ impl Packs {
                 continue;
             };
             // Alone in its chunk (64 KiB or more): no neighbours.
-            if u64::from(info.raw_len) == n.size {
+            if u64::from(info.raw_len) == n.size() {
                 continue;
             }
             let i = chunk as usize;
@@ -158,7 +158,7 @@ impl Packs {
         let at = files.partition_point(|&f| f <= ino);
         for &f in files[at..].iter().chain(&files[..at]) {
             let Some(n) = table.get(f) else { continue };
-            if !pages.is_listed(n.parent) {
+            if !pages.is_listed(n.parent()) {
                 deferred = true;
                 continue;
             }
@@ -166,19 +166,19 @@ impl Packs {
                 continue;
             };
             // Validated extents lie inside their chunk; checked again rather than trusted.
-            let (a, b) = (offset as usize, offset as usize + n.size as usize);
+            let (a, b) = (offset as usize, offset as usize + n.size() as usize);
             let Some(bytes) = data.get(a..b) else {
                 continue;
             };
-            let charge = match pages.reserve(f, n.size) {
-                Ok(c) => c,
-                Err(true) => return, // over budget
-                Err(false) => continue,
+            let charge = match pages.reserve(f, n.size()) {
+                Reservation::Granted { charge } => charge,
+                Reservation::OverBudget => return,
+                Reservation::AlreadyClaimed => continue,
             };
             match sink.store(f, bytes) {
                 Ok(()) => {
                     pages.neighbour_files.fetch_add(1, Relaxed);
-                    pages.neighbour_bytes.fetch_add(n.size, Relaxed);
+                    pages.neighbour_bytes.fetch_add(n.size(), Relaxed);
                 }
                 Err(e) => {
                     pages.give_back(charge);

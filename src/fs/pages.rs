@@ -119,22 +119,31 @@ impl KernelPages {
 
     /// Takes the budget for a file, then claims it: a file over budget stays unclaimed (a
     /// later push may still take it), and a claimed file never holds budget it did not use.
-    /// Returns the charge to give back if the push then fails; `Err(true)` if over budget,
-    /// `Err(false)` if already claimed.
-    pub fn reserve(&self, ino: u64, size: u64) -> Result<u64, bool> {
+    pub fn reserve(&self, ino: u64, size: u64) -> Reservation {
         if self.is_claimed(ino) {
-            return Err(false);
+            return Reservation::AlreadyClaimed;
         }
         let charge = Self::charge(size);
         if !self.take(charge) {
-            return Err(true);
+            return Reservation::OverBudget;
         }
         if !self.claim(ino) {
             self.give_back(charge);
-            return Err(false);
+            return Reservation::AlreadyClaimed;
         }
-        Ok(charge)
+        Reservation::Granted { charge }
     }
+}
+
+/// What [`KernelPages::reserve`] decided about one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Claimed, and `charge` bytes of budget taken: give them back if the push then fails.
+    Granted { charge: u64 },
+    /// Its pages are in the kernel already (read through wsfs, or pushed).
+    AlreadyClaimed,
+    /// Not enough budget left; the file stays unclaimed, so a later push may still take it.
+    OverBudget,
 }
 
 #[cfg(test)]
@@ -163,14 +172,19 @@ mod tests {
     fn reservations_charge_whole_pages_and_leave_over_budget_files_unclaimed() {
         let p = KernelPages::new(10);
         p.set_budget(3 * PAGE);
-        assert_eq!(p.reserve(2, 200), Ok(PAGE));
-        assert_eq!(p.reserve(2, 200), Err(false), "claimed once");
-        assert_eq!(p.reserve(3, PAGE + 1), Ok(2 * PAGE));
+        let granted = |charge| Reservation::Granted { charge };
+        assert_eq!(p.reserve(2, 200), granted(PAGE));
+        assert_eq!(
+            p.reserve(2, 200),
+            Reservation::AlreadyClaimed,
+            "claimed once"
+        );
+        assert_eq!(p.reserve(3, PAGE + 1), granted(2 * PAGE));
         assert_eq!(p.budget_left(), 0);
-        assert_eq!(p.reserve(4, 1), Err(true), "over budget");
+        assert_eq!(p.reserve(4, 1), Reservation::OverBudget);
         assert!(!p.is_claimed(4), "an over-budget file stays pushable");
         p.give_back(PAGE);
-        assert_eq!(p.reserve(4, 1), Ok(PAGE));
+        assert_eq!(p.reserve(4, 1), granted(PAGE));
         assert!(!p.is_listed(5));
         p.mark_listed(5);
         assert!(p.is_listed(5));

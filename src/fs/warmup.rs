@@ -35,7 +35,7 @@
 use super::inode::ROOT;
 #[cfg(doc)]
 use super::pages::KernelPages;
-use super::pages::{PageCacheSink, MAX_STORED_FILE};
+use super::pages::{PageCacheSink, Reservation, MAX_STORED_FILE};
 use super::WsFs;
 use crate::manifest::EntryKind;
 use std::ffi::CString;
@@ -49,11 +49,14 @@ use std::time::{Duration, Instant};
 /// finishes within one listing or one file, so this is only reached if the mount stops answering.
 pub const WARMUP_STOP_WAIT: Duration = Duration::from_secs(3);
 
-/// Where the warm-up is; `status` and the metrics report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the warm-up is; `status` and the metrics report it (`off`, `running`, `done`,
+/// `stopped` in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum WarmupState {
     /// Not asked for (`--prefetch none` or `chunks`).
+    #[default]
     Off = 0,
     Running = 1,
     Done = 2,
@@ -366,7 +369,7 @@ impl Walk {
         let Some(node) = table.get(ino) else {
             return Ok(Vec::new());
         };
-        let dir = self.open_dir(&node.path)?;
+        let dir = self.open_dir(&node.path())?;
         self.list(&dir)?;
         // The directory is closed, and its subdirectories handed to the other workers, before
         // the (slower) file pushes: an unmount waits for no open descriptor of ours longer than
@@ -377,12 +380,12 @@ impl Walk {
         self.fs.pages.mark_listed(ino);
         let mut subdirs = Vec::new();
         let mut files = Vec::new();
-        for &c in &node.children {
+        for c in node.children().iter().map(|c| u64::from(*c)) {
             let Some(child) = table.get(c) else { continue };
-            match child.kind {
+            match child.kind() {
                 EntryKind::Dir => subdirs.push(c),
                 EntryKind::File
-                    if self.push_files && child.size > 0 && child.size <= MAX_STORED_FILE =>
+                    if self.push_files && child.size() > 0 && child.size() <= MAX_STORED_FILE =>
                 {
                     files.push(c)
                 }
@@ -458,20 +461,19 @@ impl Walk {
 
     fn store_file(&self, ino: u64) {
         let w = self.warmup();
-        let Some(size) = self.fs.table().get(ino).map(|n| n.size) else {
+        let Some(size) = self.fs.table().get(ino).map(|n| n.size()) else {
             return;
         };
         let pages = &self.fs.pages;
         // Not if read through wsfs already or pushed as a neighbour (its pages are in the
         // kernel), nor beyond the budget.
         let charge = match pages.reserve(ino, size) {
-            Ok(c) => c,
-            Err(over_budget) => {
-                if over_budget {
-                    w.files_over_budget.fetch_add(1, Relaxed);
-                }
+            Reservation::Granted { charge } => charge,
+            Reservation::OverBudget => {
+                w.files_over_budget.fetch_add(1, Relaxed);
                 return;
             }
+            Reservation::AlreadyClaimed => return,
         };
         // Waiting for a chunk can take up to the read deadline on a slow store; a stop must not
         // wait that long (this worker holds the root descriptor, which keeps the mount busy).

@@ -9,7 +9,12 @@
 
 use std::io;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What is left of `deadline` (zero once it passed).
+pub fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
 
 /// Outcome of [`run_bounded`].
 pub enum Bounded<T> {

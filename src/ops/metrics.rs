@@ -4,7 +4,7 @@
 //! request-latency histograms. Two ways out, both optional flags of `wsfs mount`:
 //! * `--metrics-file PATH`: rewritten atomically (temp file in the same directory, then rename)
 //!   every [`FILE_INTERVAL`] and once at exit, for node_exporter's textfile collector;
-//! * `--metrics-addr IP:PORT`: a tiny HTTP/1.1 server answering `GET /metrics`.
+//! * `--metrics-addr IP:PORT`: `GET /metrics` over HTTP/1.1 (`metrics_http.rs`).
 //!
 //! Every sample carries `mountpoint` and `workspace` labels. Provider labels are
 //! [`Provider::name`](crate::store::Provider), which never holds credentials or query strings.
@@ -13,8 +13,7 @@ use super::status::{MountStatus, StatusSource};
 use crate::error::WsfsError;
 use crate::store::stats::HistogramSnapshot;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -197,7 +196,7 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         "wsfs_warmup_running",
         "gauge",
         "1 while the --prefetch all kernel warm-up runs.",
-        u64::from(status.warmup.state == "running"),
+        u64::from(status.warmup.state == crate::fs::warmup::WarmupState::Running),
     );
     if let Some(p) = &status.profile {
         w.family(
@@ -283,7 +282,11 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         w.sample(
             "wsfs_breaker_open",
             &[("provider", &s.name)],
-            if s.breaker == "closed" { "0" } else { "1" },
+            if s.breaker == crate::store::breaker::State::Closed {
+                "0"
+            } else {
+                "1"
+            },
         );
     }
     w.family(
@@ -443,99 +446,6 @@ impl Drop for FileExporter {
     }
 }
 
-/// Binds `--metrics-addr` (before mounting, so a taken port fails the mount as a usage error).
-pub fn bind_http(addr: SocketAddr) -> Result<TcpListener, WsfsError> {
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "metrics are served on a non-loopback address");
-    }
-    TcpListener::bind(addr)
-        .map_err(|e| WsfsError::Usage(format!("--metrics-addr {addr}: cannot listen: {e}")))
-}
-
-/// Serves `GET /metrics` on `listener` from a background thread, one connection at a time.
-pub fn serve_http(listener: TcpListener, source: Arc<StatusSource>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("wsfs-metrics-http".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                if let Err(e) = answer(conn, &source) {
-                    tracing::debug!(error = %e, "metrics request failed");
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// Reads one request head (bounded in size and time) and answers it; the connection then closes.
-fn answer(mut conn: TcpStream, source: &StatusSource) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > 16 << 10 {
-            return respond(&mut conn, "431 Request Header Fields Too Large", "", false);
-        }
-    }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return respond(&mut conn, "400 Bad Request", "bad request\n", false);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return respond(&mut conn, "400 Bad Request", "bad request\n", false);
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return respond(
-            &mut conn,
-            "404 Not Found",
-            "not found; try /metrics\n",
-            false,
-        );
-    }
-    match method {
-        "GET" => respond(&mut conn, "200 OK", &render_source(source, true), true),
-        "HEAD" => {
-            let body = render_source(source, true);
-            let h = header("200 OK", body.len(), true);
-            conn.write_all(h.as_bytes())
-        }
-        _ => respond(&mut conn, "405 Method Not Allowed", "use GET\n", false),
-    }
-}
-
-fn header(status: &str, len: usize, metrics: bool) -> String {
-    let ct = if metrics {
-        CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let allow = if status.starts_with("405") {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {len}\r\n{allow}Connection: close\r\n\r\n"
-    )
-}
-
-fn respond(conn: &mut TcpStream, status: &str, body: &str, metrics: bool) -> std::io::Result<()> {
-    let mut out = header(status, body.len(), metrics).into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    conn.write_all(&out)?;
-    conn.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,14 +478,14 @@ mod tests {
                         .collect(),
                     served: 1,
                     bytes: 100,
-                    breaker: "open".into(),
+                    breaker: crate::store::breaker::State::Open,
                 },
                 StoreStatus {
                     name: "s3://other".into(),
                     requests: [("hit".to_string(), 3u64)].into_iter().collect(),
                     served: 3,
                     bytes: 300,
-                    breaker: "closed".into(),
+                    breaker: crate::store::breaker::State::Closed,
                 },
             ],
             fuse_ops: [("read".to_string(), 9u64)].into_iter().collect(),

@@ -5,7 +5,9 @@
 pub mod bounded;
 pub mod force_umount;
 pub mod fusectl;
+pub mod holders;
 pub mod metrics;
+pub mod metrics_http;
 pub mod mountinfo;
 pub mod overlay;
 pub mod probe;

@@ -25,7 +25,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// Where the kernel publishes the mount table of the calling process's
@@ -360,15 +359,11 @@ pub fn absolute_lexical(path: &Path) -> Option<(PathBuf, bool)> {
 
 /// `std::fs::canonicalize` on a helper thread, abandoned after `wait`.
 fn canonicalize_bounded(path: PathBuf, wait: Duration) -> Option<PathBuf> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("mountinfo-canon".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let _ = tx.send(std::fs::canonicalize(path));
-        })
-        .ok()?;
-    rx.recv_timeout(wait).ok()?.ok()
+    match super::bounded::run_bounded("mountinfo-canon", wait, move || std::fs::canonicalize(path))
+    {
+        super::bounded::Bounded::Done(Ok(p)) => Some(p),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 
 use crate::fs::ledger::Failure;
 use crate::fs::opstats::FuseOp;
+use crate::fs::warmup::WarmupState;
 use crate::fs::WsFs;
-use crate::store::stats::{get, OUTCOME_LABELS};
+use crate::store::breaker::State as BreakerState;
+use crate::store::outcome::OutcomeKind;
+use crate::store::stats::get;
 use crate::store::Chain;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,7 +26,7 @@ pub struct StoreStatus {
     /// Chunks (and manifests) this store served.
     pub served: u64,
     pub bytes: u64,
-    pub breaker: String,
+    pub breaker: BreakerState,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -58,8 +61,7 @@ pub struct ProfileStatus {
 /// The kernel cache warm-up of `--prefetch all`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WarmupStatus {
-    /// off, running, done or stopped.
-    pub state: String,
+    pub state: WarmupState,
     pub dirs_listed: u64,
     /// Small files pushed into the kernel's page cache, and their bytes.
     pub files_stored: u64,
@@ -185,7 +187,7 @@ impl StatusSource {
         }
         let w = &self.fs.warmup;
         s.warmup = WarmupStatus {
-            state: w.state().name().to_string(),
+            state: w.state(),
             dirs_listed: get(&w.dirs_listed),
             files_stored: get(&w.files_stored),
             bytes_stored: get(&w.bytes_stored),
@@ -201,13 +203,13 @@ impl StatusSource {
             .iter()
             .map(|p| StoreStatus {
                 name: p.name.clone(),
-                requests: OUTCOME_LABELS
+                requests: OutcomeKind::ALL
                     .iter()
-                    .map(|l| (l.to_string(), p.stats.count(l)))
+                    .map(|k| (k.label().to_string(), p.stats.count(*k)))
                     .collect(),
-                served: p.stats.count("hit"),
+                served: p.stats.count(OutcomeKind::Hit),
                 bytes: get(&p.stats.bytes),
-                breaker: format!("{:?}", p.breaker.state()).to_lowercase(),
+                breaker: p.breaker.state(),
             })
             .collect();
         let ops = &self.fs.ops;
@@ -540,16 +542,16 @@ fn print_mount(m: &MountStatus) {
         );
     }
     let w = &m.warmup;
-    if !w.state.is_empty() && w.state != "off" {
+    if w.state != WarmupState::Off {
         println!(
             "  warm-up: {} dirs_listed={} files_stored={} bytes_stored={} failed={} over_budget={}{} neighbours_pushed={}",
-            w.state,
+            w.state.name(),
             w.dirs_listed,
             w.files_stored,
             w.bytes_stored,
             w.files_failed,
             w.files_over_budget,
-            if w.state == "running" {
+            if w.state == WarmupState::Running {
                 String::new()
             } else {
                 format!(" took={}ms", w.elapsed_ms)

@@ -2,7 +2,8 @@
 //! keeper first, then abort, detach and stop the daemon). Used by `wsfs umount` and by attach,
 //! which unmounts the workspace under its overlay — so it lives below both.
 
-use super::force_umount::{self, find_holders, force_unmount, ForceReport};
+use super::force_umount::{self, force_unmount, ForceReport};
+use super::holders::find_holders;
 use super::mountinfo;
 use super::process::{self, ProcId};
 use super::runtime::{self, MountRecord};

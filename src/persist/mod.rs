@@ -9,7 +9,7 @@
 use crate::error::WsfsError;
 use crate::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
 use crate::manifest::names::validate_name;
-use crate::manifest::{self, keys, Digest, LayerRef};
+use crate::manifest::{self, keys};
 use crate::store::{Outcome, Provider};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,9 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use walk::{build_globs, mtime, walk, Walked};
 
+mod commit;
 pub mod index;
+mod report;
 mod reuse;
 mod walk;
+
+pub use report::{IndexUse, PersistReport, StoreResult};
 
 /// How many stores must hold the committed layer for persist to succeed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,116 +72,6 @@ pub struct PersistOptions {
     pub sign_key: Option<ed25519_dalek::SigningKey>,
     /// Where the persist index lives (see `persist/index.rs`); None: every file is read.
     pub index_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Default)]
-pub struct StoreResult {
-    pub name: String,
-    pub new_chunks: u64,
-    pub present_chunks: u64,
-    pub bytes_written: u64,
-    pub error: Option<String>,
-    pub committed: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct PersistReport {
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub bytes: u64,
-    pub chunks: u64,
-    pub stored_bytes: u64,
-    pub skipped_special: Vec<String>,
-    pub manifest: Option<Digest>,
-    pub stores: Vec<StoreResult>,
-    pub seconds: f64,
-    /// What the persist index did.
-    pub index: IndexUse,
-}
-
-/// How a persist used its index.
-#[derive(Debug, Default)]
-pub enum IndexUse {
-    /// No index directory (`--no-index`).
-    #[default]
-    Off,
-    /// None yet for this tree and layer: every file was read.
-    Fresh,
-    /// There was one, but it could not be used: every file was read.
-    Unusable(String),
-    Used {
-        /// Files taken from the index, not read.
-        reused_files: u64,
-        reused_bytes: u64,
-        /// Files read (new, changed, racily clean, in a mostly dead pack, or naming a chunk a
-        /// store lacks).
-        read_files: u64,
-        /// Distinct chunks confirmed on every store.
-        confirmed_chunks: u64,
-        /// Chunks the index named that some store lacked.
-        missing_chunks: u64,
-    },
-}
-
-impl IndexUse {
-    fn describe(&self) -> String {
-        match self {
-            IndexUse::Off => "not used (--no-index)".into(),
-            IndexUse::Fresh => "none yet for this tree and layer: every file read".into(),
-            IndexUse::Unusable(why) => format!("unusable ({why}): every file read"),
-            IndexUse::Used {
-                reused_files,
-                reused_bytes,
-                read_files,
-                confirmed_chunks,
-                missing_chunks,
-            } => format!(
-                "{reused_files} files unchanged ({reused_bytes} bytes not read), {read_files} read; {confirmed_chunks} stored chunks confirmed{}",
-                if *missing_chunks > 0 {
-                    format!(", {missing_chunks} missing on some store (their files read again)")
-                } else {
-                    String::new()
-                }
-            ),
-        }
-    }
-}
-
-impl PersistReport {
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "persisted {} files, {} dirs, {} symlinks, {} bytes in {} chunks ({} stored) in {:.2}s; manifest {}",
-            self.files,
-            self.dirs,
-            self.symlinks,
-            self.bytes,
-            self.chunks,
-            self.stored_bytes,
-            self.seconds,
-            self.manifest.map(|d| d.to_hex()).unwrap_or_else(|| "-".into())
-        );
-        s.push_str(&format!("\n  index: {}", self.index.describe()));
-        for st in &self.stores {
-            s.push_str(&format!(
-                "\n  {}: {} new chunks, {} already present, {} bytes written, ref {}{}",
-                st.name,
-                st.new_chunks,
-                st.present_chunks,
-                st.bytes_written,
-                if st.committed {
-                    "committed"
-                } else {
-                    "NOT committed"
-                },
-                st.error
-                    .as_ref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ));
-        }
-        s
-    }
 }
 
 /// Per-store progress shared by the upload tasks.
@@ -275,8 +169,7 @@ pub async fn persist(
             let r = walk(&root, globs.as_ref(), &paths, &mut skipped, &mut unmatched);
             r.map(|e| (e, skipped, unmatched))
         })
-        .await
-        .map_err(|e| WsfsError::Failed(e.to_string()))??;
+        .await??;
         if !opts.allow_empty {
             if !entries.2.is_empty() {
                 let names: Vec<&str> = entries.2.iter().map(|i| opts.paths[*i].as_str()).collect();
@@ -312,6 +205,12 @@ pub async fn persist(
         &mut report,
     )
     .await?;
+    tracing::debug!(
+        entries = entries.len(),
+        ms = started.elapsed().as_millis() as u64,
+        index = ?report.index,
+        "walked and planned"
+    );
     if let Some(w) = entries.iter().find(|w| w.rel.contains(&b'\n')) {
         tracing::warn!(path = %w.abs.display(), "file name contains a newline");
     }
@@ -352,6 +251,10 @@ pub async fn persist(
                 missing_chunks: confirmed.missing,
             };
         }
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "lease held, reused chunks confirmed"
+        );
         let chunked = chunk_and_upload(
             providers,
             &opts,
@@ -362,10 +265,15 @@ pub async fn persist(
             &blocked,
         )
         .await?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "chunked and uploaded"
+        );
         if let Some(dir) = &opts.index_dir {
             write_index(dir, &index_key, started_ns, &chunked);
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "index written");
         }
-        commit(
+        commit::commit(
             providers, &opts, chunked, ancestors, &lease, report, started,
         )
         .await
@@ -392,8 +300,7 @@ async fn plan_reuse(
             index::PersistIndex::load(&dir, &key).map(|i| i.map(|i| reuse::plan(&i, &entries)));
         (entries, loaded)
     })
-    .await
-    .map_err(|e| WsfsError::Failed(e.to_string()))?;
+    .await?;
     match loaded {
         Ok(Some(plan)) => Ok((entries, Some(plan))),
         Ok(None) => {
@@ -535,8 +442,7 @@ async fn chunk_and_upload(
             async move {
                 let raw = c.raw.clone();
                 let stored = tokio::task::spawn_blocking(move || compress(&raw))
-                    .await
-                    .map_err(|e| WsfsError::Failed(e.to_string()))?
+                    .await?
                     .map_err(|e| WsfsError::Failed(format!("compression failed: {e}")))?;
                 let stored = Bytes::from(stored);
                 let key = keys::chunk(&c.hash);
@@ -553,9 +459,7 @@ async fn chunk_and_upload(
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let (mut builder, counts, stamps) = chunking
-        .await
-        .map_err(|e| WsfsError::Failed(e.to_string()))??;
+    let (mut builder, counts, stamps) = chunking.await??;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -574,125 +478,6 @@ async fn chunk_and_upload(
         stamps,
         states,
     })
-}
-
-/// Writes the manifest, then the ref, on every store that received everything (and still holds
-/// the persist lease), and says whether enough stores committed.
-async fn commit(
-    providers: &[Arc<Provider>],
-    opts: &PersistOptions,
-    chunked: Chunked,
-    ancestors: std::collections::BTreeMap<String, Digest>,
-    lease: &crate::retention::lease::Held,
-    mut report: PersistReport,
-    started: std::time::Instant,
-) -> Result<PersistReport, WsfsError> {
-    let Chunked {
-        manifest: m,
-        counts,
-        states,
-        ..
-    } = chunked;
-    report.files = counts.files;
-    report.dirs = counts.dirs;
-    report.symlinks = counts.symlinks;
-    // Everything the layer is made of, reused chunks included (the stores' side of it is
-    // bytes_written).
-    report.stored_bytes = m.chunks.iter().map(|c| u64::from(c.stored_len)).sum();
-    report.chunks = m.chunks.len() as u64;
-    report.bytes = m.total_file_bytes();
-    let created = m.created;
-    let encoded = manifest::encode(&m).map_err(|e| WsfsError::Integrity(e.to_string()))?;
-    let digest = Digest::of(&encoded);
-    report.manifest = Some(digest);
-    let encoded = Bytes::from(encoded);
-    let mut layer_ref = LayerRef::with_ancestors(digest, created, &ancestors);
-    if let Some(k) = &opts.sign_key {
-        crate::manifest::signature::sign(&mut layer_ref, &opts.workspace, &opts.layer, k);
-    }
-    let layer_ref = Bytes::from(layer_ref.to_bytes());
-
-    crate::test_hooks::pause("before-commit").await;
-    // A store where the lease lapsed (unreachable for longer than it lasts) may have been
-    // collected meanwhile: no ref there.
-    for (i, st) in states.iter().enumerate() {
-        if !lease.holds_on(i) {
-            if let Ok(mut e) = st.error.lock() {
-                e.get_or_insert_with(|| {
-                    "the persist lease lapsed on this store (unreachable too long?): a gc may have run; not committing there — persist again".to_string()
-                });
-            }
-        }
-    }
-    // Manifest, then ref, per store; a store that failed anything gets no ref.
-    let commits = providers.iter().zip(states.iter()).map(|(p, st)| {
-        let encoded = encoded.clone();
-        let layer_ref = layer_ref.clone();
-        let ws = opts.workspace.clone();
-        let layer = opts.layer.clone();
-        async move {
-            let failed = st
-                .error
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or(Some("poisoned".into()));
-            if let Some(e) = failed {
-                return (false, Some(e));
-            }
-            if let Err(o) = p.put(&keys::manifest(&digest), encoded).await {
-                return (false, Some(format!("manifest upload failed: {o}")));
-            }
-            let key = keys::layer_ref(&ws, &layer);
-            if let Err(o) = p.put(&key, layer_ref).await {
-                return (false, Some(format!("ref upload failed: {o}")));
-            }
-            crate::test_hooks::pause("before-readback").await;
-            // Two persists of one layer race: the last ref wins. Read it back, and say so if
-            // it is not ours (the layer is still complete: whichever ref won names a complete
-            // layer on this store).
-            let note = match p
-                .get_capped(&key, crate::manifest::layer_ref::MAX_REF_BYTES as u64)
-                .await
-                .map(|b| LayerRef::parse(&b))
-            {
-                Ok(Ok((_, d))) if d == digest => None,
-                Ok(Ok((_, other))) => Some(format!(
-                    "another persist of this layer committed after this one: the ref now names manifest {} (not {})",
-                    other.to_hex(),
-                    digest.to_hex()
-                )),
-                Ok(Err(e)) => Some(format!("the ref read back is damaged: {e}")),
-                Err(o) => Some(format!("the ref could not be read back: {o}")),
-            };
-            (true, note)
-        }
-    });
-    let results = futures::future::join_all(commits).await;
-    for ((p, st), (committed, error)) in providers.iter().zip(states.iter()).zip(results) {
-        report.stores.push(StoreResult {
-            name: p.name.clone(),
-            new_chunks: st.new_chunks.load(Relaxed),
-            present_chunks: st.present.load(Relaxed),
-            bytes_written: st.bytes.load(Relaxed),
-            error,
-            committed,
-        });
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    let committed = report.stores.iter().filter(|s| s.committed).count();
-    let needed = match opts.require {
-        Require::All => providers.len(),
-        Require::Any => 1,
-        Require::AtLeast(n) => n,
-    };
-    if committed < needed {
-        return Err(WsfsError::Failed(format!(
-            "layer committed on {committed} of {} stores, but {needed} required\n{}",
-            providers.len(),
-            report.summary()
-        )));
-    }
-    Ok(report)
 }
 
 fn tokio_stream_of<T: Send + 'static>(

@@ -9,11 +9,31 @@ use std::time::{Duration, Instant};
 pub const FAILURE_THRESHOLD: u32 = 3;
 pub const COOL_DOWN: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a breaker is. In `wsfs status --json` as `closed`, `open` or `halfopen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
+    #[default]
     Closed,
     Open,
     HalfOpen,
+}
+
+impl State {
+    /// As in `wsfs status` and its JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "halfopen",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug)]

@@ -23,6 +23,6 @@ pub use config::{
     chain_specs, config_mount, config_trust_keys, url_has_credentials, Limits, MountSection,
     StoreSpec,
 };
-pub use outcome::{AllMissed, Attempt, Outcome};
+pub use outcome::{AllMissed, Attempt, Outcome, OutcomeKind};
 pub use provider::{Listed, Provider};
 pub use verified::VerifiedChunk;

@@ -22,17 +22,59 @@ pub enum Outcome {
     Skipped,
 }
 
-impl Outcome {
-    pub fn label(&self) -> &'static str {
+/// An [`Outcome`] without its details: what the counters count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Hit,
+    NotFound,
+    Unavailable,
+    Timeout,
+    Corrupt,
+    Short,
+    Skipped,
+}
+
+impl OutcomeKind {
+    /// Every kind, in the order the counters keep them.
+    pub const ALL: [OutcomeKind; 7] = [
+        OutcomeKind::Hit,
+        OutcomeKind::NotFound,
+        OutcomeKind::Unavailable,
+        OutcomeKind::Timeout,
+        OutcomeKind::Corrupt,
+        OutcomeKind::Short,
+        OutcomeKind::Skipped,
+    ];
+
+    /// The name in status JSON, metrics labels and logs.
+    pub fn label(self) -> &'static str {
         match self {
-            Outcome::Hit => "hit",
-            Outcome::NotFound => "not_found",
-            Outcome::Unavailable(_) => "unavailable",
-            Outcome::Timeout(_) => "timeout",
-            Outcome::Corrupt(_) => "corrupt",
-            Outcome::Short { .. } => "short",
-            Outcome::Skipped => "skipped",
+            OutcomeKind::Hit => "hit",
+            OutcomeKind::NotFound => "not_found",
+            OutcomeKind::Unavailable => "unavailable",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::Corrupt => "corrupt",
+            OutcomeKind::Short => "short",
+            OutcomeKind::Skipped => "skipped",
         }
+    }
+}
+
+impl Outcome {
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Hit => OutcomeKind::Hit,
+            Outcome::NotFound => OutcomeKind::NotFound,
+            Outcome::Unavailable(_) => OutcomeKind::Unavailable,
+            Outcome::Timeout(_) => OutcomeKind::Timeout,
+            Outcome::Corrupt(_) => OutcomeKind::Corrupt,
+            Outcome::Short { .. } => OutcomeKind::Short,
+            Outcome::Skipped => OutcomeKind::Skipped,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.kind().label()
     }
 
     /// Whether this outcome says the provider itself is unwell (counts towards its breaker).

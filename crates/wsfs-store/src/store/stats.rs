@@ -1,22 +1,13 @@
 //! Counters kept per provider and per chain. Plain atomics: they are read by `wsfs status` and
 //! the metrics exporter, and written on every fetch.
 
-use super::outcome::Outcome;
+use super::outcome::{Outcome, OutcomeKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-pub const OUTCOME_LABELS: [&str; 7] = [
-    "hit",
-    "not_found",
-    "unavailable",
-    "timeout",
-    "corrupt",
-    "short",
-    "skipped",
-];
 
 #[derive(Debug, Default)]
 pub struct ProviderStats {
-    by_outcome: [AtomicU64; 7],
+    /// Indexed by `OutcomeKind as usize` (the order of [`OutcomeKind::ALL`]).
+    by_outcome: [AtomicU64; OutcomeKind::ALL.len()],
     pub bytes: AtomicU64,
     /// Latency of every request actually sent (skips are not requests).
     pub latency: LatencyHistogram,
@@ -24,22 +15,14 @@ pub struct ProviderStats {
 
 impl ProviderStats {
     pub fn record(&self, o: &Outcome, micros: u64) {
-        let i = OUTCOME_LABELS
-            .iter()
-            .position(|l| *l == o.label())
-            .unwrap_or(0);
-        self.by_outcome[i].fetch_add(1, Relaxed);
+        self.by_outcome[o.kind() as usize].fetch_add(1, Relaxed);
         if !matches!(o, Outcome::Skipped) {
             self.latency.observe(micros);
         }
     }
 
-    pub fn count(&self, label: &str) -> u64 {
-        OUTCOME_LABELS
-            .iter()
-            .position(|l| *l == label)
-            .map(|i| self.by_outcome[i].load(Relaxed))
-            .unwrap_or(0)
+    pub fn count(&self, kind: OutcomeKind) -> u64 {
+        self.by_outcome[kind as usize].load(Relaxed)
     }
 
     pub fn requests(&self) -> u64 {
@@ -152,7 +135,7 @@ mod tests {
         let p = ProviderStats::default();
         p.record(&Outcome::Skipped, 0);
         p.record(&Outcome::Hit, 2_000);
-        assert_eq!(p.count("skipped"), 1);
+        assert_eq!(p.count(OutcomeKind::Skipped), 1);
         assert_eq!(p.latency.snapshot().count, 1);
     }
 }
