@@ -160,6 +160,16 @@ pub async fn persist(
         }
     };
     let mut report = PersistReport::default();
+    let index_key = index::IndexKey {
+        root: std::fs::canonicalize(&opts.root).unwrap_or_else(|_| opts.root.clone()),
+        workspace: opts.workspace.clone(),
+        layer: opts.layer.clone(),
+    };
+    // The index is read while the tree is walked (both wait on the disk, for different things).
+    let loading = opts.index_dir.clone().map(|dir| {
+        let key = index_key.clone();
+        tokio::task::spawn_blocking(move || index::PersistIndex::load(&dir, &key))
+    });
     let root = opts.root.clone();
     let paths = opts.paths.clone();
     let entries = {
@@ -193,18 +203,7 @@ pub async fn persist(
         report.skipped_special = entries.1;
         entries.0
     };
-    let index_key = index::IndexKey {
-        root: std::fs::canonicalize(&opts.root).unwrap_or_else(|_| opts.root.clone()),
-        workspace: opts.workspace.clone(),
-        layer: opts.layer.clone(),
-    };
-    let (entries, mut plan) = plan_reuse(
-        opts.index_dir.clone(),
-        index_key.clone(),
-        entries,
-        &mut report,
-    )
-    .await?;
+    let (entries, mut plan) = plan_reuse(loading, entries, &mut report).await?;
     tracing::debug!(
         entries = entries.len(),
         ms = started.elapsed().as_millis() as u64,
@@ -269,35 +268,46 @@ pub async fn persist(
             ms = started.elapsed().as_millis() as u64,
             "chunked and uploaded"
         );
-        if let Some(dir) = &opts.index_dir {
-            write_index(dir, &index_key, started_ns, &chunked);
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, "index written");
-        }
-        commit::commit(
+        // The index for next time is written while the layer is committed.
+        let writing = opts.index_dir.clone().map(|dir| {
+            let (key, manifest, stamps) = (
+                index_key.clone(),
+                chunked.manifest.clone(),
+                chunked.stamps.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                write_index(&dir, &key, started_ns, &manifest, &stamps)
+            })
+        });
+        let committed = commit::commit(
             providers, &opts, chunked, ancestors, &lease, report, started,
         )
-        .await
+        .await;
+        if let Some(w) = writing {
+            let _ = w.await;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "index written");
+        }
+        committed
     }
     .await;
     lease.release().await;
     result
 }
 
-/// Loads the index (if any) and decides which walked files need not be read; fills in
-/// `report.index` for the cases where no plan comes out.
+/// Takes the index being loaded (if any) and decides which walked files need not be read;
+/// fills in `report.index` for the cases where no plan comes out.
 async fn plan_reuse(
-    dir: Option<PathBuf>,
-    key: index::IndexKey,
+    loading: Option<tokio::task::JoinHandle<Result<Option<index::PersistIndex>, String>>>,
     entries: Vec<Walked>,
     report: &mut PersistReport,
 ) -> Result<(Vec<Walked>, Option<reuse::Plan>), WsfsError> {
-    let Some(dir) = dir else {
+    let Some(loading) = loading else {
         report.index = IndexUse::Off;
         return Ok((entries, None));
     };
+    let loaded = loading.await?;
     let (entries, loaded) = tokio::task::spawn_blocking(move || {
-        let loaded =
-            index::PersistIndex::load(&dir, &key).map(|i| i.map(|i| reuse::plan(&i, &entries)));
+        let loaded = loaded.map(|i| i.map(|i| reuse::plan(&i, &entries)));
         (entries, loaded)
     })
     .await?;
@@ -316,8 +326,14 @@ async fn plan_reuse(
 }
 
 /// Leaves the index for the next persist of this tree. Best effort: a failure is a warning.
-fn write_index(dir: &Path, key: &index::IndexKey, started_ns: i64, chunked: &Chunked) {
-    let bytes = index::build(key, started_ns, &chunked.manifest, &chunked.stamps);
+fn write_index(
+    dir: &Path,
+    key: &index::IndexKey,
+    started_ns: i64,
+    manifest: &manifest::Manifest,
+    stamps: &HashMap<Vec<u8>, index::Stamp>,
+) {
+    let bytes = index::build(key, started_ns, manifest, stamps);
     if let Err(e) = index::store(dir, key, &bytes) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot write the persist index (the next persist reads every file)");
     }
@@ -333,10 +349,10 @@ struct Counts {
 
 /// The layer, chunked and its new chunks uploaded; not committed anywhere yet.
 struct Chunked {
-    manifest: manifest::Manifest,
+    manifest: Arc<manifest::Manifest>,
     counts: Counts,
     /// The walked stat of every regular file, for the next persist's index.
-    stamps: HashMap<Vec<u8>, index::Stamp>,
+    stamps: Arc<HashMap<Vec<u8>, index::Stamp>>,
     /// Per store (same order as the providers): chunks uploaded, chunks already there, bytes
     /// written, and the first error (a store with an error gets no ref).
     states: Arc<Vec<StoreState>>,
@@ -473,9 +489,9 @@ async fn chunk_and_upload(
         crate::ops::process::unix_now(),
     );
     Ok(Chunked {
-        manifest,
+        manifest: Arc::new(manifest),
         counts,
-        stamps,
+        stamps: Arc::new(stamps),
         states,
     })
 }
