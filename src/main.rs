@@ -106,7 +106,7 @@ fn check_mount_input(
         Provider::from_spec(spec, limits(store)).map_err(|e| WsfsError::Usage(e.to_string()))?;
     }
     if let Some(p) = metrics_file {
-        wsfs::ops::metrics::check_file(p)?;
+        wsfs::ops::metrics_file::check_file(p)?;
     }
     trust_keys(store)?;
     Ok(())

@@ -18,9 +18,11 @@ use fault_proxy::{Fault, FaultProxy, Matcher, Rule};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use wsfs::fs::warmup::WarmupState;
+use wsfs::ops::status::MountStatus;
 
 // ---------------------------------------------------------------------------------------------
 // Environment, buckets, seeding
@@ -39,14 +41,6 @@ fn s3_delete_prefix(e: &Env, bucket: &str, prefix: &str) {
 // ---------------------------------------------------------------------------------------------
 // Running wsfs
 // ---------------------------------------------------------------------------------------------
-
-fn run(s: &Scratch, args: &[String]) -> Output {
-    Command::new(WSFS)
-        .args(args)
-        .env("WSFS_RUN_DIR", s.run_dir())
-        .output()
-        .expect("run wsfs")
-}
 
 /// `wsfs mount` with a config file and/or `--store` flags; returns the guard when it mounted.
 fn try_mount(
@@ -75,7 +69,7 @@ fn try_mount(
     args.extend(extra.iter().map(|x| x.to_string()));
     args.push(mp.display().to_string());
     let t = Instant::now();
-    let o = run(s, &args);
+    let o = s.wsfs(&args);
     let took = t.elapsed();
     if o.status.success() {
         assert!(
@@ -121,29 +115,15 @@ fn verify_store(s: &Scratch, store: &str) -> Output {
     .iter()
     .map(|x| x.to_string())
     .collect();
-    run(s, &args)
+    s.wsfs(&args)
 }
 
-/// This mount's entry of `wsfs status MP --json`.
-fn status(s: &Scratch, mp: &Path) -> serde_json::Value {
-    let o = s.wsfs(&["status", &mp.display().to_string(), "--json"]);
-    assert_ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("status json: {e}: {}", text(&o)));
-    let mounts = v["mounts"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no mounts array: {v}"));
-    mounts
-        .iter()
-        .find(|m| m["mountpoint"].as_str() == Some(&mp.display().to_string()))
-        .unwrap_or_else(|| panic!("{} not in status: {v}", mp.display()))
-        .clone()
-}
-
-fn store_requests(st: &serde_json::Value, idx: usize, label: &str) -> u64 {
-    st["stores"][idx]["requests"][label]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stores[{idx}].requests.{label} in {st}"))
+fn store_requests(st: &MountStatus, idx: usize, label: &str) -> u64 {
+    st.stores[idx]
+        .requests
+        .get(label)
+        .copied()
+        .unwrap_or_else(|| panic!("stores[{idx}].requests.{label} in {st:?}"))
 }
 
 /// Persists `src` as ws/l1 to `stores`, asserting success.
@@ -284,22 +264,17 @@ fn gcs_then_s3_with_gcs_complete_never_fails_over() {
         &["--request-timeout", "2s"],
     );
     compare_trees(&src, &mp);
-    let st = status(&s, &mp);
-    assert_eq!(st["failovers"].as_u64(), Some(0), "status: {st}");
-    assert_eq!(st["eio"].as_u64(), Some(0), "status: {st}");
+    let st = mount_status(&s, &mp);
+    assert_eq!(st.failovers, 0, "status: {st:?}");
+    assert_eq!(st.eio, 0, "status: {st:?}");
     assert!(
         store_requests(&st, 0, "hit") > 0,
-        "GCS served nothing: {st}"
+        "GCS served nothing: {st:?}"
     );
-    let s3_total: u64 = st["stores"][1]["requests"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let s3_total: u64 = st.stores[1].requests.values().sum();
     assert_eq!(
         s3_total, 0,
-        "S3 was asked although GCS had everything: {st}"
+        "S3 was asked although GCS had everything: {st:?}"
     );
 }
 
@@ -348,19 +323,19 @@ fn incident_gcs_without_chunks_fails_over_to_s3_for_every_chunk() {
         &["--request-timeout", "2s"],
     );
     compare_trees(&src, &mp);
-    let st = status(&s, &mp);
-    assert_eq!(st["eio"].as_u64(), Some(0), "status: {st}");
+    let st = mount_status(&s, &mp);
+    assert_eq!(st.eio, 0, "status: {st:?}");
     assert_eq!(
-        st["failovers"].as_u64(),
-        Some(chunks),
-        "every chunk ({chunks}) must have been served by S3 after a GCS miss (ref and manifest come from GCS): {st}"
+        st.failovers,
+        chunks,
+        "every chunk ({chunks}) must have been served by S3 after a GCS miss (ref and manifest come from GCS): {st:?}"
     );
     assert_eq!(
         store_requests(&st, 0, "not_found"),
         chunks,
-        "GCS misses: {st}"
+        "GCS misses: {st:?}"
     );
-    assert_eq!(store_requests(&st, 1, "hit"), chunks, "S3 hits: {st}");
+    assert_eq!(store_requests(&st, 1, "hit"), chunks, "S3 hits: {st:?}");
 }
 
 #[test]
@@ -410,16 +385,10 @@ fn incident_no_provider_has_the_chunks_every_read_is_eio() {
             );
         }
     }
-    let st = status(&s, &mp);
-    assert!(
-        st["eio"].as_u64().unwrap() >= r.eio as u64,
-        "status eio: {st}"
-    );
-    assert!(
-        !st["failures"].as_array().unwrap().is_empty(),
-        "failure ledger is empty: {st}"
-    );
-    assert_eq!(st["failovers"].as_u64(), Some(0), "status: {st}");
+    let st = mount_status(&s, &mp);
+    assert!(st.eio >= r.eio as u64, "status eio: {st:?}");
+    assert!(!st.failures.is_empty(), "failure ledger is empty: {st:?}");
+    assert_eq!(st.failovers, 0, "status: {st:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -566,10 +535,10 @@ fn run_case(
         )
     };
     if outcome != "correct data" {
-        let st = status(&s, &mp);
+        let st = mount_status(&s, &mp);
         eprintln!(
             "  [{fault:?} / first={faulty_first} / {target}] {outcome}; failure ledger: {}",
-            st["failures"]
+            serde_json::to_string(&st.failures).unwrap_or_default()
         );
         if std::env::var_os("WSFS_MATRIX_ONLY").is_some() {
             for ent in walkdir::WalkDir::new(s.run_dir()).into_iter().flatten() {
@@ -868,13 +837,13 @@ fn breaker_skips_a_primary_that_never_answers() {
         took < Duration::from_secs(60),
         "mount and read took {took:?}: the breaker did not spare the dead primary"
     );
-    let st = status(&s, &mp);
+    let st = mount_status(&s, &mp);
     assert!(
         store_requests(&st, 0, "skipped") > 0,
-        "primary never skipped: {st}"
+        "primary never skipped: {st:?}"
     );
-    assert_eq!(store_requests(&st, 0, "hit"), 0, "{st}");
-    assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
+    assert_eq!(store_requests(&st, 0, "hit"), 0, "{st:?}");
+    assert_eq!(st.eio, 0, "{st:?}");
     assert!(proxy.request_count() > 0, "the primary was never asked");
 }
 
@@ -923,14 +892,14 @@ fn umount_is_not_held_up_by_a_warm_up_waiting_for_a_hung_store() {
     // Wait until the warm-up has listed every directory and is waiting for chunks.
     let t = Instant::now();
     loop {
-        let st = status(&s, &mp);
-        assert_eq!(st["warmup"]["state"], "running", "{st}");
-        if st["warmup"]["dirs_listed"].as_u64() == Some(dirs) && proxy.request_count() > 0 {
+        let st = mount_status(&s, &mp);
+        assert_eq!(st.warmup.state, WarmupState::Running, "{st:?}");
+        if st.warmup.dirs_listed == dirs && proxy.request_count() > 0 {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "warm-up did not list: {st}"
+            "warm-up did not list: {st:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -999,9 +968,9 @@ fn repair_writes_missing_chunks_back_to_the_primary() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let st = status(&s, &mp);
+    let st = mount_status(&s, &mp);
     let chunks = chunk_files(&s.path("sec")).len() as u64;
-    assert_eq!(st["repairs"].as_u64(), Some(chunks), "{st}");
+    assert_eq!(st.repairs, chunks, "{st:?}");
     // A deep verify downloads and hashes what repair wrote.
     let args: Vec<String> = [
         "verify",
@@ -1016,7 +985,7 @@ fn repair_writes_missing_chunks_back_to_the_primary() {
     .iter()
     .map(|x| x.to_string())
     .collect();
-    assert_code(&run(&s, &args), 0);
+    assert_code(&s.wsfs(&args), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@
 //!   stop the start-up instead, and anything mounted so far is removed.
 //! * Signals reach the keeper through a signalfd, and it has a single thread: the daemon is
 //!   started with `fork`/`exec`, which is only safe that way.
+//!
+//! Why this file is long: the keeper is one state machine (start, ready, replace, back off,
+//! give up, exit) over one event loop, and its rules hold only together; split across files,
+//! a reader would have to hold them all in mind anyway.
 
 use super::fuse_dev::{check_init, init_has_resend};
 use super::handover::{Channel, ConnState, Msg, DAEMON_FD};

@@ -7,3 +7,4 @@ pub mod handover;
 pub mod keeper;
 pub mod sd_notify;
 pub mod serve;
+mod stop;

@@ -4,17 +4,17 @@
 //! from the pinned manifests and take over the connection).
 //!
 //! In steps: [`build`] the filesystem → [`connect`] (mount, or take over) → [`start_serving`]
-//! (session, status socket, metrics, background work) → tell the keeper `Ready` → [`wait`]
-//! until the session ends (exit 0) — SIGTERM/SIGINT unmount if nothing is open, and otherwise
-//! leave the mount serving and say who holds it.
+//! (session, status socket, metrics, background work) → tell the keeper `Ready` → wait until
+//! the session ends (exit 0; `stop.rs`: SIGTERM/SIGINT unmount if nothing is open, and
+//! otherwise leave the mount serving and say who holds it).
 
 use super::fuse_dev::{self, MountOptions, Role};
 use super::handover::{Channel, ConnState, Msg, PinnedLayer};
+use super::stop::Serving;
 use crate::cache::DiskCache;
 use crate::error::WsfsError;
 use crate::fetcher::Fetcher;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::warmup::WARMUP_STOP_WAIT;
 use crate::fs::{InodeTable, WsFs};
 use crate::layers;
 use crate::manifest::{Digest, Manifest};
@@ -22,7 +22,7 @@ use crate::mount::{check_mountpoint, MountArgs};
 use crate::ops::process::{unix_now, ProcId};
 use crate::ops::runtime::{self, MountRecord};
 use crate::ops::status::{self, MountStatus, StatusSource};
-use crate::ops::{metrics, mountinfo, unmount};
+use crate::ops::{metrics_file, mountinfo};
 use crate::store::Chain;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -90,8 +90,6 @@ fn first_message(chan: &Channel) -> Result<Start, WsfsError> {
 /// Chunks a profile replay fetches at once (at least): a profile lists what the job will ask
 /// for first, so it is fetched wide, while the job starts.
 const PROFILE_CONCURRENCY: usize = 16;
-/// How long an unmount waits for the profile to be stored.
-const PROFILE_SAVE_WAIT: Duration = Duration::from_secs(5);
 
 /// The filesystem, built and ready to mount.
 struct Built {
@@ -113,7 +111,7 @@ fn serve(args: MountArgs, chan: &Channel, start: Start) -> Result<(), WsfsError>
     let serving = start_serving(&args, &mut built, &conn, fd, takeovers)?;
     // Before anyone is told the mount is ready: a SIGTERM that follows the readiness at once
     // must be a stop request, not the default action (death, and a takeover).
-    let stops = StopSignals::install(&built.rt);
+    let stops = super::stop::StopSignals::install(&built.rt);
     let _ = chan.send(&Msg::Ready, None);
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
@@ -127,47 +125,15 @@ fn serve(args: MountArgs, chan: &Channel, start: Start) -> Result<(), WsfsError>
     built
         .rt
         .block_on(crate::test_hooks::pause("daemon-after-ready"));
-    wait(&args, &built, &conn, serving, stops)
-}
-
-/// SIGTERM and SIGINT, caught: each one is a stop request (see [`stop_requested`]).
-struct StopSignals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    /// Replaces the default action of both signals from here on; a signal that arrives before
-    /// [`StopSignals::next`] is first awaited is kept and acted on then.
-    fn install(rt: &tokio::runtime::Runtime) -> StopSignals {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _in_rt = rt.enter();
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        if let Err(e) = term.as_ref().and(int.as_ref()) {
-            tracing::warn!(error = %e, "cannot catch SIGTERM/SIGINT: they will end this daemon (the keeper replaces it)");
-        }
-        StopSignals {
-            term: term.ok(),
-            int: int.ok(),
-        }
-    }
-
-    /// The next stop signal; never, if they could not be caught.
-    async fn next(&mut self) {
-        match (self.term.as_mut(), self.int.as_mut()) {
-            (Some(t), Some(i)) => {
-                tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-            }
-            (Some(t), None) => {
-                t.recv().await;
-            }
-            (None, Some(i)) => {
-                i.recv().await;
-            }
-            (None, None) => futures::future::pending::<()>().await,
-        }
-    }
+    super::stop::wait(
+        &args,
+        &built.rt,
+        &built.fs,
+        &built.chain,
+        conn.mount_id,
+        serving,
+        stops,
+    )
 }
 
 /// Step 1: stores, manifests (resolved from refs, or the pinned ones of a takeover), merged
@@ -179,7 +145,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
     }
     // Metrics flags are checked (and the port bound) before anything is mounted. A replacement
     // must not fail over them: the old daemon's port may take a moment to be free again.
-    let metrics_file = match args.metrics_file.as_deref().map(metrics::check_file) {
+    let metrics_file = match args.metrics_file.as_deref().map(metrics_file::check_file) {
         Some(Err(e)) if first => return Err(e),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "metrics file unusable after takeover");
@@ -405,15 +371,6 @@ fn connect(
     }
 }
 
-/// What runs while the daemon serves.
-struct Serving {
-    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
-    metrics: Option<metrics::FileExporter>,
-    /// The mount's lease on its stores (gc keeps what it names), taken in the background so
-    /// that a slow store does not delay readiness.
-    lease: tokio::task::JoinHandle<crate::retention::lease::Held>,
-}
-
 /// Step 3: the FUSE session on the connection, the status socket and runtime record, metrics,
 /// and background work (chunk prefetch; the kernel warm-up, only after a fresh mount: the
 /// kernel's caches survive a takeover).
@@ -537,7 +494,11 @@ fn start_serving(
     }
     let metrics = match &built.metrics_file {
         Some(p) => {
-            match metrics::FileExporter::start(p.clone(), source.clone(), metrics::FILE_INTERVAL) {
+            match metrics_file::FileExporter::start(
+                p.clone(),
+                source.clone(),
+                metrics_file::FILE_INTERVAL,
+            ) {
                 Ok(x) => Some(x),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start the metrics file writer");
@@ -614,131 +575,6 @@ fn watch_keeper(chan: &Channel) {
             }
             tracing::warn!("the keeper is gone: if this daemon dies now, the mount fails with ENOTCONN until wsfs umount");
         });
-}
-
-/// Step 4: serve until the session ends. SIGTERM/SIGINT: stop the warm-up and unmount if
-/// nothing is open; if the mount is busy, keep serving and say who holds it (a lazy detach
-/// would leave the job an empty directory under its feet).
-fn wait(
-    args: &MountArgs,
-    built: &Built,
-    conn: &ConnState,
-    serving: Serving,
-    mut stops: StopSignals,
-) -> Result<(), WsfsError> {
-    let Serving {
-        done,
-        metrics,
-        lease,
-    } = serving;
-    let mp = args.mountpoint.clone();
-    built.rt.block_on(async {
-        let mut ended = tokio::task::spawn_blocking(move || done.recv());
-        loop {
-            tokio::select! {
-                _ = stops.next() => {
-                    let fs = built.fs.clone();
-                    let mp = mp.clone();
-                    let id = conn.mount_id;
-                    let _ = tokio::task::spawn_blocking(move || stop_requested(&fs, &mp, id)).await;
-                }
-                r = &mut ended => {
-                    if let Ok(Ok(Err(e))) = r {
-                        tracing::warn!(error = %e, "the FUSE session ended with an error");
-                    }
-                    break;
-                }
-            }
-        }
-    });
-    if let Some(x) = metrics {
-        x.finish();
-    }
-    if let Some(name) = &args.profile {
-        let providers = built.chain.providers().to_vec();
-        let fs = built.fs.clone();
-        // The timer is made inside the runtime (block_on), where tokio's clock lives.
-        let saved = built.rt.block_on(async move {
-            tokio::time::timeout(
-                PROFILE_SAVE_WAIT,
-                crate::profile::save(&providers, &fs, name),
-            )
-            .await
-        });
-        if saved.is_err() {
-            tracing::warn!(profile = %name, "storing the profile took too long; given up");
-        }
-    }
-    // Unmounted: nothing is in use any more.
-    let _ = built.rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            if let Ok(held) = lease.await {
-                held.release().await;
-            }
-        })
-        .await
-    });
-    runtime::remove_record(&mp);
-    tracing::info!(mountpoint = %mp.display(), "the mount's session ended; daemon exiting");
-    Ok(())
-}
-
-/// A stop signal: unmount if nothing is open, else keep serving and name the holders.
-fn stop_requested(fs: &WsFs, mp: &Path, mount_id: u64) {
-    tracing::info!(mountpoint = %mp.display(), "stop requested: unmounting if nothing is open");
-    // The warm-up's open directories would make the unmount busy.
-    fs.warmup.stop(WARMUP_STOP_WAIT);
-    let Ok(mounts) = mountinfo::read_mounts() else {
-        tracing::warn!("cannot read the mount table; not unmounting");
-        return;
-    };
-    let Some(entry) = mountinfo::find_by_mountpoint(&mounts, mp).filter(|e| e.mount_id == mount_id)
-    else {
-        tracing::warn!(mountpoint = %mp.display(), "this daemon's mount is not the one at its mount point (covered or gone); not unmounting");
-        return;
-    };
-    let r = unmount::umount(mp).or_else(|e| {
-        if e.raw_os_error() != Some(libc::EPERM) {
-            return Err(e);
-        }
-        // Mounted through fusermount3 by an unprivileged user: it unmounts for us (never
-        // lazily: without -z it refuses a busy mount with EBUSY, as umount2 does).
-        let out = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("--")
-            .arg(mp)
-            .output()?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let msg = String::from_utf8_lossy(&out.stderr).to_string();
-        Err(if msg.contains("busy") {
-            std::io::Error::from_raw_os_error(libc::EBUSY)
-        } else {
-            std::io::Error::other(format!("fusermount3 -u: {}", msg.trim()))
-        })
-    });
-    match r {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            let mut errs = Vec::new();
-            let me = std::process::id() as i32;
-            let holders: Vec<String> =
-                crate::ops::holders::find_holders(entry, true, Duration::from_secs(2), &mut errs)
-                    .into_iter()
-                    .filter(|(p, _)| *p != me)
-                    .map(|(p, c)| format!("{p} ({c})"))
-                    .collect();
-            tracing::warn!(
-                mountpoint = %mp.display(),
-                holders = %holders.join(", "),
-                "the mount is busy: still serving (a job is using it). Close what holds it and stop again, or remove it with wsfs umount --force"
-            );
-        }
-        Err(e) => {
-            tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; still serving")
-        }
-    }
 }
 
 /// Starts the kernel cache warm-up of `--prefetch tree|all` on the mount this process serves.

@@ -7,6 +7,7 @@ pub mod force_umount;
 pub mod fusectl;
 pub mod holders;
 pub mod metrics;
+pub mod metrics_file;
 pub mod metrics_http;
 pub mod mountinfo;
 pub mod overlay;

@@ -54,7 +54,7 @@ impl Scratch {
     }
 
     /// Runs `wsfs` with this scratch's run dir.
-    pub fn wsfs(&self, args: &[&str]) -> Output {
+    pub fn wsfs<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         Command::new(WSFS)
             .args(args)
             .env("WSFS_RUN_DIR", self.run_dir())
@@ -185,6 +185,23 @@ impl Drop for Attached {
 }
 
 /// The `wsfs status --json` entry of the mount at `mp` (asserts the command succeeded).
+/// This mount's entry of `wsfs status MP --json`, as the type the daemon serializes.
+pub fn mount_status(s: &Scratch, mp: &Path) -> wsfs::ops::status::MountStatus {
+    let o = s.wsfs(&["status", &mp.display().to_string(), "--json"]);
+    assert_ok(&o);
+    #[derive(serde::Deserialize)]
+    struct All {
+        mounts: Vec<wsfs::ops::status::MountStatus>,
+    }
+    let all: All = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("status json: {e}: {}", text(&o)));
+    let want = mp.display().to_string();
+    all.mounts
+        .into_iter()
+        .find(|m| m.mountpoint == want)
+        .unwrap_or_else(|| panic!("{want} not in status: {}", text(&o)))
+}
+
 pub fn status_json(s: &Scratch, mp: &Path) -> serde_json::Value {
     let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
     assert_ok(&o);
@@ -280,30 +297,26 @@ pub fn persist(
     s.wsfs(&refs)
 }
 
-/// Small deterministic PRNG (xorshift), so trees are reproducible without extra crates.
-pub struct Rng(u64);
+/// A seeded random source, so generated trees are the same on every run (rand's StdRng, with
+/// the few helpers the tests use).
+pub struct Rng(rand::rngs::StdRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
+        Rng(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+            seed,
+        ))
     }
     pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+        rand::RngCore::next_u64(&mut self.0)
     }
+    /// Uniform in `0..n` (`0` for `n == 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        rand::Rng::random_range(&mut self.0, 0..n.max(1))
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
+        let mut v = vec![0u8; n];
+        rand::RngCore::fill_bytes(&mut self.0, &mut v);
         v
     }
 }
