@@ -409,8 +409,8 @@ impl Keeper {
     fn forward_term(&mut self) {
         match self.daemon.as_ref().filter(|d| d.ready) {
             Some(d) => {
-                // SAFETY: signalling our own child, which we have not reaped.
-                unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+                // Our own child, not reaped yet: its pid is still its own.
+                let _ = process::send_signal(d.child.id() as i32, libc::SIGTERM);
             }
             None => self.pending_term = true,
         }

@@ -321,10 +321,7 @@ fn wait_dead(pid: i32, until: Instant) -> bool {
 }
 
 fn signal(pid: i32, sig: libc::c_int, r: &mut ForceReport) {
-    // SAFETY: plain syscall; `pid > 0` was checked by the caller, so this
-    // targets exactly one process.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = super::process::send_signal(pid, sig) {
         if e.raw_os_error() != Some(libc::ESRCH) {
             r.errors.push(format!("kill({pid}, {sig}): {e}"));
         }

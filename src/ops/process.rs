@@ -50,11 +50,7 @@ impl ProcId {
         if !self.alive() {
             return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
-        // SAFETY: plain syscall on one positive pid.
-        if unsafe { libc::kill(self.pid, sig) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        send_signal(self.pid, sig)
     }
 
     /// Waits until the process is gone (or a zombie), polling; true if it went in time.
@@ -68,6 +64,19 @@ impl ProcId {
         }
         true
     }
+}
+
+/// `kill(pid, sig)` for exactly one process (a `pid <= 0` would address a process group or
+/// every process: refused), through nix's typed call. A signal number this platform does not
+/// know is `EINVAL`.
+pub fn send_signal(pid: i32, sig: libc::c_int) -> std::io::Result<()> {
+    if pid <= 0 {
+        return Err(std::io::Error::other(format!(
+            "refusing to signal pid {pid}"
+        )));
+    }
+    let sig = nix::sys::signal::Signal::try_from(sig).map_err(std::io::Error::from)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::from)
 }
 
 /// The fields of `/proc/<pid>/stat` wsfs uses.
@@ -151,6 +160,27 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_reach_one_process_and_never_a_group() {
+        for pid in [0, -1, -12345] {
+            assert!(send_signal(pid, libc::SIGTERM).is_err(), "pid {pid}");
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(
+            send_signal(child.id() as i32, 12345).is_err(),
+            "unknown signal"
+        );
+        send_signal(child.id() as i32, libc::SIGTERM).unwrap();
+        let st = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGTERM)
+        );
+    }
 
     #[test]
     fn parses_stat_with_a_hostile_comm() {

@@ -5,26 +5,15 @@
 use super::bounded::{run_bounded, Bounded};
 use super::fusectl;
 use super::mountinfo::MountEntry;
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains NUL"))
-}
-
-/// `umount2(path, flags)`.
+/// `umount2(path, flags)` (nix's typed call; unknown flag bits are refused with EINVAL).
 pub fn umount2(path: &Path, flags: libc::c_int) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let flags = nix::mount::MntFlags::from_bits(flags)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    nix::mount::umount2(path, flags).map_err(io::Error::from)
 }
 
 /// A clean unmount: refused with EBUSY while anything under the mount is open.
