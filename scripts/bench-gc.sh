@@ -142,17 +142,7 @@ Store: a kept workspace of $kept_chunks chunks (300 large files, 2,000 small one
 The kept workspace verified complete after the gc (\`wsfs verify --all\`)."
 printf '\n%s\n' "$table"
 if ((do_doc)); then
-    BLOCK="$table" python3 - "$repo/docs/benchmarks.md" <<'PY'
-import os, sys
-p = sys.argv[1]
-s = open(p).read()
-block = "<!-- bench-gc:start -->\n" + os.environ["BLOCK"].strip("\n") + "\n<!-- bench-gc:end -->"
-a, b = s.find("<!-- bench-gc:start -->"), s.find("<!-- bench-gc:end -->")
-if a >= 0 and b > a:
-    s = s[:a] + block + s[b + len("<!-- bench-gc:end -->"):]
-else:
-    s = s.rstrip("\n") + "\n\n## gc over many chunks (scripts/bench-gc.sh)\n\n" + block + "\n"
-open(p, "w").write(s)
-PY
+    BLOCK="$table" python3 "$repo/scripts/doc-block.py" "$repo/docs/benchmarks.md" bench-gc \
+        "gc over many chunks (scripts/bench-gc.sh)"
     log "table written to docs/benchmarks.md"
 fi

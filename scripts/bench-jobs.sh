@@ -943,19 +943,8 @@ PY
 printf '\n%s\n\n' "$table"
 
 if ((do_doc)); then
-    BLOCK="$table" python3 - "$repo/docs/benchmarks.md" <<'PY'
-import os, sys
-p = sys.argv[1]
-s = open(p).read()
-start, end = "<!-- bench-jobs:start -->", "<!-- bench-jobs:end -->"
-block = start + "\n" + os.environ["BLOCK"].strip("\n") + "\n" + end
-a, b = s.find(start), s.find(end)
-if a >= 0 and b > a:
-    s = s[:a] + block + s[b + len(end):]
-else:
-    s = s.rstrip("\n") + "\n\n## Real jobs (scripts/bench-jobs.sh)\n\n" + block + "\n"
-open(p, "w").write(s)
-PY
+    BLOCK="$table" python3 "$repo/scripts/doc-block.py" "$repo/docs/benchmarks.md" bench-jobs \
+        "Real jobs (scripts/bench-jobs.sh)"
     log "tables written to docs/benchmarks.md"
 fi
 log "done"

@@ -573,17 +573,9 @@ printf '\n%s\n\n%s\n' "$header" "$block"
 if ((do_doc)); then
     doc=$repo/docs/benchmarks.md
     if grep -q '<!-- bench-net:start -->' "$doc" && grep -q '<!-- bench-net:end -->' "$doc"; then
-        BENCH_BLOCK="$header
+        BLOCK="$header
 
-$block" python3 - "$doc" <<'PY'
-import os, sys
-p = sys.argv[1]
-s = open(p).read()
-a, b = s.find("<!-- bench-net:start -->"), s.find("<!-- bench-net:end -->")
-if 0 <= a < b:
-    s = s[:a] + "<!-- bench-net:start -->\n" + os.environ["BENCH_BLOCK"].strip("\n") + "\n" + s[b:]
-    open(p, "w").write(s)
-PY
+$block" python3 "$repo/scripts/doc-block.py" "$doc" bench-net "Network model (scripts/bench-net.sh)"
         log "table written to docs/benchmarks.md"
     else
         log "docs/benchmarks.md has no bench-net markers: table printed only"

@@ -177,17 +177,7 @@ PY
 )
 printf '\n%s\n' "$table"
 if ((do_doc)); then
-    BLOCK="$table" python3 - "$repo/docs/benchmarks.md" <<'PY'
-import os, sys
-p = sys.argv[1]
-s = open(p).read()
-block = "<!-- bench-scale:start -->\n" + os.environ["BLOCK"].strip("\n") + "\n<!-- bench-scale:end -->"
-a, b = s.find("<!-- bench-scale:start -->"), s.find("<!-- bench-scale:end -->")
-if a >= 0 and b > a:
-    s = s[:a] + block + s[b + len("<!-- bench-scale:end -->"):]
-else:
-    s = s.rstrip("\n") + "\n\n## Scale: monorepo-sized trees (scripts/bench-scale.sh)\n\n" + block + "\n"
-open(p, "w").write(s)
-PY
+    BLOCK="$table" python3 "$repo/scripts/doc-block.py" "$repo/docs/benchmarks.md" bench-scale \
+        "Scale: monorepo-sized trees (scripts/bench-scale.sh)"
     log "table written to docs/benchmarks.md"
 fi

@@ -762,22 +762,8 @@ printf '\n%s\n\n%s\n' "$header" "$table"
 
 if ((do_doc)); then
     doc=$repo/docs/benchmarks.md
-    BENCH_BLOCK="$header
+    BLOCK="$header
 
-$table" python3 - "$doc" <<'PY'
-import os, sys
-p = sys.argv[1]
-block = "<!-- bench:start -->\n" + os.environ["BENCH_BLOCK"].strip("\n") + "\n<!-- bench:end -->"
-try:
-    s = open(p).read()
-except FileNotFoundError:
-    s = "# Benchmarks\n"
-a, b = s.find("<!-- bench:start -->"), s.find("<!-- bench:end -->")
-if a >= 0 and b > a:
-    s = s[:a] + block + s[b + len("<!-- bench:end -->"):]
-else:
-    s = s.rstrip("\n") + "\n\n## Results (scripts/bench.sh)\n\n" + block + "\n"
-open(p, "w").write(s)
-PY
+$table" python3 "$repo/scripts/doc-block.py" "$doc" bench "Results (scripts/bench.sh)"
     log "table written to docs/benchmarks.md"
 fi
