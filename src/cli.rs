@@ -83,6 +83,17 @@ pub struct StoreArgs {
     pub trust_keys: Vec<PathBuf>,
 }
 
+/// The workspace and the layers a command works on (attach, verify; `mount` takes them
+/// optionally, from its config file).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct LayersArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// A layer, repeatable: the job's direct upstream layers (their ancestors come along).
+    #[arg(long = "layer", required = true)]
+    pub layers: Vec<String>,
+}
+
 /// How a workspace is served: the options `wsfs mount` and `wsfs attach` share. Attach hands
 /// them to the `wsfs mount` it runs with [`ServeArgs::to_args`].
 #[derive(clap::Args, Debug, Clone, PartialEq)]
@@ -397,10 +408,8 @@ pub enum Command {
     Attach {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long)]
-        workspace: String,
-        #[arg(long = "layer", required = true)]
-        layers: Vec<String>,
+        #[command(flatten)]
+        what: LayersArgs,
         /// The directory to attach over (its own files stay visible under the workspace's).
         #[arg(long)]
         at: PathBuf,
@@ -441,10 +450,8 @@ pub enum Command {
     Verify {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long)]
-        workspace: String,
-        #[arg(long = "layer", required = true)]
-        layers: Vec<String>,
+        #[command(flatten)]
+        what: LayersArgs,
         /// Download and hash every chunk instead of HEAD.
         #[arg(long)]
         deep: bool,

@@ -252,8 +252,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
         }
         Command::Verify {
             store,
-            workspace,
-            layers,
+            what: wsfs::cli::LayersArgs { workspace, layers },
             deep,
             all,
             repair,
@@ -493,8 +492,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
         }
         Command::Attach {
             store,
-            workspace,
-            layers,
+            what: wsfs::cli::LayersArgs { workspace, layers },
             at,
             scratch,
             keep_scratch,

@@ -821,11 +821,6 @@ fn attach_args(s: &Scratch, layer: &str, at: &Path, scratch: &Path) -> Vec<Strin
     .collect()
 }
 
-fn run(s: &Scratch, a: &[String]) -> std::process::Output {
-    let r: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
-    s.wsfs(&r)
-}
-
 #[test]
 fn an_unsafe_scratch_is_refused_and_nothing_wsfs_did_not_create_is_deleted() {
     require_fuse();
@@ -837,7 +832,7 @@ fn an_unsafe_scratch_is_refused_and_nothing_wsfs_did_not_create_is_deleted() {
     std::fs::write(precious.join("data"), b"someone's").unwrap();
     // Non-empty, the attached directory itself, inside it, or containing it: exit 2.
     for bad in [precious.clone(), co.clone(), co.join("sub"), s.path("box")] {
-        let o = run(&s, &attach_args(&s, "l1", &co, &bad));
+        let o = s.wsfs(&attach_args(&s, "l1", &co, &bad));
         assert_code(&o, 2);
         assert!(!is_mounted(&co), "{}", text(&o));
     }
@@ -846,7 +841,7 @@ fn an_unsafe_scratch_is_refused_and_nothing_wsfs_did_not_create_is_deleted() {
     assert!(!co.join("sub").exists());
     // A failed attach (no such layer) into an existing empty scratch: the folder stays.
     let empty = s.mkdir("empty-scratch");
-    assert_code(&run(&s, &attach_args(&s, "nope", &co, &empty)), 3);
+    assert_code(&s.wsfs(&attach_args(&s, "nope", &co, &empty)), 3);
     assert!(
         empty.is_dir(),
         "a scratch folder wsfs did not create is not removed"
@@ -858,10 +853,10 @@ fn an_unsafe_scratch_is_refused_and_nothing_wsfs_did_not_create_is_deleted() {
     );
     // ... into a new one (with a new parent): both are removed again.
     let fresh = s.path("new-parent/scratch");
-    assert_code(&run(&s, &attach_args(&s, "nope", &co, &fresh)), 3);
+    assert_code(&s.wsfs(&attach_args(&s, "nope", &co, &fresh)), 3);
     assert!(!s.path("new-parent").exists());
     // A successful attach and umount with the existing empty folder: it stays, empty.
-    assert_ok(&run(&s, &attach_args(&s, "l1", &co, &empty)));
+    assert_ok(&s.wsfs(&attach_args(&s, "l1", &co, &empty)));
     let _a = Attached {
         at: co.clone(),
         run_dir: s.run_dir(),

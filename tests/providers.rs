@@ -42,53 +42,6 @@ fn s3_delete_prefix(e: &Env, bucket: &str, prefix: &str) {
 // Running wsfs
 // ---------------------------------------------------------------------------------------------
 
-/// `wsfs mount` with a config file and/or `--store` flags; returns the guard when it mounted.
-fn try_mount(
-    s: &Scratch,
-    config: Option<&Path>,
-    stores: &[String],
-    ws: &str,
-    layer: &str,
-    mp: &Path,
-    extra: &[&str],
-) -> (Result<Mounted, Output>, Duration) {
-    std::fs::create_dir_all(mp).expect("mountpoint");
-    let mut args: Vec<String> = vec!["mount".into()];
-    if let Some(c) = config {
-        args.extend(["--config".into(), c.display().to_string()]);
-    }
-    for st in stores {
-        args.extend(["--store".into(), st.clone()]);
-    }
-    args.extend([
-        "--workspace".into(),
-        ws.into(),
-        "--layer".into(),
-        layer.into(),
-    ]);
-    args.extend(extra.iter().map(|x| x.to_string()));
-    args.push(mp.display().to_string());
-    let t = Instant::now();
-    let o = s.wsfs(&args);
-    let took = t.elapsed();
-    if o.status.success() {
-        assert!(
-            is_mounted(mp),
-            "wsfs mount returned 0 but {} is not mounted",
-            mp.display()
-        );
-        (
-            Ok(Mounted {
-                mountpoint: mp.to_path_buf(),
-                run_dir: s.run_dir(),
-            }),
-            took,
-        )
-    } else {
-        (Err(o), took)
-    }
-}
-
 fn must_mount(
     s: &Scratch,
     config: Option<&Path>,
@@ -96,7 +49,7 @@ fn must_mount(
     mp: &Path,
     extra: &[&str],
 ) -> Mounted {
-    match try_mount(s, config, stores, "ws", "l1", mp, extra).0 {
+    match try_mount(s, config, stores, "ws", &["l1"], mp, extra).0 {
         Ok(m) => m,
         Err(o) => panic!("mount failed: {}", text(&o)),
     }
@@ -124,11 +77,6 @@ fn store_requests(st: &MountStatus, idx: usize, label: &str) -> u64 {
         .get(label)
         .copied()
         .unwrap_or_else(|| panic!("stores[{idx}].requests.{label} in {st:?}"))
-}
-
-/// Persists `src` as ws/l1 to `stores`, asserting success.
-fn persist_ok(s: &Scratch, stores: &[String], src: &Path) {
-    assert_ok(&persist(s, stores, "ws", "l1", src, &[]));
 }
 
 /// Regular files of a tree (relative path, size).
@@ -216,14 +164,14 @@ fn persist_double_writes_to_file_and_two_s3_buckets() {
     mk_s3(&e, &a);
     mk_s3(&e, &b);
     let stores = [s.store("f"), format!("s3://{a}/p"), format!("s3://{b}/p")];
-    persist_ok(&s, &stores, &src);
+    persist_ws_l1(&s, &stores, &src);
     for st in &stores {
         let o = verify_store(&s, st);
         assert_code(&o, 0);
         assert!(text(&o).contains("complete"), "verify {st}: {}", text(&o));
     }
     // The same layer persisted again to the file store and one bucket (chunks already there).
-    persist_ok(&s, &stores[..2], &src);
+    persist_ws_l1(&s, &stores[..2], &src);
     for st in &stores[1..] {
         let mp = s.path(&format!("mnt-{}", if st.contains(&a) { "a" } else { "b" }));
         let _m = must_mount(
@@ -252,7 +200,7 @@ fn gcs_then_s3_with_gcs_complete_never_fails_over() {
     let (g, b) = (unique("full-g"), unique("full-s"));
     mk_gcs(&e, &g);
     mk_s3(&e, &b);
-    persist_ok(&s, &[s.store("seed"), format!("s3://{b}/p")], &src);
+    persist_ws_l1(&s, &[s.store("seed"), format!("s3://{b}/p")], &src);
     let n = gcs_seed(&e, &s.path("seed"), &g, "p", |_| true);
     assert!(n > 3, "seeded only {n} objects");
     let mp = s.path("mnt");
@@ -294,7 +242,7 @@ fn incident_setup(
     let (g, b) = (unique("inc-g"), unique("inc-s"));
     mk_gcs(e, &g);
     mk_s3(e, &b);
-    persist_ok(s, &[s.store("seed"), format!("s3://{b}/p")], &src);
+    persist_ws_l1(s, &[s.store("seed"), format!("s3://{b}/p")], &src);
     if !s3_chunks {
         s3_delete_prefix(e, &b, "p/chunks/");
     }
@@ -497,7 +445,7 @@ fn run_case(
     }
     let mp = s.path("mnt");
     let t = Instant::now();
-    let (m, mount_took) = try_mount(&s, Some(&cfg), &[], "ws", "l1", &mp, &MATRIX_FLAGS);
+    let (m, mount_took) = try_mount(&s, Some(&cfg), &[], "ws", &["l1"], &mp, &MATRIX_FLAGS);
     if mount_took > step_bound {
         return Err(format!("mount took {mount_took:?} (bound {step_bound:?})"));
     }
@@ -620,7 +568,7 @@ fn conformance_matrix_matches_the_failure_model_doc() {
     let bucket = unique("matrix");
     mk_s3(&e, &bucket);
     let full_dir = world_dir.path("full");
-    persist_ok(
+    persist_ws_l1(
         &world_dir,
         &[world_dir.store("full"), format!("s3://{bucket}/p")],
         &src,
@@ -797,7 +745,7 @@ fn breaker_skips_a_primary_that_never_answers() {
     make_tree(&src, 100, 4, 55);
     let b = unique("brk");
     mk_s3(&e, &b);
-    persist_ok(&s, &[s.store("sec"), format!("s3://{b}/p")], &src);
+    persist_ws_l1(&s, &[s.store("sec"), format!("s3://{b}/p")], &src);
     let proxy = FaultProxy::start_in_thread(&e.s3).expect("proxy");
     proxy.add_rule(Rule::always(Matcher::Any, Fault::NeverAnswer));
     let cfg = s.path("stores.toml");
@@ -815,7 +763,7 @@ fn breaker_skips_a_primary_that_never_answers() {
         Some(&cfg),
         &[],
         "ws",
-        "l1",
+        &["l1"],
         &mp,
         &[
             "--request-timeout",
@@ -859,7 +807,7 @@ fn umount_is_not_held_up_by_a_warm_up_waiting_for_a_hung_store() {
     make_tree(&src, 200, 0, 56);
     let b = unique("wrm");
     mk_s3(&e, &b);
-    persist_ok(&s, &[format!("s3://{b}/p")], &src);
+    persist_ws_l1(&s, &[format!("s3://{b}/p")], &src);
     let proxy = FaultProxy::start_in_thread(&e.s3).expect("proxy");
     proxy.add_rule(Rule::always(
         Matcher::MethodAndPath("GET".into(), "chunks/".into()),
@@ -873,7 +821,7 @@ fn umount_is_not_held_up_by_a_warm_up_waiting_for_a_hung_store() {
         Some(&cfg),
         &[],
         "ws",
-        "l1",
+        &["l1"],
         &mp,
         &[
             "--prefetch",
@@ -937,7 +885,7 @@ fn repair_writes_missing_chunks_back_to_the_primary() {
     let b = unique("rep");
     mk_s3(&e, &b);
     let primary = format!("s3://{b}/p");
-    persist_ok(&s, &[primary.clone(), s.store("sec")], &src);
+    persist_ws_l1(&s, &[primary.clone(), s.store("sec")], &src);
     s3_delete_prefix(&e, &b, "p/chunks/");
     let o = verify_store(&s, &primary);
     assert_ne!(
@@ -1004,7 +952,7 @@ fn retries_only_on_errors_worth_retrying() {
     std::fs::write(src.join("f.bin"), Rng::new(77).bytes(200_000)).unwrap();
     let b = unique("rty");
     mk_s3(&e, &b);
-    persist_ok(&s, &[s.store("sec"), format!("s3://{b}/p")], &src);
+    persist_ws_l1(&s, &[s.store("sec"), format!("s3://{b}/p")], &src);
     for (status, expected) in [(404u16, 1usize), (403, 1), (503, 3)] {
         let proxy = FaultProxy::start_in_thread(&e.s3).expect("proxy");
         proxy.add_rule(Rule::always(
@@ -1025,7 +973,7 @@ fn retries_only_on_errors_worth_retrying() {
             Some(&cfg),
             &[],
             "ws",
-            "l1",
+            &["l1"],
             &mp,
             &["--request-timeout", "5s", "--retries", "2"],
         );
@@ -1052,7 +1000,7 @@ fn a_plain_http_store_needs_no_extra_option() {
     make_tree(&src, 40, 1, 61);
     let b = unique("http");
     mk_s3(&e, &b);
-    persist_ok(&s, &[format!("s3://{b}/p")], &src);
+    persist_ws_l1(&s, &[format!("s3://{b}/p")], &src);
     // A public-read bucket, served as plain HTTP (as a web server or CDN in front of a bucket is).
     s3_py(
         &e,

@@ -256,20 +256,73 @@ pub fn mount_cmd(
     mp: &Path,
     extra: &[&str],
 ) -> Output {
+    s.wsfs(&mount_args(None, stores, ws, layers, mp, extra))
+}
+
+/// `wsfs mount` arguments: a `--config` file and/or `--store` flags, the workspace and layers,
+/// a 2 s request timeout unless `extra` sets one, `extra`, the mount point.
+fn mount_args(
+    config: Option<&Path>,
+    stores: &[String],
+    ws: &str,
+    layers: &[&str],
+    mp: &Path,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = vec!["mount".into()];
+    if let Some(c) = config {
+        args.extend(["--config".into(), c.display().to_string()]);
+    }
     for st in stores {
-        args.push("--store".into());
-        args.push(st.clone());
+        args.extend(["--store".into(), st.clone()]);
     }
     args.extend(["--workspace".into(), ws.into()]);
     for l in layers {
         args.extend(["--layer".into(), (*l).into()]);
     }
-    args.extend(["--request-timeout".into(), "2s".into()]);
+    if !extra.contains(&"--request-timeout") {
+        args.extend(["--request-timeout".into(), "2s".into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(mp.display().to_string());
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    s.wsfs(&refs)
+    args
+}
+
+/// `wsfs mount` (with an optional `--config` file), timed; the guard if it mounted, else the
+/// command's output.
+pub fn try_mount(
+    s: &Scratch,
+    config: Option<&Path>,
+    stores: &[String],
+    ws: &str,
+    layers: &[&str],
+    mp: &Path,
+    extra: &[&str],
+) -> (Result<Mounted, Output>, Duration) {
+    std::fs::create_dir_all(mp).expect("mountpoint");
+    let t = std::time::Instant::now();
+    let o = s.wsfs(&mount_args(config, stores, ws, layers, mp, extra));
+    let took = t.elapsed();
+    if !o.status.success() {
+        return (Err(o), took);
+    }
+    assert!(
+        is_mounted(mp),
+        "wsfs mount returned 0 but {} is not in the mount table",
+        mp.display()
+    );
+    (
+        Ok(Mounted {
+            mountpoint: mp.to_path_buf(),
+            run_dir: s.run_dir(),
+        }),
+        took,
+    )
+}
+
+/// Persists `src` as layer `l1` of workspace `ws` to `stores`, asserting success.
+pub fn persist_ws_l1(s: &Scratch, stores: &[String], src: &Path) {
+    assert_ok(&persist(s, stores, "ws", "l1", src, &[]));
 }
 
 pub fn persist(
