@@ -470,16 +470,13 @@ fn mount_settings_come_from_the_config_file_and_flags_win() {
     // `--prefetch chunks` from the file: status shows how far the prefetch is, then done.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = status_json(&s, &mp);
-        let (done, total) = (
-            st["cache"]["prefetched"].as_u64().unwrap(),
-            st["cache"]["chunks"].as_u64().unwrap(),
-        );
+        let st = mount_status(&s, &mp);
+        let (done, total) = (st.cache.prefetched, st.cache.chunks);
         assert!(total > 0);
         if done >= total {
             break;
         }
-        assert!(Instant::now() < deadline, "prefetch did not finish: {st}");
+        assert!(Instant::now() < deadline, "prefetch did not finish: {st:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     let o = s.wsfs(&["status", mp.to_str().unwrap()]);
@@ -594,7 +591,7 @@ fn store_credentials_stay_off_every_command_line() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = read_record(&s.run_dir(), &mp).map(|r| r.pid);
-        if now.is_some_and(|p| p != daemon.pid) && status_json(&s, &mp)["alive"] == true {
+        if now.is_some_and(|p| p != daemon.pid) && mount_status(&s, &mp).alive {
             break;
         }
         assert!(Instant::now() < deadline, "no replacement daemon");

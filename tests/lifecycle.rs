@@ -137,11 +137,11 @@ fn a_killed_daemon_is_replaced_under_every_prefetch_mode_and_the_mount_never_cha
         let bad = watch(&mp, &names, probe, &want, Duration::from_secs(3));
         assert!(bad.is_empty(), "--prefetch {mode}: after SIGKILL: {bad:?}");
         let new = wait_replaced(&s.run_dir(), &mp, rec.pid);
-        let st = status_json(&s, &mp);
-        assert_eq!(st["pid"].as_i64(), Some(new as i64), "{st}");
-        assert_eq!(st["keeper_pid"].as_i64(), Some(keeper.pid as i64), "{st}");
-        assert_eq!(st["takeovers"].as_u64(), Some(1), "{st}");
-        assert_eq!(st["connection"], "served", "{st}");
+        let st = mount_status(&s, &mp);
+        assert_eq!(st.pid, new, "{st:?}");
+        assert_eq!(st.keeper_pid, Some(keeper.pid), "{st:?}");
+        assert_eq!(st.takeovers, 1, "{st:?}");
+        assert_eq!(st.connection, "served", "{st:?}");
         // The replacement serves the same tree, byte for byte.
         compare_trees(&src, &mp);
         drop(m);
@@ -360,9 +360,9 @@ fn readers_in_a_loop_see_no_error_through_five_kills() {
         reads.load(Ordering::Relaxed) > 100,
         "the readers barely read"
     );
-    let st = status_json(&s, &mp);
-    assert_eq!(st["takeovers"].as_u64(), Some(5), "{st}");
-    assert_eq!(st["keeper_pid"].as_i64(), Some(keeper as i64), "{st}");
+    let st = mount_status(&s, &mp);
+    assert_eq!(st.takeovers, 5, "{st:?}");
+    assert_eq!(st.keeper_pid, Some(keeper), "{st:?}");
 }
 
 fn loud(e: &std::io::Error) -> bool {
@@ -451,11 +451,11 @@ fn with_keeper_and_daemon_killed_the_mount_is_dead_and_loud_until_unmounted() {
     kill(rec.pid, libc::SIGKILL);
     assert!(rec.daemon().wait_gone(Duration::from_secs(5)));
     assert_dead_and_loud(&mp, &names, "run.sh", &want, Some("src/dup1"));
-    let st = status_json(&s, &mp);
-    assert_eq!(st["connection"], "dead", "{st}");
+    let st = mount_status(&s, &mp);
+    assert_eq!(st.connection, "dead", "{st:?}");
     assert!(
-        st["problem"].as_str().unwrap_or("").contains("ENOTCONN"),
-        "{st}"
+        st.problem.as_deref().unwrap_or("").contains("ENOTCONN"),
+        "{st:?}"
     );
     // An explicit unmount removes it.
     assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));

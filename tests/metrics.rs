@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use wsfs::fs::warmup::WarmupState;
+use wsfs::ops::status::MountStatus;
+use wsfs::store::breaker::State as BreakerState;
 
 // ---------------------------------------------------------------------------------------------
 // A small strict parser of the text exposition format.
@@ -311,79 +314,82 @@ fn http(addr: &str, method: &str, path: &str) -> (String, String, String) {
 }
 
 /// Compares the metrics with a status snapshot; returns the differences.
-fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
+fn disagreements(e: &Exposition, st: &MountStatus) -> Vec<String> {
     let mut d = Vec::new();
     let mut eq = |what: &str, metric: f64, status: u64| {
         if metric != status as f64 {
             d.push(format!("{what}: metrics {metric} vs status {status}"));
         }
     };
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
-    eq(
-        "bytes_served",
-        e.get("wsfs_bytes_served_total", &[]),
-        n(&st["bytes_served"]),
-    );
-    eq(
-        "failovers",
-        e.get("wsfs_failovers_total", &[]),
-        n(&st["failovers"]),
-    );
-    eq("eio", e.get("wsfs_eio_total", &[]), n(&st["eio"]));
-    eq(
-        "repairs",
-        e.get("wsfs_repairs_total", &[]),
-        n(&st["repairs"]),
-    );
-    eq(
-        "fetched",
-        e.get("wsfs_chunks_fetched_total", &[]),
-        n(&st["cache"]["fetched"]),
-    );
-    eq(
-        "warm-up files stored",
-        e.get("wsfs_warmup_files_stored_total", &[]),
-        n(&st["warmup"]["files_stored"]),
-    );
-    eq(
-        "warm-up bytes stored",
-        e.get("wsfs_warmup_bytes_stored_total", &[]),
-        n(&st["warmup"]["bytes_stored"]),
-    );
-    eq(
-        "neighbour files stored",
-        e.get("wsfs_neighbour_files_stored_total", &[]),
-        n(&st["warmup"]["neighbour_files_stored"]),
-    );
-    eq(
-        "warm-up running",
-        e.get("wsfs_warmup_running", &[]),
-        u64::from(st["warmup"]["state"] == "running"),
-    );
-    eq(
-        "memory hits",
-        e.get("wsfs_cache_hits_total", &[("tier", "memory")]),
-        n(&st["cache"]["memory_hits"]),
-    );
-    eq(
-        "disk hits",
-        e.get("wsfs_cache_hits_total", &[("tier", "disk")]),
-        n(&st["cache"]["disk_hits"]),
-    );
-    for store in st["stores"].as_array().unwrap() {
-        let name = store["name"].as_str().unwrap();
+    for (what, metric, labels, value) in [
+        (
+            "bytes_served",
+            "wsfs_bytes_served_total",
+            &[][..],
+            st.bytes_served,
+        ),
+        ("failovers", "wsfs_failovers_total", &[], st.failovers),
+        ("eio", "wsfs_eio_total", &[], st.eio),
+        ("repairs", "wsfs_repairs_total", &[], st.repairs),
+        (
+            "fetched",
+            "wsfs_chunks_fetched_total",
+            &[],
+            st.cache.fetched,
+        ),
+        (
+            "warm-up files stored",
+            "wsfs_warmup_files_stored_total",
+            &[],
+            st.warmup.files_stored,
+        ),
+        (
+            "warm-up bytes stored",
+            "wsfs_warmup_bytes_stored_total",
+            &[],
+            st.warmup.bytes_stored,
+        ),
+        (
+            "neighbour files stored",
+            "wsfs_neighbour_files_stored_total",
+            &[],
+            st.warmup.neighbour_files_stored,
+        ),
+        (
+            "warm-up running",
+            "wsfs_warmup_running",
+            &[],
+            u64::from(st.warmup.state == WarmupState::Running),
+        ),
+        (
+            "memory hits",
+            "wsfs_cache_hits_total",
+            &[("tier", "memory")],
+            st.cache.memory_hits,
+        ),
+        (
+            "disk hits",
+            "wsfs_cache_hits_total",
+            &[("tier", "disk")],
+            st.cache.disk_hits,
+        ),
+    ] {
+        eq(what, e.get(metric, labels), value);
+    }
+    for store in &st.stores {
+        let name = store.name.as_str();
         let mut timed = 0;
-        for (outcome, count) in store["requests"].as_object().unwrap() {
+        for (outcome, count) in &store.requests {
             eq(
                 &format!("{name} {outcome}"),
                 e.get(
                     "wsfs_provider_requests_total",
                     &[("provider", name), ("outcome", outcome)],
                 ),
-                n(count),
+                *count,
             );
             if outcome != "skipped" {
-                timed += n(count);
+                timed += count;
             }
         }
         eq(
@@ -392,7 +398,7 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
                 "wsfs_provider_requests_total",
                 &[("provider", name), ("outcome", "hit")],
             ),
-            n(&store["served"]),
+            store.served,
         );
         eq(
             &format!("{name} latency count"),
@@ -402,14 +408,13 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
             ),
             timed,
         );
-        let open = u64::from(store["breaker"].as_str() != Some("closed"));
         eq(
             &format!("{name} breaker"),
             e.get("wsfs_breaker_open", &[("provider", name)]),
-            open,
+            u64::from(store.breaker != BreakerState::Closed),
         );
     }
-    for (op, count) in st["fuse_ops"].as_object().unwrap() {
+    for (op, count) in &st.fuse_ops {
         // Every `wsfs status` asks the kernel whether the mount is served: one STATFS, which its
         // own snapshot counts and a metrics file written before it cannot. Polling status
         // therefore keeps the two one apart, so statfs is left out of this comparison.
@@ -419,14 +424,14 @@ fn disagreements(e: &Exposition, st: &serde_json::Value) -> Vec<String> {
         eq(
             &format!("fuse {op}"),
             e.get("wsfs_fuse_operations_total", &[("op", op)]),
-            n(count),
+            *count,
         );
     }
-    for (op, count) in st["fuse_errors"].as_object().unwrap() {
+    for (op, count) in &st.fuse_errors {
         eq(
             &format!("fuse errors {op}"),
             e.get("wsfs_fuse_errors_total", &[("op", op)]),
-            n(count),
+            *count,
         );
     }
     d
@@ -520,7 +525,7 @@ fn metrics_file_and_endpoint_agree_with_status() {
     // (a)+(b): poll until the file has been refreshed and agrees with status.
     let deadline = Instant::now() + Duration::from_secs(6);
     let (e, st) = loop {
-        let st = status_json(&s, &mp);
+        let st = mount_status(&s, &mp);
         let text = std::fs::read_to_string(&file).unwrap();
         let e = parse(&text);
         let d = disagreements(&e, &st);
@@ -529,7 +534,7 @@ fn metrics_file_and_endpoint_agree_with_status() {
         }
         assert!(
             Instant::now() < deadline,
-            "metrics file never agreed with status: {d:?}\n{text}\n{st:#}"
+            "metrics file never agreed with status: {d:?}\n{text}\n{st:#?}"
         );
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -551,7 +556,7 @@ fn metrics_file_and_endpoint_agree_with_status() {
             >= 1.0
     );
     // Per-provider hits: the secondary served every chunk of the files read.
-    let s2_name = st["stores"][1]["name"].as_str().unwrap().to_string();
+    let s2_name = st.stores[1].name.clone();
     assert!(
         e.get(
             "wsfs_provider_requests_total",
@@ -579,12 +584,7 @@ fn metrics_file_and_endpoint_agree_with_status() {
         e.label_values("wsfs_up", "workspace"),
         ["ws".to_string()].into()
     );
-    let status_names: BTreeSet<String> = st["stores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap().to_string())
-        .collect();
+    let status_names: BTreeSet<String> = st.stores.iter().map(|x| x.name.clone()).collect();
     assert_eq!(
         status_names,
         [s.store("s1"), s.store("s2")].into(),

@@ -109,18 +109,13 @@ fn every_chunk_missing_on_the_primary_is_served_by_the_secondary() {
     let mp = s.mkdir("mnt");
     let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
     compare_trees(&src, &mp);
-    let st = status_json(&s, &mp);
+    let st = mount_status(&s, &mp);
     assert_eq!(
-        st["failovers"].as_u64(),
-        Some(removed as u64),
-        "one failover per distinct chunk: {st}"
+        st.failovers, removed as u64,
+        "one failover per distinct chunk: {st:?}"
     );
-    assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
-    assert_eq!(
-        st["stores"][0]["requests"]["not_found"].as_u64(),
-        Some(removed as u64),
-        "{st}"
-    );
+    assert_eq!(st.eio, 0, "{st:?}");
+    assert_eq!(st.stores[0].requests["not_found"], removed as u64, "{st:?}");
 }
 
 #[test]
@@ -175,19 +170,15 @@ fn all_providers_missing_a_chunk_is_eio_never_bad_data() {
         .collect();
     assert_eq!(names.len(), 3);
     // The failure is counted and in the ledger with every provider's outcome.
-    let st = status_json(&s, &mp);
-    assert!(st["eio"].as_u64().unwrap() >= 2, "{st}");
-    let f0 = &st["failures"][0];
+    let st = mount_status(&s, &mp);
+    assert!(st.eio >= 2, "{st:?}");
+    let f0 = &st.failures[0];
     assert!(
-        f0["path"].as_str().unwrap().ends_with(".txt")
-            || f0["path"].as_str().unwrap().ends_with(".bin"),
-        "{st}"
+        f0.path.ends_with(".txt") || f0.path.ends_with(".bin"),
+        "{st:?}"
     );
-    assert_eq!(f0["providers"].as_array().unwrap().len(), 2, "{st}");
-    assert!(
-        f0["providers"][0].as_str().unwrap().contains("not found"),
-        "{st}"
-    );
+    assert_eq!(f0.providers.len(), 2, "{st:?}");
+    assert!(f0.providers[0].contains("not found"), "{st:?}");
 }
 
 #[test]
@@ -216,11 +207,8 @@ fn corrupt_chunk_on_primary_is_never_served() {
     let mp = s.mkdir("mnt");
     let _m = mount(&s, &[s.store("s1"), s.store("s2")], "ws", &["l1"], &mp, &[]);
     assert!(std::fs::read(mp.join("f.bin")).unwrap() == data);
-    let st = status_json(&s, &mp);
-    assert!(
-        st["stores"][0]["requests"]["corrupt"].as_u64().unwrap() >= 1,
-        "{st}"
-    );
+    let st = mount_status(&s, &mp);
+    assert!(st.stores[0].requests["corrupt"] >= 1, "{st:?}");
 }
 
 #[test]
@@ -357,9 +345,9 @@ fn sigterm_unmounts_cleanly_and_disk_cache_serves_a_second_mount() {
     remove_chunks(&s.path("s1"));
     let _m2 = mount(&s, &[s.store("s1")], "ws", &["l1"], &mp, &args);
     compare_trees(&src, &mp);
-    let st = status_json(&s, &mp);
-    assert!(st["cache"]["disk_hits"].as_u64().unwrap() > 0, "{st}");
-    assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
+    let st = mount_status(&s, &mp);
+    assert!(st.cache.disk_hits > 0, "{st:?}");
+    assert_eq!(st.eio, 0, "{st:?}");
 }
 
 #[test]
@@ -467,12 +455,15 @@ fn prefetch_all_fills_the_cache_and_read_ahead_is_raised() {
     );
     let t = std::time::Instant::now();
     loop {
-        let st = status_json(&s, &mp);
-        if st["cache"]["prefetched"].as_u64() == Some(chunks) {
-            assert_eq!(st["cache"]["fetched"].as_u64(), Some(chunks), "{st}");
+        let st = mount_status(&s, &mp);
+        if st.cache.prefetched == chunks {
+            assert_eq!(st.cache.fetched, chunks, "{st:?}");
             break;
         }
-        assert!(t.elapsed().as_secs() < 30, "prefetch did not finish: {st}");
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "prefetch did not finish: {st:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // Everything is local now: the store can vanish and every file still reads right.
@@ -560,8 +551,8 @@ fn ioctls_are_answered_not_a_tty_quietly_and_counted() {
             Some(libc::ENOTTY)
         );
     }
-    let st = status_json(&s, &mp);
-    assert!(st["fuse_ops"]["ioctl"].as_u64().unwrap() >= 3, "{st}");
+    let st = mount_status(&s, &mp);
+    assert!(st.fuse_ops["ioctl"] >= 3, "{st:?}");
     let log = s.daemon_logs();
     assert!(!log.contains("Not Implemented"), "{log}");
 }
@@ -595,8 +586,8 @@ fn seek_data_and_seek_hole_see_one_data_run_and_no_warning() {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::ENXIO)
     );
-    let st = status_json(&s, &mp);
-    assert!(st["fuse_ops"]["lseek"].as_u64().unwrap() >= 3, "{st}");
+    let st = mount_status(&s, &mp);
+    assert!(st.fuse_ops["lseek"] >= 3, "{st:?}");
     let log = s.daemon_logs();
     assert!(!log.contains("Not Implemented"), "{log}");
 }
@@ -629,26 +620,25 @@ fn reading_a_packed_file_fetches_the_next_packs_in_path_order() {
     // One file of the first directory: its pack and the two after it come.
     assert_eq!(read_file(&mp.join("a/000")), read_file(&src.join("a/000")));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while status_json(&s, &mp)["cache"]["fetched"].as_u64() < Some(3) {
+    while mount_status(&s, &mp).cache.fetched < 3 {
         assert!(
             std::time::Instant::now() < deadline,
-            "{}",
-            status_json(&s, &mp)
+            "{:?}",
+            mount_status(&s, &mp)
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
-        status_json(&s, &mp)["cache"]["fetched"],
+        mount_status(&s, &mp).cache.fetched,
         3,
         "two packs ahead, not more"
     );
     // The next directory's files are there when the reader gets to them.
-    let st = status_json(&s, &mp);
-    let hits = st["cache"]["memory_hits"].as_u64().unwrap();
+    let hits = mount_status(&s, &mp).cache.memory_hits;
     assert_eq!(read_file(&mp.join("b/000")), read_file(&src.join("b/000")));
-    let st = status_json(&s, &mp);
-    assert!(st["cache"]["memory_hits"].as_u64().unwrap() > hits, "{st}");
+    let st = mount_status(&s, &mp);
+    assert!(st.cache.memory_hits > hits, "{st:?}");
 }
 
 fn read_file(p: &std::path::Path) -> Vec<u8> {

@@ -24,13 +24,12 @@ fn read(p: &Path) -> Vec<u8> {
 }
 
 fn counters(s: &Scratch, mp: &Path) -> (u64, u64, u64, u64) {
-    let st = status_json(s, mp);
-    let g = |k: &str| st[k].as_u64().unwrap_or_else(|| panic!("{k} in {st}"));
+    let st = mount_status(s, mp);
     (
-        g("passthrough_opens"),
-        g("passthrough_fallbacks"),
-        g("files_materialized"),
-        g("reads"),
+        st.passthrough_opens,
+        st.passthrough_fallbacks,
+        st.files_materialized,
+        st.reads,
     )
 }
 
@@ -45,8 +44,8 @@ fn until_passthrough(s: &Scratch, mp: &Path, src: &Path) {
         }
         assert!(
             Instant::now() < deadline,
-            "no passthrough open: {}",
-            status_json(s, mp)
+            "no passthrough open: {:?}",
+            mount_status(s, mp)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -245,7 +244,7 @@ fn refusal_scenario_in_a_private_namespace() {
         if fallbacks > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{}", status_json(&s, &mp));
+        assert!(Instant::now() < deadline, "{:?}", mount_status(&s, &mp));
         std::thread::sleep(Duration::from_millis(100));
     }
     // Reads keep going through wsfs, verified, and the refusal is logged once.

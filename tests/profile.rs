@@ -9,6 +9,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use wsfs::manifest::Digest;
+use wsfs::ops::status::{MountStatus, ProfileStatus};
 
 /// Five files of 200 KiB (one chunk each, below the CDC minimum) and some small ones.
 fn tree(s: &Scratch) -> PathBuf {
@@ -34,18 +35,20 @@ fn stored_profile(store: &Path, name: &str) -> Vec<Digest> {
 }
 
 /// Waits until the replay has dealt with every chunk it matched; returns the status.
-fn replay_done(s: &Scratch, mp: &Path) -> serde_json::Value {
+fn replay_done(s: &Scratch, mp: &Path) -> (MountStatus, ProfileStatus) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = status_json(s, mp);
-        let p = &st["profile"];
+        let st = mount_status(s, mp);
+        let p = st
+            .profile
+            .clone()
+            .expect("a mount with --profile reports it");
         // `listed` is set when the stored profile has been read (0 when there is none).
-        let settled = p["replayed"] == p["matched"]
-            && (p["listed"].as_u64() > Some(0) || st["uptime_secs"].as_u64() >= Some(2));
+        let settled = p.replayed == p.matched && (p.listed > 0 || st.uptime_secs >= 2);
         if settled {
-            return st;
+            return (st, p);
         }
-        assert!(Instant::now() < deadline, "replay did not finish: {st}");
+        assert!(Instant::now() < deadline, "replay did not finish: {st:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -76,13 +79,13 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
         &mp,
         &["--profile", "job", "--prefetch", "none"],
     );
-    let st = replay_done(&s, &mp);
-    assert_eq!(st["profile"]["listed"], 0, "no stored profile yet: {st}");
+    let (st, p) = replay_done(&s, &mp);
+    assert_eq!(p.listed, 0, "no stored profile yet: {st:?}");
     for f in ["c", "a", "e", "c"] {
         assert_eq!(read(&mp.join(f)), read(&src.join(f)));
     }
-    let st = status_json(&s, &mp);
-    assert_eq!(st["profile"]["recorded"], 3, "{st}");
+    let st = mount_status(&s, &mp);
+    assert_eq!(st.profile.as_ref().map(|p| p.recorded), Some(3), "{st:?}");
     let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
     assert_ok(&o);
     drop(m);
@@ -117,30 +120,20 @@ fn a_profile_is_recorded_in_read_order_and_replayed_by_the_next_workspace() {
             s.path("m.prom").to_str().unwrap(),
         ],
     );
-    let st = replay_done(&s, &mp2);
-    let p = &st["profile"];
+    let (st, p) = replay_done(&s, &mp2);
+    assert_eq!((p.listed, p.matched), (3, 3), "{st:?}");
     assert_eq!(
-        (p["listed"].as_u64(), p["matched"].as_u64()),
-        (Some(3), Some(3)),
-        "{st}"
+        st.cache.fetched, 3,
+        "the profile's chunks, fetched ahead: {st:?}"
     );
-    assert_eq!(
-        st["cache"]["fetched"], 3,
-        "the profile's chunks, fetched ahead: {st}"
-    );
-    assert_eq!(st["reads"], 0, "before any read: {st}");
+    assert_eq!(st.reads, 0, "before any read: {st:?}");
     // The job's reads find them in the cache: every one is a memory hit, none waits on a fetch
     // (what reads start for the files after them, the pack read-ahead, comes on top).
     for f in ["c", "a", "e"] {
-        let hits = status_json(&s, &mp2)["cache"]["memory_hits"]
-            .as_u64()
-            .unwrap();
+        let hits = mount_status(&s, &mp2).cache.memory_hits;
         assert_eq!(read(&mp2.join(f)), read(&src.join(f)));
-        let st = status_json(&s, &mp2);
-        assert!(
-            st["cache"]["memory_hits"].as_u64().unwrap() > hits,
-            "{f}: {st}"
-        );
+        let st = mount_status(&s, &mp2);
+        assert!(st.cache.memory_hits > hits, "{f}: {st:?}");
     }
     // Prometheus shows the replay.
     let want = "state=\"replayed\"} 3";
@@ -211,14 +204,9 @@ fn damaged_foreign_and_missing_profiles_cost_nothing() {
             &mp,
             &["--profile", name, "--prefetch", "none"],
         );
-        let st = replay_done(&s, &mp);
-        let p = &st["profile"];
-        assert_eq!(
-            (p["listed"].as_u64(), p["matched"].as_u64()),
-            (Some(listed), Some(matched)),
-            "{name}: {st}"
-        );
-        assert_eq!(st["cache"]["fetched"], matched, "{name}: {st}");
+        let (st, p) = replay_done(&s, &mp);
+        assert_eq!((p.listed, p.matched), (listed, matched), "{name}: {st:?}");
+        assert_eq!(st.cache.fetched, matched, "{name}: {st:?}");
         // Every read is right whatever the profile said.
         compare_trees(&src, &mp);
         let o = s.wsfs(&["umount", mp.to_str().unwrap()]);

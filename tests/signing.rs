@@ -62,11 +62,11 @@ fn only_layers_signed_by_a_trusted_key_mount() {
         std::fs::read_to_string(mp.join("artifact")).unwrap(),
         "app built on base v1\n"
     );
-    let stt = status_json(&s, &mp);
+    let stt = mount_status(&s, &mp);
     let key_id = std::fs::read_to_string(&ci_pub).unwrap();
     let key_id = key_id.split_whitespace().nth(2).unwrap().to_string();
-    assert_eq!(stt["signers"]["app"], key_id, "{stt}");
-    assert_eq!(stt["signers"]["base"], "pinned by app", "{stt}");
+    assert_eq!(stt.signers["app"], key_id, "{stt:?}");
+    assert_eq!(stt.signers["base"], "pinned by app", "{stt:?}");
     drop(m);
     let good = read_ref(&s.path("s1"), "app");
     let refuse = |why: &str| {
@@ -123,7 +123,7 @@ fn only_layers_signed_by_a_trusted_key_mount() {
     drop(mount(&s, &st, "ws", &["app"], &mp, &tr));
     write_ref(&s.path("s1"), "app", &unsigned);
     let m = mount(&s, &st, "ws", &["app"], &mp, &[]);
-    assert_eq!(status_json(&s, &mp)["signers"]["app"], "unsigned");
+    assert_eq!(mount_status(&s, &mp).signers["app"], "unsigned");
     drop(m);
     // verify reports the signer, and refuses with --trust-key (exit 4).
     let o = s.wsfs(&[
@@ -190,8 +190,8 @@ fn a_bad_signature_on_one_store_falls_over_to_a_good_one_and_keys_rotate() {
         std::fs::read_to_string(mp.join("artifact")).unwrap(),
         "the real thing\n"
     );
-    let stt = status_json(&s, &mp);
-    assert_eq!(stt["signature_failures"].as_u64(), Some(1), "{stt}");
+    let stt = mount_status(&s, &mp);
+    assert_eq!(stt.signature_failures, 1, "{stt:?}");
     drop(m);
     // Rotation: a layer signed by the new key mounts with both trusted; then the old key alone no
     // longer admits it.

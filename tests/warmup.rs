@@ -8,6 +8,8 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use wsfs::fs::warmup::WarmupState;
+use wsfs::ops::status::MountStatus;
 
 /// Mounts layer l1 of workspace ws from store s1 at `mp`.
 fn mount_s1(s: &Scratch, mp: &Path, flags: &[&str]) -> Mounted {
@@ -15,29 +17,23 @@ fn mount_s1(s: &Scratch, mp: &Path, flags: &[&str]) -> Mounted {
 }
 
 /// Waits (bounded) until the warm-up has ended; returns the final status.
-fn wait_warm(s: &Scratch, mp: &Path) -> serde_json::Value {
+fn wait_warm(s: &Scratch, mp: &Path) -> MountStatus {
     let t = Instant::now();
     loop {
-        let st = status_json(s, mp);
-        let state = st["warmup"]["state"].as_str().unwrap_or("").to_string();
-        if state != "running" {
+        let st = mount_status(s, mp);
+        if st.warmup.state != WarmupState::Running {
             return st;
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "warm-up never ended: {st}"
+            "warm-up never ended: {st:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn ops(st: &serde_json::Value) -> BTreeMap<String, u64> {
-    st["fuse_ops"]
-        .as_object()
-        .expect("fuse_ops")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-        .collect()
+fn ops(st: &MountStatus) -> BTreeMap<String, u64> {
+    st.fuse_ops.clone()
 }
 
 /// FUSE requests of each op between two snapshots (ops that did not change are left out).
@@ -83,22 +79,22 @@ fn prefetch_all_pushes_the_tree_into_the_kernel_and_reads_send_no_request() {
     let mp = s.mkdir("mnt");
     let _m = mount_s1(&s, &mp, &["--prefetch", "all"]);
     let st = wait_warm(&s, &mp);
-    let w = &st["warmup"];
-    assert_eq!(w["state"], "done", "{st}");
-    assert_eq!(w["dirs_listed"].as_u64(), Some(dirs), "{st}");
-    assert_eq!(w["files_stored"].as_u64(), Some(small), "{st}");
-    assert_eq!(w["bytes_stored"].as_u64(), Some(small_bytes), "{st}");
-    assert_eq!(w["files_failed"].as_u64(), Some(0), "{st}");
-    assert_eq!(w["files_over_budget"].as_u64(), Some(0), "{st}");
+    let w = &st.warmup;
+    assert_eq!(w.state, WarmupState::Done, "{st:?}");
+    assert_eq!(w.dirs_listed, dirs, "{st:?}");
+    assert_eq!(w.files_stored, small, "{st:?}");
+    assert_eq!(w.bytes_stored, small_bytes, "{st:?}");
+    assert_eq!(w.files_failed, 0, "{st:?}");
+    assert_eq!(w.files_over_budget, 0, "{st:?}");
     // The warm-up is not a reader: no reads or served bytes are counted for it.
-    assert_eq!(st["reads"].as_u64(), Some(0), "{st}");
+    assert_eq!(st.reads, 0, "{st:?}");
     let before = ops(&st);
 
     // Every name, attribute, listing, link and byte, compared with the source.
     let n = compare_trees(&src, &mp);
     assert!(n > 1500, "compared {n} entries");
 
-    let after = ops(&status_json(&s, &mp));
+    let after = ops(&mount_status(&s, &mp));
     let d = delta(&before, &after);
     // Only the one file over 1 MiB (big.bin) and the symlinks reach the daemon; no lookup, no
     // listing, no read of a small file. (The kernel sends one OPEN per mount, to learn that
@@ -127,11 +123,11 @@ fn prefetch_tree_caches_names_and_attributes_but_not_contents() {
     let mp = s.mkdir("mnt");
     let _m = mount_s1(&s, &mp, &["--prefetch", "tree"]);
     let st = wait_warm(&s, &mp);
-    assert_eq!(st["warmup"]["state"], "done", "{st}");
-    assert_eq!(st["warmup"]["dirs_listed"].as_u64(), Some(dirs), "{st}");
-    assert_eq!(st["warmup"]["files_stored"].as_u64(), Some(0), "{st}");
+    assert_eq!(st.warmup.state, WarmupState::Done, "{st:?}");
+    assert_eq!(st.warmup.dirs_listed, dirs, "{st:?}");
+    assert_eq!(st.warmup.files_stored, 0, "{st:?}");
     // No chunk was fetched: `tree` is names only.
-    assert_eq!(st["cache"]["fetched"].as_u64(), Some(0), "{st}");
+    assert_eq!(st.cache.fetched, 0, "{st:?}");
     let before = ops(&st);
     // A walk with stat of every entry: answered by the kernel alone.
     let mut seen = 0;
@@ -141,7 +137,7 @@ fn prefetch_tree_caches_names_and_attributes_but_not_contents() {
         seen += 1;
     }
     assert!(seen > 600);
-    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    let d = delta(&before, &ops(&mount_status(&s, &mp)));
     assert!(
         d.keys().all(|k| k == "statfs"),
         "the walk after the warm-up sent requests: {d:?}"
@@ -151,7 +147,7 @@ fn prefetch_tree_caches_names_and_attributes_but_not_contents() {
         std::fs::read(mp.join("src/dup1")).unwrap(),
         std::fs::read(src.join("src/dup1")).unwrap()
     );
-    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    let d = delta(&before, &ops(&mount_status(&s, &mp)));
     assert_eq!(d.get("read").copied(), Some(1), "{d:?}");
 }
 
@@ -199,15 +195,11 @@ fn a_missing_chunk_is_left_to_reads_which_fail_with_eio() {
     let mp = s.mkdir("mnt");
     let _m = mount_s1(&s, &mp, &["--prefetch", "all"]);
     let st = wait_warm(&s, &mp);
-    assert_eq!(st["warmup"]["state"], "done", "{st}");
-    assert_eq!(
-        st["warmup"]["files_failed"].as_u64(),
-        Some(lost.len() as u64),
-        "{st}"
-    );
+    assert_eq!(st.warmup.state, WarmupState::Done, "{st:?}");
+    assert_eq!(st.warmup.files_failed, lost.len() as u64, "{st:?}");
     // Nothing was read yet: the warm-up's misses are not reader failures.
-    assert_eq!(st["eio"].as_u64(), Some(0), "{st}");
-    assert_eq!(st["failures"].as_array().map(|a| a.len()), Some(0), "{st}");
+    assert_eq!(st.eio, 0, "{st:?}");
+    assert!(st.failures.is_empty(), "{st:?}");
     for p in &lost {
         let e = std::fs::read(mp.join(p)).expect_err("a file of the missing chunk must not read");
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{p}: {e}");
@@ -225,8 +217,8 @@ fn a_missing_chunk_is_left_to_reads_which_fail_with_eio() {
             );
         }
     }
-    let st = status_json(&s, &mp);
-    assert!(st["eio"].as_u64().unwrap() >= lost.len() as u64, "{st}");
+    let st = mount_status(&s, &mp);
+    assert!(st.eio >= lost.len() as u64, "{st:?}");
 }
 
 #[test]
@@ -243,16 +235,12 @@ fn the_page_cache_budget_is_respected_and_the_rest_reads_on_demand() {
         &["--prefetch", "all", "--prefetch-page-cache", "100000"],
     );
     let st = wait_warm(&s, &mp);
-    let w = &st["warmup"];
-    assert_eq!(w["state"], "done", "{st}");
-    let stored = w["files_stored"].as_u64().unwrap();
-    assert!(stored > 0, "{st}");
-    assert!(w["bytes_stored"].as_u64().unwrap() <= budget, "{st}");
-    assert_eq!(
-        stored + w["files_over_budget"].as_u64().unwrap(),
-        small,
-        "{st}"
-    );
+    let w = &st.warmup;
+    assert_eq!(w.state, WarmupState::Done, "{st:?}");
+    let stored = w.files_stored;
+    assert!(stored > 0, "{st:?}");
+    assert!(w.bytes_stored <= budget, "{st:?}");
+    assert_eq!(stored + w.files_over_budget, small, "{st:?}");
     compare_trees(&src, &mp);
 }
 
@@ -277,7 +265,7 @@ fn wsfs_umount_during_the_warm_up_is_not_refused_as_busy() {
     for _ in 0..5 {
         let m = mount_s1(&s, &mp, &["--prefetch", "all"]);
         let pid = m.pid().expect("daemon pid");
-        let running = status_json(&s, &mp)["warmup"]["state"] == "running";
+        let running = mount_status(&s, &mp).warmup.state == WarmupState::Running;
         let o = s.wsfs(&["umount", mp.to_str().unwrap()]);
         assert_ok(&o);
         assert!(!is_mounted(&mp), "still mounted after wsfs umount");
@@ -309,7 +297,7 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
     for _ in 0..8 {
         let m = mount_s1(&s, &mp, &["--prefetch", "tree"]);
         let pid = m.pid().expect("daemon pid");
-        if status_json(&s, &mp)["warmup"]["state"] != "running" {
+        if mount_status(&s, &mp).warmup.state != WarmupState::Running {
             // Finished before we could act; try again.
             assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
             continue;
@@ -355,29 +343,25 @@ fn reading_one_small_file_pushes_its_pack_into_the_page_cache() {
     // The default mount (`--prefetch tree`): one READ for the whole pack.
     let mp = s.mkdir("mnt");
     let m = mount_s1(&s, &mp, &[]);
-    assert_eq!(wait_warm(&s, &mp)["warmup"]["state"], "done");
-    let before = ops(&status_json(&s, &mp));
+    assert_eq!(wait_warm(&s, &mp).warmup.state, WarmupState::Done);
+    let before = ops(&mount_status(&s, &mp));
     assert_eq!(std::fs::read(mp.join("pkg/f07.js")).unwrap(), body(7));
     let t = Instant::now();
     loop {
-        let st = status_json(&s, &mp);
+        let st = mount_status(&s, &mp);
         // 39 other pkg files and other/x.js.
-        if st["warmup"]["neighbour_files_stored"].as_u64() == Some(40) {
+        if st.warmup.neighbour_files_stored == 40 {
             let bytes: u64 = (0..40)
                 .filter(|&i| i != 7)
                 .map(|i| body(i).len() as u64)
                 .sum::<u64>()
                 + 9;
-            assert_eq!(
-                st["warmup"]["neighbour_bytes_stored"].as_u64(),
-                Some(bytes),
-                "{st}"
-            );
+            assert_eq!(st.warmup.neighbour_bytes_stored, bytes, "{st:?}");
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
-            "pack not pushed: {st}"
+            "pack not pushed: {st:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -386,16 +370,13 @@ fn reading_one_small_file_pushes_its_pack_into_the_page_cache() {
         assert!(std::fs::read(mp.join(&p)).unwrap() == body(i), "{p}");
     }
     assert_eq!(std::fs::read(mp.join("other/x.js")).unwrap(), b"elsewhere");
-    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    let d = delta(&before, &ops(&mount_status(&s, &mp)));
     assert_eq!(d.get("read").copied(), Some(1), "{d:?}");
     // A file alone in its chunk is not pushed: reading it is a READ.
     assert!(std::fs::read(mp.join("other/big.bin")).unwrap() == big);
-    let d = delta(&before, &ops(&status_json(&s, &mp)));
+    let d = delta(&before, &ops(&mount_status(&s, &mp)));
     assert!(d.get("read").copied().unwrap_or(0) >= 2, "{d:?}");
-    assert_eq!(
-        status_json(&s, &mp)["warmup"]["neighbour_files_stored"].as_u64(),
-        Some(40)
-    );
+    assert_eq!(mount_status(&s, &mp).warmup.neighbour_files_stored, 40);
     drop(m);
 
     // `--prefetch none`: nothing is pushed; every file is a READ.
@@ -404,12 +385,8 @@ fn reading_one_small_file_pushes_its_pack_into_the_page_cache() {
     for i in 0..40 {
         assert!(std::fs::read(mp.join(format!("pkg/f{i:02}.js"))).unwrap() == body(i));
     }
-    let st = status_json(&s, &mp);
-    assert_eq!(st["warmup"]["state"], "off", "{st}");
-    assert_eq!(
-        st["warmup"]["neighbour_files_stored"].as_u64(),
-        Some(0),
-        "{st}"
-    );
-    assert_eq!(st["fuse_ops"]["read"].as_u64(), Some(40), "{st}");
+    let st = mount_status(&s, &mp);
+    assert_eq!(st.warmup.state, WarmupState::Off, "{st:?}");
+    assert_eq!(st.warmup.neighbour_files_stored, 0, "{st:?}");
+    assert_eq!(st.fuse_ops.get("read"), Some(&40), "{st:?}");
 }

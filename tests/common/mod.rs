@@ -202,13 +202,6 @@ pub fn mount_status(s: &Scratch, mp: &Path) -> wsfs::ops::status::MountStatus {
         .unwrap_or_else(|| panic!("{want} not in status: {}", text(&o)))
 }
 
-pub fn status_json(s: &Scratch, mp: &Path) -> serde_json::Value {
-    let o = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
-    assert_ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
-    v["mounts"][0].clone()
-}
-
 /// Reads the mount table (never stats the path).
 pub fn is_mounted(p: &Path) -> bool {
     wsfs::ops::mountinfo::read_mounts()
