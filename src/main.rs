@@ -246,7 +246,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
                 let doc = serde_json::json!({ "dry_run": dry_run, "stores": stores });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             } else {
-                print!("{}", wsfs::retention::gc::render(&stores));
+                print!("{}", wsfs::retention::gc_text::render(&stores));
             }
             verdict
         }

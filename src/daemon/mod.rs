@@ -5,6 +5,7 @@
 pub mod fuse_dev;
 pub mod handover;
 pub mod keeper;
+mod pins;
 pub mod sd_notify;
 pub mod serve;
 mod stop;

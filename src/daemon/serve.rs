@@ -17,7 +17,6 @@ use crate::fetcher::Fetcher;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{InodeTable, WsFs};
 use crate::layers;
-use crate::manifest::{Digest, Manifest};
 use crate::mount::{check_mountpoint, MountArgs};
 use crate::ops::process::{unix_now, ProcId};
 use crate::ops::runtime::{self, MountRecord};
@@ -25,7 +24,6 @@ use crate::ops::status::{self, MountStatus, StatusSource};
 use crate::ops::{metrics_file, mountinfo};
 use crate::store::Chain;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,11 +194,15 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
                 &args.layers,
             ))
             .map(|resolved| {
-                let pinned = pin(&args.mountpoint, &resolved);
+                let pinned = super::pins::pin(&args.mountpoint, &resolved);
                 (resolved.into_iter().map(|l| l.manifest).collect(), pinned)
             }),
         Start::Takeover { conn, .. } => rt
-            .block_on(load_pinned(&chain, &args.mountpoint, &conn.layers))
+            .block_on(super::pins::load_pinned(
+                &chain,
+                &args.mountpoint,
+                &conn.layers,
+            ))
             .map(|ms| (ms, conn.layers.clone())),
     };
     let merged = resolved.and_then(|(manifests, pinned)| {
@@ -260,66 +262,6 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
         metrics_file,
         metrics_listener,
     })
-}
-
-/// Keeps a copy of each resolved manifest beside the runtime record, so a replacement daemon
-/// needs no store to rebuild the tree. Best effort: without the copies a takeover fetches the
-/// pinned manifests by digest from the stores.
-fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -> Vec<PinnedLayer> {
-    let dir = runtime::pins_dir(mountpoint);
-    // Private: the manifests list every path of a mount that only its owner may read.
-    let made = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
-    if let Err(e) = made {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot keep manifest copies; a takeover will fetch them");
-    }
-    resolved
-        .iter()
-        .map(|l| {
-            let hex = l.digest.to_hex();
-            let p = dir.join(&hex);
-            if let Err(e) = std::fs::write(&p, &l.bytes) {
-                tracing::debug!(path = %p.display(), error = %e, "cannot keep a manifest copy");
-            }
-            PinnedLayer {
-                name: l.manifest.layer.clone(),
-                manifest: hex,
-                signer: l.signer.clone(),
-            }
-        })
-        .collect()
-}
-
-/// The pinned manifests, in order: the local copy if it still hashes to its digest, otherwise
-/// from the stores (verified the same way).
-async fn load_pinned(
-    chain: &Chain,
-    mountpoint: &Path,
-    pins: &[PinnedLayer],
-) -> Result<Vec<Manifest>, WsfsError> {
-    let dir = runtime::pins_dir(mountpoint);
-    let mut out = Vec::with_capacity(pins.len());
-    for p in pins {
-        let digest = Digest::from_hex(&p.manifest).ok_or_else(|| {
-            WsfsError::Integrity(format!("pinned manifest {:?} is not a digest", p.manifest))
-        })?;
-        let local = std::fs::read(dir.join(&p.manifest))
-            .ok()
-            .filter(|b| Digest::of(b) == digest)
-            .and_then(|b| crate::manifest::decode(&b).ok());
-        let m = match local {
-            Some(m) => m,
-            None => {
-                tracing::warn!(layer = %p.name, "no usable local copy of the pinned manifest; fetching it");
-                chain.fetch_manifest(&digest).await?.value
-            }
-        };
-        out.push(m);
-    }
-    Ok(out)
 }
 
 /// Step 2: the connection. The first daemon mounts and hands the keeper a duplicate of the
