@@ -472,22 +472,14 @@ fn without_takeover_a_killed_daemon_leaves_a_loud_mount_not_an_empty_directory()
     for mode in MODES {
         let mp = s.mkdir(&format!("mnt-{mode}"));
         // As on a kernel without FUSE_NOTIFY_RESEND (before 6.9).
-        let o = Command::new(WSFS)
-            .args([
-                "mount",
-                "--store",
-                &s.store("s1"),
-                "--workspace",
-                "ws",
-                "--layer",
-                "l1",
-            ])
-            .args(["--prefetch", mode])
-            .arg(&mp)
-            .env("WSFS_RUN_DIR", s.run_dir())
-            .env("WSFS_NO_TAKEOVER", "1")
-            .output()
-            .unwrap();
+        let o = mount_with_env(
+            &s,
+            &[s.store("s1")],
+            &["l1"],
+            &mp,
+            &["--prefetch", mode],
+            &[("WSFS_NO_TAKEOVER", "1".into())],
+        );
         assert_ok(&o);
         let m = Mounted {
             mountpoint: mp.clone(),
@@ -617,26 +609,17 @@ fn sigterm_right_after_ready_is_a_clean_stop_not_a_death() {
     let mp = s.mkdir("mnt");
     let hold = s.path("hold");
     std::fs::write(&hold, b"").unwrap();
-    let o = Command::new(WSFS)
-        .args([
-            "mount",
-            "--store",
-            &s.store("s1"),
-            "--workspace",
-            "ws",
-            "--layer",
-            "l1",
-            "--prefetch",
-            "none",
-        ])
-        .arg(&mp)
-        .env("WSFS_RUN_DIR", s.run_dir())
-        .env(
+    let o = mount_with_env(
+        &s,
+        &[s.store("s1")],
+        &["l1"],
+        &mp,
+        &["--prefetch", "none"],
+        &[(
             "WSFS_TEST_PAUSE",
             format!("daemon-after-ready:{}", hold.display()),
-        )
-        .output()
-        .unwrap();
+        )],
+    );
     assert_ok(&o);
     let m = Mounted {
         mountpoint: mp.clone(),

@@ -252,6 +252,25 @@ pub fn mount_cmd(
     s.wsfs(&mount_args(None, stores, ws, layers, mp, extra))
 }
 
+/// `wsfs mount` with extra environment variables (`WSFS_NO_TAKEOVER`, `WSFS_TEST_PAUSE`…); the
+/// command's output (it returns once the mount is ready, or failed).
+pub fn mount_with_env(
+    s: &Scratch,
+    stores: &[String],
+    layers: &[&str],
+    mp: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Output {
+    Command::new(WSFS)
+        .args(mount_args(None, stores, "ws", layers, mp, extra))
+        .env("WSFS_RUN_DIR", s.run_dir())
+        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run wsfs mount")
+}
+
 /// `wsfs mount` arguments: a `--config` file and/or `--store` flags, the workspace and layers,
 /// a 2 s request timeout unless `extra` sets one, `extra`, the mount point.
 fn mount_args(
