@@ -68,8 +68,8 @@ fn parse() -> Result<Args, String> {
 fn daemon(run_dir: &Path, mp: &Path) -> Option<wsfs::ops::process::ProcId> {
     let p = run_dir
         .join("mounts")
-        .join(format!("{}.json", wsfs::ops::runtime::mount_id(mp)));
-    let r: wsfs::ops::runtime::MountRecord =
+        .join(format!("{}.json", wsfs::ops::run_records::mount_id(mp)));
+    let r: wsfs::ops::run_records::MountRecord =
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
     Some(r.daemon()).filter(|d| d.alive())
 }

@@ -14,7 +14,7 @@
 //! path where an attach fails.
 
 use crate::error::WsfsError;
-use crate::ops::{mountinfo, overlay, runtime, unmount};
+use crate::ops::{mountinfo, overlay, run_records, unmount};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -51,11 +51,11 @@ pub struct AttachArgs {
 }
 
 fn records_dir() -> PathBuf {
-    runtime::run_dir().join("attach")
+    run_records::run_dir().join("attach")
 }
 
 fn record_path(at: &Path) -> PathBuf {
-    records_dir().join(format!("{}.json", runtime::mount_id(at)))
+    records_dir().join(format!("{}.json", run_records::mount_id(at)))
 }
 
 pub fn read_record(at: &Path) -> Option<AttachRecord> {
@@ -198,8 +198,8 @@ pub fn attach(args: AttachArgs) -> Result<(), WsfsError> {
         ));
     }
     let at = crate::mount::check_mountpoint(&args.at)?;
-    let id = runtime::mount_id(&at);
-    let ws_mount = runtime::run_dir()
+    let id = run_records::mount_id(&at);
+    let ws_mount = run_records::run_dir()
         .join("attach")
         .join(&id)
         .join("workspace");

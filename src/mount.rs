@@ -13,7 +13,7 @@
 
 use crate::error::WsfsError;
 use crate::ops::process::{self, ProcId};
-use crate::ops::{mountinfo, runtime, unmount};
+use crate::ops::{mountinfo, run_records, unmount};
 use crate::store::{Limits, StoreSpec};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -231,7 +231,7 @@ pub fn spawn_keeper(
     let abs = check_mountpoint(mountpoint)?;
     let exe = std::env::current_exe()
         .map_err(|e| WsfsError::Failed(format!("cannot find own executable: {e}")))?;
-    let log = runtime::log_path(&abs);
+    let log = run_records::log_path(&abs);
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d)
             .map_err(|e| WsfsError::Failed(format!("cannot create {}: {e}", d.display())))?;
@@ -249,7 +249,7 @@ pub fn spawn_keeper(
         // Keeper and daemons hold no directory the job may want to unmount (see
         // with_absolute_paths); their run directory is absolute too.
         .current_dir("/")
-        .env("WSFS_RUN_DIR", runtime::run_dir_absolute())
+        .env("WSFS_RUN_DIR", run_records::run_dir_absolute())
         .env(STORE_URLS_ENV, store_urls.join("\n"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -294,7 +294,7 @@ pub fn spawn_keeper(
     };
     let line = line.trim_end();
     if line == "READY" {
-        let daemon = runtime::read_record(&abs).map(|r| r.pid);
+        let daemon = run_records::read_record(&abs).map(|r| r.pid);
         eprintln!(
             "wsfs: mounted at {} (daemon pid {}, keeper pid {}, log {})",
             abs.display(),

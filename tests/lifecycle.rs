@@ -185,7 +185,7 @@ fn an_attached_workspace_survives_a_killed_daemon_under_every_prefetch_mode() {
         let ws_mount = s
             .run_dir()
             .join("attach")
-            .join(wsfs::ops::runtime::mount_id(&co))
+            .join(wsfs::ops::run_records::mount_id(&co))
             .join("workspace");
         let rec = read_record(&s.run_dir(), &ws_mount).expect("workspace mount record");
         assert_eq!(rec.attached_at.as_deref(), Some(co.as_path()));
@@ -289,7 +289,7 @@ fn a_read_in_flight_when_the_daemon_dies_is_answered_by_the_replacement() {
 fn wsfs_log(s: &Scratch, mp: &Path) -> PathBuf {
     s.run_dir()
         .join("logs")
-        .join(format!("{}.log", wsfs::ops::runtime::mount_id(mp)))
+        .join(format!("{}.log", wsfs::ops::run_records::mount_id(mp)))
 }
 
 #[test]
@@ -704,7 +704,7 @@ fn all_stale_scenario_in_a_private_namespace() {
     let ws_mount = s
         .run_dir()
         .join("attach")
-        .join(wsfs::ops::runtime::mount_id(&co))
+        .join(wsfs::ops::run_records::mount_id(&co))
         .join("workspace");
     // Kill keeper and daemon of `dead` and of the attach's workspace; stop `frozen`'s daemon.
     for mp in [&dead, &ws_mount] {

@@ -37,7 +37,7 @@
 use super::fuse_dev::{check_init, init_has_resend};
 use super::handover::{Channel, ConnState, Msg, DAEMON_FD};
 use crate::error::WsfsError;
-use crate::ops::{mountinfo, process, runtime};
+use crate::ops::{mountinfo, process, run_records};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::collections::VecDeque;
@@ -644,7 +644,7 @@ impl Keeper {
             tracing::warn!(pid = d.child.id(), "keeper exiting while its daemon runs");
         }
         self.conn = None;
-        let _ = std::fs::remove_dir_all(runtime::pins_dir(&self.args.mountpoint));
+        let _ = std::fs::remove_dir_all(run_records::pins_dir(&self.args.mountpoint));
     }
 }
 

@@ -6,7 +6,7 @@
 use super::handover::PinnedLayer;
 use crate::error::WsfsError;
 use crate::manifest::{Digest, Manifest};
-use crate::ops::runtime;
+use crate::ops::run_records;
 use crate::store::Chain;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::path::Path;
 /// needs no store to rebuild the tree. Best effort: without the copies a takeover fetches the
 /// pinned manifests by digest from the stores.
 pub(super) fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -> Vec<PinnedLayer> {
-    let dir = runtime::pins_dir(mountpoint);
+    let dir = run_records::pins_dir(mountpoint);
     // Private: the manifests list every path of a mount that only its owner may read.
     let made = std::fs::DirBuilder::new()
         .recursive(true)
@@ -49,7 +49,7 @@ pub(super) async fn load_pinned(
     mountpoint: &Path,
     pins: &[PinnedLayer],
 ) -> Result<Vec<Manifest>, WsfsError> {
-    let dir = runtime::pins_dir(mountpoint);
+    let dir = run_records::pins_dir(mountpoint);
     let mut out = Vec::with_capacity(pins.len());
     for p in pins {
         let digest = Digest::from_hex(&p.manifest).ok_or_else(|| {

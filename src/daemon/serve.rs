@@ -19,7 +19,7 @@ use crate::fs::{InodeTable, WsFs};
 use crate::layers;
 use crate::mount::{check_mountpoint, MountArgs};
 use crate::ops::process::{unix_now, ProcId};
-use crate::ops::runtime::{self, MountRecord};
+use crate::ops::run_records::{self, MountRecord};
 use crate::ops::status::{self, MountStatus, StatusSource};
 use crate::ops::{metrics_file, mountinfo};
 use crate::store::Chain;
@@ -399,7 +399,7 @@ fn start_serving(
             .map(|p| p.name.clone())
             .collect(),
         started: unix_now(),
-        socket: runtime::socket_path(&mp),
+        socket: run_records::socket_path(&mp),
         log: None,
         attached_at: args.attach_lower.clone(),
     };
@@ -429,8 +429,8 @@ fn start_serving(
             ..Default::default()
         },
     });
-    if let Err(e) =
-        status::serve(&record.socket, source.clone()).and_then(|_| runtime::write_record(&record))
+    if let Err(e) = status::serve(&record.socket, source.clone())
+        .and_then(|_| run_records::write_record(&record))
     {
         tracing::warn!(error = %e, "cannot write the runtime record; wsfs status will not see this mount's counters");
     }

@@ -8,7 +8,7 @@ use crate::error::WsfsError;
 use crate::fs::warmup::WARMUP_STOP_WAIT;
 use crate::fs::WsFs;
 use crate::mount::MountArgs;
-use crate::ops::{mountinfo, runtime, unmount};
+use crate::ops::{mountinfo, run_records, unmount};
 use crate::store::Chain;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,7 +131,7 @@ pub(super) fn wait(
         })
         .await
     });
-    runtime::remove_record(&mp);
+    run_records::remove_record(&mp);
     tracing::info!(mountpoint = %mp.display(), "the mount's session ended; daemon exiting");
     Ok(())
 }

@@ -13,7 +13,7 @@ pub mod mountinfo;
 pub mod overlay;
 pub mod probe;
 pub mod process;
-pub mod runtime;
+pub mod run_records;
 pub mod status;
 pub mod umount;
 pub mod unmount;

@@ -320,7 +320,7 @@ pub struct AttachStatus {
 /// record of this run directory, every attach, with what the kernel says of each connection.
 /// `MOUNTPOINT` may be a wsfs mount or an attached directory (then both layers are shown).
 pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::WsfsError> {
-    use super::{force_umount::is_wsfs_mount, mountinfo, overlay, probe, runtime};
+    use super::{force_umount::is_wsfs_mount, mountinfo, overlay, probe, run_records};
     use std::path::PathBuf;
     let want = match mountpoint {
         Some(p) => Some(
@@ -339,7 +339,7 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
         .filter(|e| is_wsfs_mount(e))
         .map(|e| e.mount_point.clone())
         .collect();
-    for r in runtime::all_records() {
+    for r in run_records::all_records() {
         points.push(r.mountpoint);
     }
     points.sort();
@@ -377,7 +377,7 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
     let mut mounts = Vec::new();
     for p in points {
         let entry = topmost(&p);
-        let rec = runtime::read_record(&p);
+        let rec = run_records::read_record(&p);
         let live = liveness(&p);
         let mut st = match &rec {
             Some(r) if r.daemon().alive() => query(&r.socket, Duration::from_secs(2))
@@ -440,7 +440,7 @@ pub fn print(mountpoint: Option<&Path>, json: bool) -> Result<(), crate::error::
             ),
             _ if rec.is_none() => Some(format!(
                 "no runtime record in {} (mounted with another WSFS_RUN_DIR or by another user): counters unavailable",
-                runtime::records_dir().display()
+                run_records::records_dir().display()
             )),
             _ if !daemon_alive && st.keeper_alive => {
                 Some("the daemon died; the keeper is starting a replacement".into())

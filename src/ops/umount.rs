@@ -10,7 +10,7 @@
 use super::force_umount;
 use super::mountinfo::{self, MountEntry};
 use super::probe::{self, Liveness};
-use super::runtime;
+use super::run_records;
 pub use super::wsfs_unmount::{force_remove, unmount_wsfs};
 use super::{overlay, unmount};
 use crate::error::WsfsError;
@@ -45,7 +45,7 @@ pub fn run(
     let entries = mountinfo::read_mounts()
         .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
     if if_mounted && mountinfo::find_by_mountpoint(&entries, &abs).is_none() {
-        runtime::remove_all(&abs);
+        run_records::remove_all(&abs);
         eprintln!(
             "wsfs: nothing is mounted at {}; nothing to do",
             abs.display()
@@ -59,7 +59,7 @@ pub fn run(
         return Err(WsfsError::Usage(format!(
             "{} is attached, but its attach record is not in {} (attached with another WSFS_RUN_DIR?): run wsfs umount with that WSFS_RUN_DIR",
             abs.display(),
-            runtime::run_dir().display()
+            run_records::run_dir().display()
         )));
     }
     unmount_wsfs(&abs, force, timeout)
@@ -114,11 +114,11 @@ fn sweep_stale(timeout: Duration) -> Result<(), WsfsError> {
     }
     // Records (of this run directory) whose mount is gone and whose processes are gone.
     let now = mountinfo::read_mounts().unwrap_or_default();
-    for rec in runtime::all_records() {
+    for rec in run_records::all_records() {
         let mounted = now.iter().any(|e| e.mount_point == rec.mountpoint);
         let running = rec.daemon().alive() || rec.keeper.is_some_and(|k| k.alive());
         if !mounted && !running {
-            runtime::remove_all(&rec.mountpoint);
+            run_records::remove_all(&rec.mountpoint);
             println!(
                 "{}: record of a mount that is gone removed",
                 rec.mountpoint.display()
@@ -171,6 +171,6 @@ fn remove_dead(
             .flatten()
             .map_err(|x| x.to_string())?;
     }
-    runtime::remove_all(&e.mount_point);
+    run_records::remove_all(&e.mount_point);
     Ok(())
 }

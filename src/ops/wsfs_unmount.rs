@@ -6,7 +6,7 @@ use super::force_umount::{self, force_unmount, ForceReport};
 use super::holders::find_holders;
 use super::mountinfo;
 use super::process::{self, ProcId};
-use super::runtime::{self, MountRecord};
+use super::run_records::{self, MountRecord};
 use super::unmount;
 use crate::error::WsfsError;
 use std::path::Path;
@@ -25,7 +25,7 @@ pub fn unmount_wsfs(abs: &Path, force: bool, timeout: Duration) -> Result<(), Ws
     let entries = mountinfo::read_mounts()
         .map_err(|e| WsfsError::Failed(format!("cannot read mountinfo: {e}")))?;
     let Some(entry) = mountinfo::find_by_mountpoint(&entries, abs).cloned() else {
-        runtime::remove_all(abs);
+        run_records::remove_all(abs);
         return Err(WsfsError::Failed(format!(
             "{} is not mounted",
             abs.display()
@@ -38,10 +38,10 @@ pub fn unmount_wsfs(abs: &Path, force: bool, timeout: Duration) -> Result<(), Ws
             entry.fs_type
         )));
     }
-    let rec = runtime::read_record(abs);
+    let rec = run_records::read_record(abs);
     if force {
         let rep = force_remove(abs, rec.as_ref(), timeout);
-        runtime::remove_all(abs);
+        run_records::remove_all(abs);
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         println!(
             "{}: clean unmount: {}, connection aborted: {}, detached: {}, daemon stopped: {} ({:.2}s){}",
@@ -135,7 +135,7 @@ pub fn unmount_wsfs(abs: &Path, force: bool, timeout: Duration) -> Result<(), Ws
             }
         }
     }
-    runtime::remove_all(abs);
+    run_records::remove_all(abs);
     Ok(())
 }
 

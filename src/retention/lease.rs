@@ -286,7 +286,7 @@ pub fn mount_lease_key(workspace: &str, mountpoint: &std::path::Path) -> String 
         &format!(
             "mount-{}-{}",
             host(),
-            crate::ops::runtime::mount_id(mountpoint)
+            crate::ops::run_records::mount_id(mountpoint)
         ),
     )
 }

@@ -113,7 +113,7 @@ pub struct Mounted {
 
 impl Mounted {
     /// The runtime record of this mount in the test's run dir.
-    pub fn record(&self) -> Option<wsfs::ops::runtime::MountRecord> {
+    pub fn record(&self) -> Option<wsfs::ops::run_records::MountRecord> {
         read_record(&self.run_dir, &self.mountpoint)
     }
 
@@ -129,10 +129,10 @@ impl Mounted {
 }
 
 /// The runtime record of the mount at `mp` in `run_dir`.
-pub fn read_record(run_dir: &Path, mp: &Path) -> Option<wsfs::ops::runtime::MountRecord> {
+pub fn read_record(run_dir: &Path, mp: &Path) -> Option<wsfs::ops::run_records::MountRecord> {
     let p = run_dir
         .join("mounts")
-        .join(format!("{}.json", wsfs::ops::runtime::mount_id(mp)));
+        .join(format!("{}.json", wsfs::ops::run_records::mount_id(mp)));
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 

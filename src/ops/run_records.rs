@@ -1,5 +1,5 @@
-//! Runtime records: one JSON file per live mount under the run directory (`/run/wsfs/mounts/` for
-//! root), written by the daemon when the mount is ready (again by each replacement daemon) and
+//! Run records (not a tokio runtime): one JSON file per live mount under the run directory
+//! (`/run/wsfs/mounts/` for root), written by the daemon when the mount is ready (again by each replacement daemon) and
 //! removed when the mount ends. `wsfs status` and `wsfs umount` find daemons (pid, keeper,
 //! control socket, log) through them. Records are a convenience, never the judge of whether a
 //! mount is alive: that is asked of the kernel (`probe.rs`), because records can be lost or
