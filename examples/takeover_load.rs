@@ -65,7 +65,7 @@ fn parse() -> Result<Args, String> {
 }
 
 /// The daemon pid recorded for the mount, and whether it is alive.
-fn daemon(run_dir: &Path, mp: &Path) -> Option<wsfs::ops::process::ProcId> {
+fn daemon(run_dir: &Path, mp: &Path) -> Option<wsfs::ops::linux::process::ProcId> {
     let p = run_dir
         .join("mounts")
         .join(format!("{}.json", wsfs::ops::run_records::mount_id(mp)));

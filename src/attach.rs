@@ -14,7 +14,10 @@
 //! path where an attach fails.
 
 use crate::error::WsfsError;
-use crate::ops::{mountinfo, overlay, run_records, unmount};
+use crate::ops::{
+    linux::{mountinfo, overlay, unmount},
+    run_records,
+};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -369,7 +372,7 @@ pub fn detach(rec: &AttachRecord, force: bool, timeout: Duration) -> Result<(), 
             Ok(()) => {}
             Err(e) if !force => {
                 let mut errs = Vec::new();
-                let h = crate::ops::holders::find_holders(
+                let h = crate::ops::linux::holders::find_holders(
                     &entry,
                     true,
                     Duration::from_secs(2),

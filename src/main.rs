@@ -106,7 +106,7 @@ fn check_mount_input(
         Provider::from_spec(spec, limits(store)).map_err(|e| WsfsError::Usage(e.to_string()))?;
     }
     if let Some(p) = metrics_file {
-        wsfs::ops::metrics_file::check_file(p)?;
+        wsfs::ops::service::metrics_file::check_file(p)?;
     }
     trust_keys(store)?;
     Ok(())
@@ -406,7 +406,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> Result<(), WsfsError> {
             }
             // Keeper and daemons refer to the mount point by its absolute path (records, the
             // mount table); relative paths resolve against the caller's directory, as given.
-            let mountpoint = wsfs::ops::mountinfo::absolute_lexical(&mountpoint)
+            let mountpoint = wsfs::ops::linux::mountinfo::absolute_lexical(&mountpoint)
                 .map(|(a, _)| a)
                 .ok_or_else(|| {
                     WsfsError::Usage(format!(

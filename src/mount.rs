@@ -12,8 +12,11 @@
 //! ```
 
 use crate::error::WsfsError;
-use crate::ops::process::{self, ProcId};
-use crate::ops::{mountinfo, run_records, unmount};
+use crate::ops::linux::process::{self, ProcId};
+use crate::ops::{
+    linux::{mountinfo, unmount},
+    run_records,
+};
 use crate::store::{Limits, StoreSpec};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};

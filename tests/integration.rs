@@ -13,7 +13,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wsfs::ops::process::ProcId;
+use wsfs::ops::linux::process::ProcId;
 
 /// A small tree persisted as workspace `ws` layer `build` on the file store `store`.
 fn persisted(s: &Scratch, ws: &str) -> PathBuf {
@@ -46,7 +46,7 @@ fn leases(store_dir: &Path, ws: &str) -> Vec<String> {
 
 /// The mount table entry's filesystem type at `mp` (never stats the path).
 fn fs_type(mp: &Path) -> Option<String> {
-    wsfs::ops::mountinfo::read_mounts()
+    wsfs::ops::linux::mountinfo::read_mounts()
         .ok()?
         .into_iter()
         .find(|e| e.mount_point == mp)

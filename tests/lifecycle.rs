@@ -894,7 +894,7 @@ fn as_another_user_the_default_mount_refuses_even_what_the_kernel_has_cached() {
             text(&o)
         );
     }
-    let entry = wsfs::ops::mountinfo::read_mounts()
+    let entry = wsfs::ops::linux::mountinfo::read_mounts()
         .unwrap()
         .into_iter()
         .find(|e| e.mount_point == mp)
@@ -968,7 +968,7 @@ fn unprivileged_mount_scenario_in_a_private_namespace() {
         mountpoint: mp.clone(),
         run_dir: run.clone(),
     };
-    let entry = wsfs::ops::mountinfo::read_mounts()
+    let entry = wsfs::ops::linux::mountinfo::read_mounts()
         .unwrap()
         .into_iter()
         .find(|e| e.mount_point == mp)

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use wsfs::fs::warmup::WarmupState;
-use wsfs::ops::status::MountStatus;
+use wsfs::ops::service::control::MountStatus;
 use wsfs::store::breaker::State as BreakerState;
 
 // ---------------------------------------------------------------------------------------------

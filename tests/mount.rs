@@ -71,7 +71,7 @@ fn mounted_tree_is_identical_to_its_source() {
         b"#!/bin/sh\necho hi\n"
     );
     // Mount options and names.
-    let entry = wsfs::ops::mountinfo::read_mounts()
+    let entry = wsfs::ops::linux::mountinfo::read_mounts()
         .unwrap()
         .into_iter()
         .find(|e| e.mount_point == mp)
@@ -90,7 +90,7 @@ fn mounted_tree_is_identical_to_its_source() {
     assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
     assert!(!is_mounted(&mp));
     assert!(
-        !wsfs::ops::process::pid_alive(pid),
+        !wsfs::ops::linux::process::pid_alive(pid),
         "daemon {pid} still running after umount"
     );
     let ours = s.dir.path().display().to_string();
@@ -469,7 +469,7 @@ fn prefetch_all_fills_the_cache_and_read_ahead_is_raised() {
     // Everything is local now: the store can vanish and every file still reads right.
     std::fs::remove_dir_all(s.path("s1/chunks")).unwrap();
     compare_trees(&src, &mp);
-    let entry = wsfs::ops::mountinfo::read_mounts()
+    let entry = wsfs::ops::linux::mountinfo::read_mounts()
         .unwrap()
         .into_iter()
         .find(|e| e.mount_point == mp)

@@ -115,10 +115,10 @@ fn force_umount_frees_a_frozen_daemon_with_a_blocked_reader() {
     }
     assert!(!is_mounted(&mp), "mount gone");
     let t = Instant::now();
-    while wsfs::ops::process::pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+    while wsfs::ops::linux::process::pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!wsfs::ops::process::pid_alive(pid), "no daemon left");
+    assert!(!wsfs::ops::linux::process::pid_alive(pid), "no daemon left");
 }
 
 #[test]

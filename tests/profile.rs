@@ -9,7 +9,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use wsfs::manifest::Digest;
-use wsfs::ops::status::{MountStatus, ProfileStatus};
+use wsfs::ops::service::control::{MountStatus, ProfileStatus};
 
 /// Five files of 200 KiB (one chunk each, below the CDC minimum) and some small ones.
 fn tree(s: &Scratch) -> PathBuf {

@@ -22,7 +22,7 @@ use std::process::Output;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wsfs::fs::warmup::WarmupState;
-use wsfs::ops::status::MountStatus;
+use wsfs::ops::service::control::MountStatus;
 
 // ---------------------------------------------------------------------------------------------
 // Environment, buckets, seeding

@@ -30,7 +30,7 @@ fn setuid_hardlinks_newlines_and_directory_mtimes() {
         std::fs::metadata(mp.join("suid")).unwrap().mode() & 0o7777,
         0o4755
     );
-    let entry = wsfs::ops::mountinfo::read_mounts()
+    let entry = wsfs::ops::linux::mountinfo::read_mounts()
         .unwrap()
         .into_iter()
         .find(|e| e.mount_point == mp)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use wsfs::fs::warmup::WarmupState;
-use wsfs::ops::status::MountStatus;
+use wsfs::ops::service::control::MountStatus;
 
 /// Mounts layer l1 of workspace ws from store s1 at `mp`.
 fn mount_s1(s: &Scratch, mp: &Path, flags: &[&str]) -> Mounted {
@@ -270,7 +270,7 @@ fn wsfs_umount_during_the_warm_up_is_not_refused_as_busy() {
         assert_ok(&o);
         assert!(!is_mounted(&mp), "still mounted after wsfs umount");
         assert!(
-            !wsfs::ops::process::pid_alive(pid),
+            !wsfs::ops::linux::process::pid_alive(pid),
             "daemon {pid} still running"
         );
         if running {
@@ -305,7 +305,7 @@ fn sigterm_during_the_warm_up_unmounts_cleanly() {
         // SAFETY: signalling the daemon this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         let t = Instant::now();
-        while wsfs::ops::process::pid_alive(pid) {
+        while wsfs::ops::linux::process::pid_alive(pid) {
             assert!(t.elapsed() < Duration::from_secs(15), "daemon did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -37,7 +37,10 @@
 use super::fuse_dev::{check_init, init_has_resend};
 use super::handover::{Channel, ConnState, Msg, DAEMON_FD};
 use crate::error::WsfsError;
-use crate::ops::{mountinfo, process, run_records};
+use crate::ops::{
+    linux::{mountinfo, process},
+    run_records,
+};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::collections::VecDeque;
@@ -632,8 +635,8 @@ impl Keeper {
                 && crate::ops::force_umount::is_wsfs_mount(e)
                 && (Some(e.mount_id) == held || !self.before.contains(&e.mount_id))
         }) {
-            let _ = crate::ops::unmount::abort_connection(e);
-            let r = crate::ops::unmount::detach(&e.mount_point);
+            let _ = crate::ops::linux::unmount::abort_connection(e);
+            let r = crate::ops::linux::unmount::detach(&e.mount_point);
             tracing::info!(mountpoint = %e.mount_point.display(), result = ?r, "removed the mount of a start-up that failed");
         }
     }

@@ -18,10 +18,11 @@ use crate::fs::fuse::FuseAdapter;
 use crate::fs::{InodeTable, WsFs};
 use crate::layers;
 use crate::mount::{check_mountpoint, MountArgs};
-use crate::ops::process::{unix_now, ProcId};
+use crate::ops::linux::mountinfo;
+use crate::ops::linux::process::{unix_now, ProcId};
 use crate::ops::run_records::{self, MountRecord};
-use crate::ops::status::{self, MountStatus, StatusSource};
-use crate::ops::{metrics_file, mountinfo};
+use crate::ops::service::control::{self, MountStatus, StatusSource};
+use crate::ops::service::metrics_file;
 use crate::store::Chain;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -152,7 +153,10 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
         Some(Ok(p)) => Some(p),
         None => None,
     };
-    let metrics_listener = match args.metrics_addr.map(crate::ops::metrics_http::bind) {
+    let metrics_listener = match args
+        .metrics_addr
+        .map(crate::ops::service::metrics_http::bind)
+    {
         Some(Err(e)) if first => return Err(e),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "metrics port unusable after takeover");
@@ -419,17 +423,16 @@ fn start_serving(
                 .map(|l| (l.name.clone(), l.signer.clone()))
                 .collect(),
             started: record.started,
-            profile: args
-                .profile
-                .as_ref()
-                .map(|name| crate::ops::status::ProfileStatus {
+            profile: args.profile.as_ref().map(|name| {
+                crate::ops::service::control::ProfileStatus {
                     name: name.clone(),
                     ..Default::default()
-                }),
+                }
+            }),
             ..Default::default()
         },
     });
-    if let Err(e) = status::serve(&record.socket, source.clone())
+    if let Err(e) = control::serve(&record.socket, source.clone())
         .and_then(|_| run_records::write_record(&record))
     {
         tracing::warn!(error = %e, "cannot write the runtime record; wsfs status will not see this mount's counters");
@@ -451,7 +454,9 @@ fn start_serving(
         None => None,
     };
     if let Some(l) = built.metrics_listener.take() {
-        if let Err(e) = crate::ops::metrics_http::serve(l, source.clone(), built.rt.handle()) {
+        if let Err(e) =
+            crate::ops::service::metrics_http::serve(l, source.clone(), built.rt.handle())
+        {
             tracing::warn!(error = %e, "cannot start the metrics server");
         }
     }

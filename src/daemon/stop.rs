@@ -8,7 +8,10 @@ use crate::error::WsfsError;
 use crate::fs::warmup::WARMUP_STOP_WAIT;
 use crate::fs::WsFs;
 use crate::mount::MountArgs;
-use crate::ops::{mountinfo, run_records, unmount};
+use crate::ops::{
+    linux::{mountinfo, unmount},
+    run_records,
+};
 use crate::store::Chain;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ const PROFILE_SAVE_WAIT: Duration = Duration::from_secs(5);
 /// What runs while the daemon serves.
 pub(super) struct Serving {
     pub(super) done: std::sync::mpsc::Receiver<std::io::Result<()>>,
-    pub(super) metrics: Option<crate::ops::metrics_file::FileExporter>,
+    pub(super) metrics: Option<crate::ops::service::metrics_file::FileExporter>,
     /// The mount's lease on its stores (gc keeps what it names), taken in the background so
     /// that a slow store does not delay readiness.
     pub(super) lease: tokio::task::JoinHandle<crate::retention::lease::Held>,
@@ -176,12 +179,16 @@ fn stop_requested(fs: &WsFs, mp: &Path, mount_id: u64) {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             let mut errs = Vec::new();
             let me = std::process::id() as i32;
-            let holders: Vec<String> =
-                crate::ops::holders::find_holders(entry, true, Duration::from_secs(2), &mut errs)
-                    .into_iter()
-                    .filter(|(p, _)| *p != me)
-                    .map(|(p, c)| format!("{p} ({c})"))
-                    .collect();
+            let holders: Vec<String> = crate::ops::linux::holders::find_holders(
+                entry,
+                true,
+                Duration::from_secs(2),
+                &mut errs,
+            )
+            .into_iter()
+            .filter(|(p, _)| *p != me)
+            .map(|(p, c)| format!("{p} ({c})"))
+            .collect();
             tracing::warn!(
                 mountpoint = %mp.display(),
                 holders = %holders.join(", "),

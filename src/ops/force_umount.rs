@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use super::bounded::{remaining, run_bounded, Bounded};
-use super::fusectl;
-use super::holders::{holder_scan, PER_PROCESS_WAIT};
-use super::mountinfo::{self, MountEntry};
-use super::unmount::umount2_bounded;
+use super::linux::bounded::{remaining, run_bounded, Bounded};
+use super::linux::fusectl;
+use super::linux::holders::{holder_scan, PER_PROCESS_WAIT};
+use super::linux::mountinfo::{self, MountEntry};
+use super::linux::unmount::umount2_bounded;
 
 /// Default overall budget of [`force_unmount`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -303,10 +303,10 @@ fn gone(entry: &MountEntry, errors: &mut Vec<String>) -> Option<bool> {
 // Daemon handling
 
 fn proc_state(pid: i32) -> Option<char> {
-    super::process::Stat::read(pid).map(|s| s.state)
+    super::linux::process::Stat::read(pid).map(|s| s.state)
 }
 
-use super::process::pid_alive;
+use super::linux::process::pid_alive;
 
 fn wait_dead(pid: i32, until: Instant) -> bool {
     loop {
@@ -321,7 +321,7 @@ fn wait_dead(pid: i32, until: Instant) -> bool {
 }
 
 fn signal(pid: i32, sig: libc::c_int, r: &mut ForceReport) {
-    if let Err(e) = super::process::send_signal(pid, sig) {
+    if let Err(e) = super::linux::process::send_signal(pid, sig) {
         if e.raw_os_error() != Some(libc::ESRCH) {
             r.errors.push(format!("kill({pid}, {sig}): {e}"));
         }

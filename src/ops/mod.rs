@@ -1,20 +1,14 @@
-//! Operations: the mount table (read from /proc/self/mountinfo, never by stat-ing a mount that may
-//! hang), fusectl, forced unmount of hung or dead mounts, runtime records of live daemons, status,
-//! Prometheus metrics.
+//! Operations on mounts, by what they are:
+//! * `linux/` — the plumbing: mount table, fusectl, `umount2`, processes, the /proc holder scan;
+//! * `service/` — what a daemon serves besides the filesystem: its control socket and metrics;
+//! * the commands and what they share: `status` (`wsfs status`), `umount` (`wsfs umount`),
+//!   `wsfs_unmount` (unmounting one wsfs mount, clean or forced), `force_umount` (the
+//!   escalation for hung and dead mounts), `run_records` (the records of live mounts).
 
-pub mod bounded;
 pub mod force_umount;
-pub mod fusectl;
-pub mod holders;
-pub mod metrics;
-pub mod metrics_file;
-pub mod metrics_http;
-pub mod mountinfo;
-pub mod overlay;
-pub mod probe;
-pub mod process;
+pub mod linux;
 pub mod run_records;
+pub mod service;
 pub mod status;
 pub mod umount;
-pub mod unmount;
 pub mod wsfs_unmount;

@@ -5,7 +5,7 @@
 //! mount is alive: that is asked of the kernel (`probe.rs`), because records can be lost or
 //! belong to another run directory.
 
-use super::process::ProcId;
+use super::linux::process::ProcId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -51,7 +51,7 @@ impl MountRecord {
 /// directory), for processes that run elsewhere.
 pub fn run_dir_absolute() -> PathBuf {
     let d = run_dir();
-    super::mountinfo::absolute_lexical(&d)
+    super::linux::mountinfo::absolute_lexical(&d)
         .map(|(a, _)| a)
         .unwrap_or(d)
 }

@@ -8,11 +8,11 @@
 //! frozen ones for `--force`.
 
 use super::force_umount;
-use super::mountinfo::{self, MountEntry};
-use super::probe::{self, Liveness};
+use super::linux::mountinfo::{self, MountEntry};
+use super::linux::probe::{self, Liveness};
+use super::linux::{overlay, unmount};
 use super::run_records;
 pub use super::wsfs_unmount::{force_remove, unmount_wsfs};
-use super::{overlay, unmount};
 use crate::error::WsfsError;
 use std::path::Path;
 use std::time::{Duration, Instant};

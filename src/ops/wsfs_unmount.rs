@@ -3,11 +3,11 @@
 //! which unmounts the workspace under its overlay — so it lives below both.
 
 use super::force_umount::{self, force_unmount, ForceReport};
-use super::holders::find_holders;
-use super::mountinfo;
-use super::process::{self, ProcId};
+use super::linux::holders::find_holders;
+use super::linux::mountinfo;
+use super::linux::process::{self, ProcId};
+use super::linux::unmount;
 use super::run_records::{self, MountRecord};
-use super::unmount;
 use crate::error::WsfsError;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ pub fn unmount_wsfs(abs: &Path, force: bool, timeout: Duration) -> Result<(), Ws
     // open for moments at a time; ask it to stop first so the unmount is not refused as busy.
     // An old or unresponsive daemon simply does not answer.
     if let Some(r) = &rec {
-        if let Err(e) = super::status::quiesce(&r.socket, Duration::from_secs(4)) {
+        if let Err(e) = super::service::control::quiesce(&r.socket, Duration::from_secs(4)) {
             tracing::debug!(error = %e, "daemon did not confirm quiesce");
         }
     }

@@ -486,7 +486,7 @@ async fn chunk_and_upload(
         opts.workspace.clone(),
         opts.layer.clone(),
         opts.parents.clone(),
-        crate::ops::process::unix_now(),
+        crate::ops::linux::process::unix_now(),
     );
     Ok(Chunked {
         manifest: Arc::new(manifest),

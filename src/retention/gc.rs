@@ -145,7 +145,7 @@ async fn gc_store(p: &Arc<Provider>, chain: &Chain, opts: &GcOptions) -> StoreGc
 /// Writes the gc lock, unless another live gc holds it; checks afterwards that no other gc
 /// wrote it at the same moment.
 async fn take_lock(p: &Arc<Provider>) -> Result<Held, String> {
-    let now = crate::ops::process::unix_now();
+    let now = crate::ops::linux::process::unix_now();
     let me = holder();
     match lease::read(p, keys::GC_LOCK).await {
         Ok(Some(l)) if l.live(now) && l.holder != me => {
@@ -193,7 +193,7 @@ async fn collect(
     r: &mut StoreGc,
 ) -> Result<(), Stop> {
     let inv = drain(p, opts, r).await?;
-    let now = crate::ops::process::unix_now();
+    let now = crate::ops::linux::process::unix_now();
     let leased = live_leases(&inv, now);
     r.workspaces_leased = leased
         .iter()
@@ -252,7 +252,7 @@ async fn collect(
             .await
             .map_err(|o| ("failed", format!("cannot list leases again: {o}")))?;
         let mut more: BTreeSet<Digest> = BTreeSet::new();
-        for (ws, ls) in live_leases(&late, crate::ops::process::unix_now()) {
+        for (ws, ls) in live_leases(&late, crate::ops::linux::process::unix_now()) {
             for l in ls.iter().filter(|l| l.kind == LeaseKind::Mount) {
                 more.extend(l.manifests.iter().filter_map(|h| Digest::from_hex(h)));
                 if !r.workspaces_leased.contains(&ws) {
@@ -370,7 +370,7 @@ async fn drain(p: &Arc<Provider>, opts: &GcOptions, r: &mut StoreGc) -> Result<I
         let inv = inventory(p, None)
             .await
             .map_err(|o| ("failed", format!("cannot list workspaces: {o}")))?;
-        let now = crate::ops::process::unix_now();
+        let now = crate::ops::linux::process::unix_now();
         let persists: Vec<String> = inv
             .leases
             .iter()

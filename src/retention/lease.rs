@@ -56,7 +56,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(kind: LeaseKind, holder: String, manifests: Vec<String>) -> Lease {
-        let now = crate::ops::process::unix_now();
+        let now = crate::ops::linux::process::unix_now();
         Lease {
             kind,
             holder,
@@ -168,7 +168,8 @@ impl Held {
             loop {
                 tokio::time::sleep(LEASE_RENEW).await;
                 if let Ok(mut s) = st.lock() {
-                    s.lease.expires = crate::ops::process::unix_now() + LEASE_TTL.as_secs() as i64;
+                    s.lease.expires =
+                        crate::ops::linux::process::unix_now() + LEASE_TTL.as_secs() as i64;
                 }
                 write_all(&ps, &k, &st).await;
             }
@@ -184,7 +185,7 @@ impl Held {
     /// Whether provider `i` holds the lease now and has held it without a gap since it was
     /// acquired.
     pub fn holds_on(&self, i: usize) -> bool {
-        let now = crate::ops::process::unix_now();
+        let now = crate::ops::linux::process::unix_now();
         self.state.lock().is_ok_and(|s| {
             !s.lapsed.get(i).copied().unwrap_or(true)
                 && s.held_until
@@ -259,7 +260,7 @@ async fn write_all(providers: &[Arc<Provider>], key: &str, state: &Mutex<HeldSta
     let bytes = lease.to_bytes();
     let puts = providers.iter().map(|p| p.put(key, bytes.clone()));
     let results = futures::future::join_all(puts).await;
-    let now = crate::ops::process::unix_now();
+    let now = crate::ops::linux::process::unix_now();
     if let Ok(mut s) = state.lock() {
         for (i, r) in results.into_iter().enumerate() {
             match r {
@@ -360,7 +361,7 @@ pub async fn persist_gate(
             ),
         )
         .await;
-        let now = crate::ops::process::unix_now();
+        let now = crate::ops::linux::process::unix_now();
         let checks = providers.iter().map(|p| read(p, keys::GC_LOCK));
         let mut blocked = Vec::new();
         for (i, r) in futures::future::join_all(checks)

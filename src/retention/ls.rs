@@ -82,7 +82,7 @@ pub async fn list(
     if let Some(ws) = workspace {
         crate::manifest::names::validate_name("workspace", ws).map_err(WsfsError::Usage)?;
     }
-    let now = crate::ops::process::unix_now();
+    let now = crate::ops::linux::process::unix_now();
     let mut invs: Vec<(Arc<Provider>, Inventory)> = Vec::new();
     let mut unreachable = Vec::new();
     for p in providers {
@@ -232,7 +232,7 @@ fn human(bytes: u64) -> String {
 
 /// The listing as a table (one line per layer, leases under their workspace).
 pub fn render(l: &Listing) -> String {
-    let now = crate::ops::process::unix_now();
+    let now = crate::ops::linux::process::unix_now();
     let mut out = String::new();
     out.push_str(&format!(
         "{:<20} {:<20} {:>6} {:>8} {:>11} {:>11} {:>7}  {:<22} STORES\n",

@@ -186,12 +186,12 @@ impl Drop for Attached {
 
 /// The `wsfs status --json` entry of the mount at `mp` (asserts the command succeeded).
 /// This mount's entry of `wsfs status MP --json`, as the type the daemon serializes.
-pub fn mount_status(s: &Scratch, mp: &Path) -> wsfs::ops::status::MountStatus {
+pub fn mount_status(s: &Scratch, mp: &Path) -> wsfs::ops::service::control::MountStatus {
     let o = s.wsfs(&["status", &mp.display().to_string(), "--json"]);
     assert_ok(&o);
     #[derive(serde::Deserialize)]
     struct All {
-        mounts: Vec<wsfs::ops::status::MountStatus>,
+        mounts: Vec<wsfs::ops::service::control::MountStatus>,
     }
     let all: All = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("status json: {e}: {}", text(&o)));
@@ -204,13 +204,13 @@ pub fn mount_status(s: &Scratch, mp: &Path) -> wsfs::ops::status::MountStatus {
 
 /// Reads the mount table (never stats the path).
 pub fn is_mounted(p: &Path) -> bool {
-    wsfs::ops::mountinfo::read_mounts()
+    wsfs::ops::linux::mountinfo::read_mounts()
         .map(|m| m.iter().any(|e| e.mount_point == p))
         .unwrap_or(false)
 }
 
 pub fn mount_table() -> Vec<String> {
-    wsfs::ops::mountinfo::read_mounts()
+    wsfs::ops::linux::mountinfo::read_mounts()
         .map(|m| {
             m.iter()
                 .map(|e| e.mount_point.display().to_string())

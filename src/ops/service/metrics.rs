@@ -9,7 +9,7 @@
 //! Every sample carries `mountpoint` and `workspace` labels. Provider labels are
 //! [`Provider::name`](crate::store::Provider), which never holds credentials or query strings.
 
-use super::status::{MountStatus, StatusSource};
+use super::control::{MountStatus, StatusSource};
 use crate::store::stats::HistogramSnapshot;
 use std::fmt::Write as _;
 
@@ -315,7 +315,7 @@ pub fn render_source(source: &StatusSource, up: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::status::{CacheStatus, StoreStatus};
+    use crate::ops::service::control::{CacheStatus, StoreStatus};
 
     fn status() -> MountStatus {
         MountStatus {

@@ -5,8 +5,8 @@
 //! (another method). The body is rendered from a fresh snapshot per request
 //! ([`super::metrics::render_source`]).
 
+use super::control::StatusSource;
 use super::metrics::{render_source, CONTENT_TYPE};
-use super::status::StatusSource;
 use crate::error::WsfsError;
 use bytes::Bytes;
 use http_body_util::Full;

@@ -2,8 +2,8 @@
 //! directory, then a rename) every [`FILE_INTERVAL`] and once at exit, for node_exporter's
 //! textfile collector, which reads only `*.prom` files and ignores hidden ones.
 
+use super::control::StatusSource;
 use super::metrics::render_source;
-use super::status::StatusSource;
 use crate::error::WsfsError;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
