@@ -483,10 +483,8 @@ fn patterns_that_match_nothing_are_refused_unless_allowed() {
 /// src/test_hooks.rs), and returns once it is there.
 fn held_at(s: &Scratch, args: &[String], point: &str, hold: &Path) -> std::process::Child {
     std::fs::write(hold, b"").unwrap();
-    let child = Command::new(WSFS)
-        .args(args)
-        .env("WSFS_RUN_DIR", s.run_dir())
-        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
+    let child = s
+        .command(args)
         .env("WSFS_TEST_PAUSE", format!("{point}:{}", hold.display()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

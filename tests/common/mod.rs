@@ -55,12 +55,16 @@ impl Scratch {
 
     /// Runs `wsfs` with this scratch's run dir.
     pub fn wsfs<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
-        Command::new(WSFS)
-            .args(args)
+        self.command(args).output().expect("run wsfs")
+    }
+
+    /// `wsfs ARGS` with this scratch's run and persist-index directories, to add to and run.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut c = Command::new(WSFS);
+        c.args(args)
             .env("WSFS_RUN_DIR", self.run_dir())
-            .env("WSFS_PERSIST_INDEX_DIR", self.index_dir())
-            .output()
-            .expect("run wsfs")
+            .env("WSFS_PERSIST_INDEX_DIR", self.index_dir());
+        c
     }
 
     /// The persist index directory of this scratch's persists (never the machine's).
@@ -262,10 +266,7 @@ pub fn mount_with_env(
     extra: &[&str],
     env: &[(&str, String)],
 ) -> Output {
-    Command::new(WSFS)
-        .args(mount_args(None, stores, "ws", layers, mp, extra))
-        .env("WSFS_RUN_DIR", s.run_dir())
-        .env("WSFS_PERSIST_INDEX_DIR", s.index_dir())
+    s.command(&mount_args(None, stores, "ws", layers, mp, extra))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("run wsfs mount")
