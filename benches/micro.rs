@@ -253,7 +253,7 @@ fn inode_table(c: &mut Criterion) {
         bench.iter(|| {
             let mut found = 0u64;
             for (parent, name) in &keys {
-                found += table.lookup(*parent, black_box(name)).unwrap();
+                found += table.lookup(*parent, black_box(name)).unwrap().unwrap();
             }
             found
         })

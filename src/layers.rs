@@ -7,7 +7,8 @@
 //! wrote the same thing (same kind, mode and content). Directories merge.
 
 use crate::error::WsfsError;
-use crate::manifest::{ChunkInfo, Digest, Entry, EntryKind, Manifest, RootMeta};
+use crate::fs::InodeTable;
+use crate::manifest::{ChunkInfo, Digest, Entry, EntryKind, Manifest, Opened, RootMeta};
 use crate::store::{Chain, ResolvedLayer};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -58,14 +59,14 @@ pub async fn resolve_closure(
         let layer = chain.resolve_layer(workspace, &name).await?;
         need(&name, layer.digest, &by)?;
         if layer.ancestors.is_empty() {
-            if !layer.manifest.parents.is_empty() {
+            if !layer.manifest.head.parents.is_empty() {
                 tracing::warn!(
                     layer = %name,
-                    parents = ?layer.manifest.parents,
+                    parents = ?layer.manifest.head.parents,
                     "the ref of this layer pins no parent versions (persisted by an older wsfs): its parents are resolved by name, as they are now"
                 );
             }
-            for p in &layer.manifest.parents {
+            for p in &layer.manifest.head.parents {
                 by_name.push((p.clone(), format!("parent of {name}, by name")));
             }
         } else {
@@ -92,17 +93,17 @@ pub async fn resolve_closure(
             WsfsError::from_missed(&m)
         })?;
         let (manifest, bytes) = m.value;
-        if manifest.workspace != workspace || manifest.layer != *name {
+        if manifest.head.workspace != workspace || manifest.head.layer != *name {
             return Err(WsfsError::Integrity(format!(
                 "the manifest {by} as {name:?} is layer {:?} of workspace {:?}",
-                manifest.layer, manifest.workspace
+                manifest.head.layer, manifest.head.workspace
             )));
         }
         found.insert(
             name.clone(),
             ResolvedLayer {
                 digest: *digest,
-                created: manifest.created,
+                created: manifest.head.created,
                 manifest,
                 bytes,
                 ancestors: BTreeMap::new(),
@@ -112,7 +113,7 @@ pub async fn resolve_closure(
     }
     // Every parent a pinned manifest names must be in the closure (pins are whole closures).
     for (name, l) in &found {
-        for p in &l.manifest.parents {
+        for p in &l.manifest.head.parents {
             if !found.contains_key(p) {
                 return Err(WsfsError::Integrity(format!(
                     "layer {name:?} names parent {p:?}, which no ref pins: the pins are incomplete"
@@ -143,7 +144,7 @@ pub async fn pins_for(
         })?;
     Ok(closure
         .into_iter()
-        .map(|l| (l.manifest.layer.clone(), l.digest))
+        .map(|l| (l.manifest.head.layer.clone(), l.digest))
         .collect())
 }
 
@@ -157,13 +158,18 @@ pub fn topo_order(
         .map(|(n, l)| {
             (
                 n.clone(),
-                l.manifest.parents.iter().collect::<BTreeSet<_>>().len(),
+                l.manifest
+                    .head
+                    .parents
+                    .iter()
+                    .collect::<BTreeSet<_>>()
+                    .len(),
             )
         })
         .collect();
     let mut children: HashMap<String, Vec<String>> = HashMap::new();
     for (n, l) in &layers {
-        for p in l.manifest.parents.iter().collect::<BTreeSet<_>>() {
+        for p in l.manifest.head.parents.iter().collect::<BTreeSet<_>>() {
             children.entry(p.clone()).or_default().push(n.clone());
         }
     }
@@ -212,6 +218,27 @@ fn same_content(a: &Entry, b: &Entry) -> bool {
             EntryKind::Symlink => a.target == b.target,
             EntryKind::File => a.size == b.size && a.content == b.content,
         }
+}
+
+/// The tree a mount of these layers (ancestors first) serves. One version-2 layer is served
+/// from its own index in place; a version-1 layer is built into one; several layers are
+/// decoded whole, merged ([`merge`]) and built.
+pub fn tree_of(mut layers: Vec<Opened>) -> Result<InodeTable, WsfsError> {
+    if layers.len() == 1 {
+        if let Some(l) = layers.pop() {
+            return Ok(l.into_tree()?);
+        }
+    }
+    let manifests = layers
+        .into_iter()
+        .map(Opened::into_manifest)
+        .collect::<Result<Vec<Manifest>, _>>()?;
+    let merged = merge(manifests)?;
+    Ok(InodeTable::build(
+        &merged.entries,
+        merged.chunks,
+        merged.root,
+    )?)
 }
 
 /// Merges layers given ancestors-first. Conflicts list every path and the two layers.

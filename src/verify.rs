@@ -314,7 +314,7 @@ pub async fn repair(providers: &[Arc<Provider>], ws: &str, reports: &[StoreRepor
             };
             let (mut fixed, mut failed) = (0, 0);
             for d in missing {
-                let Some(info) = m.chunks.iter().find(|c| c.hash == *d) else {
+                let Some(info) = m.chunks().iter().find(|c| c.hash == *d) else {
                     continue;
                 };
                 let good = match chain.fetch_chunk(info).await {

@@ -925,7 +925,7 @@ async fn resolve_layer_finds_ref_and_manifest_on_the_secondary() {
         .await;
     let r = chain.resolve_layer("ws1", "build").await.unwrap();
     assert_eq!(r.digest, d);
-    assert_eq!(r.manifest, m);
+    assert_eq!(r.manifest.into_manifest().unwrap(), m);
     assert_eq!(r.created, 1234);
     assert_eq!(
         chain.stats.failovers.load(Relaxed),
@@ -956,7 +956,7 @@ async fn an_empty_ref_is_short_not_corrupt_and_a_later_provider_serves_it() {
         )
         .await;
     let r = chain.resolve_layer("ws1", "build").await.unwrap();
-    assert_eq!(r.manifest, m);
+    assert_eq!(r.manifest.into_manifest().unwrap(), m);
     assert_eq!(r.created, 7);
 }
 
@@ -972,7 +972,7 @@ async fn resolve_layer_follows_a_ref_to_a_manifest_on_another_provider() {
         .await;
     nodes[2].put(&keys::manifest(&d), &bytes).await;
     let r = chain.resolve_layer("ws1", "test").await.unwrap();
-    assert_eq!(r.manifest, m);
+    assert_eq!(r.manifest.into_manifest().unwrap(), m);
 }
 
 #[tokio::test]

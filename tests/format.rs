@@ -5,10 +5,11 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use wsfs::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
+use wsfs::manifest::tree::Tree;
 use wsfs::manifest::validate::{check_path, validate, MAX_CHUNK_RAW};
 use wsfs::manifest::{
-    decode, encode, ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, ManifestError, RootMeta,
-    FORMAT_VERSION,
+    decode, encode, encode_v1, open, ChunkInfo, Digest, Entry, EntryKind, Extent, Head, Manifest,
+    ManifestError, RootMeta, FORMAT_VERSION, FORMAT_VERSION_V1,
 };
 use wsfs::store::VerifiedChunk;
 
@@ -16,8 +17,9 @@ use wsfs::store::VerifiedChunk;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The wire format, written by hand without validation, so tests can hand `decode` manifests
-/// that `encode` would refuse to produce. Checked against `encode` in `unchecked_encoder_matches_encode`.
+/// The version-1 wire format, written by hand without validation, so tests can hand `decode`
+/// manifests that `encode_v1` would refuse to produce. Checked against `encode_v1` in
+/// `unchecked_encoders_match_encode`.
 fn encode_unchecked(m: &Manifest) -> Vec<u8> {
     let body = bincode::serde::encode_to_vec(m, bincode::config::standard()).unwrap();
     wrap_body(&body)
@@ -25,9 +27,68 @@ fn encode_unchecked(m: &Manifest) -> Vec<u8> {
 
 fn wrap_body(body: &[u8]) -> Vec<u8> {
     let mut out = b"WSFSMANI".to_vec();
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&FORMAT_VERSION_V1.to_le_bytes());
     out.extend_from_slice(&zstd::bulk::compress(body, 3).unwrap());
     out
+}
+
+/// The version-2 wire format, written by hand without validation (the tree builder still
+/// refuses what it cannot lay out: `None`). Checked against `encode` in
+/// `unchecked_encoders_match_encode`.
+fn encode_v2_unchecked(m: &Manifest) -> Option<Vec<u8>> {
+    let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).ok()?;
+    let head = Head {
+        workspace: m.workspace.clone(),
+        layer: m.layer.clone(),
+        parents: m.parents.clone(),
+        created: m.created,
+        root: m.root,
+    };
+    let head = bincode::serde::encode_to_vec(&head, bincode::config::standard()).unwrap();
+    let mut digests = vec![0u8; 32];
+    for e in &m.entries {
+        digests.extend_from_slice(&e.content.0);
+    }
+    let mut out = b"WSFSMANI".to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    for raw in [tree.as_bytes(), &digests[..]] {
+        let z = zstd::bulk::compress(raw, 3).unwrap();
+        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+        out.extend_from_slice(&z);
+    }
+    Some(out)
+}
+
+/// Every way a mount reads an opened tree: each inode, its parts, its children and lookups of
+/// their names. For the never-panic tests: a damaged tree may answer errors, never panic.
+fn exercise(t: &Tree) -> usize {
+    let mut seen = 0;
+    for ino in 0..t.len() as u64 + 2 {
+        if let Ok(Some(n)) = t.node(ino) {
+            seen += 1;
+            let _ = (
+                n.target(),
+                n.extents(),
+                n.ext_starts(),
+                n.content(),
+                n.path(),
+            );
+            for x in n.extents() {
+                let _ = t.chunk(x.chunk).map(|c| t.next_chunk(x.chunk).map(|_| c));
+            }
+            for c in n.children() {
+                if let Ok(child) = t.child(ino, u64::from(*c)) {
+                    let _ = t.lookup(ino, child.name());
+                }
+            }
+            let _ = t.lookup(ino, b"x");
+        }
+    }
+    let _ = t.chunks_in_path_order();
+    seen
 }
 
 fn dir(path: &str) -> Entry {
@@ -127,7 +188,16 @@ fn assert_invalid(m: &Manifest, needle: &str) {
     };
     check("validate", validate(m));
     check("encode", encode(m).map(|_| ()));
-    check("decode", decode(&encode_unchecked(m)).map(|_| ()));
+    check("encode_v1", encode_v1(m).map(|_| ()));
+    check("decode v1", decode(&encode_unchecked(m)).map(|_| ()));
+    // Version 2 refuses it too: as invalid, or — where the tree index notices first, as a
+    // mount reading it in place would — as corrupt.
+    if let Some(v2) = encode_v2_unchecked(m) {
+        match decode(&v2) {
+            Err(ManifestError::Invalid(_) | ManifestError::Corrupt(_)) => {}
+            other => panic!("decode v2: expected a refusal ({needle:?}), got {other:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,6 +376,29 @@ proptest! {
         let bytes = encode(&m).unwrap();
         let back = decode(&bytes).unwrap();
         prop_assert_eq!(&back, &m);
+        // Version 1 still decodes to the same manifest, and both open to the same tree.
+        let v1 = encode_v1(&m).unwrap();
+        prop_assert_eq!(&decode(&v1).unwrap(), &m);
+        let t2 = open(bytes.clone().into()).unwrap();
+        prop_assert!(t2.in_place());
+        let t2 = t2.into_tree().unwrap();
+        let t1 = open(v1.into()).unwrap();
+        prop_assert!(!t1.in_place());
+        let t1 = t1.into_tree().unwrap();
+        prop_assert_eq!(t1.as_bytes(), t2.as_bytes());
+        // Every entry is reachable by lookups from the root and reads back as it was given.
+        for e in &m.entries {
+            let mut ino = 1;
+            for name in e.path.split(|b| *b == b'/') {
+                ino = t2.lookup(ino, name).unwrap().unwrap();
+            }
+            let n = t2.node(ino).unwrap().unwrap();
+            prop_assert_eq!(n.path(), e.path.clone());
+            prop_assert_eq!((n.kind(), n.mode(), n.size(), n.mtime()), (e.kind, e.mode, e.size, (e.mtime_sec, e.mtime_nsec)));
+            prop_assert_eq!(n.extents(), &e.extents[..]);
+            prop_assert_eq!(n.target(), &e.target[..]);
+        }
+        prop_assert_eq!(exercise(&t2), m.entries.len() + 1);
         // Deterministic: the same manifest always encodes to the same bytes (and so the same
         // content address), also after a round trip.
         prop_assert_eq!(encode(&m).unwrap(), bytes.clone());
@@ -318,29 +411,92 @@ proptest! {
         flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
         cut in any::<prop::sample::Index>(),
     ) {
-        let bytes = encode(&m).unwrap();
-        let mut mutated = bytes.clone();
+        for bytes in [encode(&m).unwrap(), encode_v1(&m).unwrap()] {
+            let mut mutated = bytes.clone();
+            for (i, x) in &flips {
+                let i = i.index(mutated.len());
+                mutated[i] ^= x;
+            }
+            // Either rejected or a manifest that passes validation: never a panic.
+            if let Ok(d) = decode(&mutated) {
+                prop_assert!(validate(&d).is_ok());
+            }
+            // Opened for a mount: rejected, or a tree whose every read answers.
+            if let Ok(o) = open(mutated.clone().into()) {
+                if let Ok(t) = o.into_tree() {
+                    exercise(&t);
+                }
+            }
+            let cut = cut.index(bytes.len());
+            if let Ok(d) = decode(&bytes[..cut]) {
+                prop_assert!(validate(&d).is_ok());
+            }
+        }
+    }
+
+    /// A mount opens a version-2 manifest without checking every entry: a damaged tree index
+    /// (the bytes a hostile store could serve, compressed as they would be) must answer every
+    /// read with a value or an error, never a panic or an out-of-bounds read.
+    #[test]
+    fn damaged_tree_indexes_never_panic(
+        m in manifest_strategy(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+    ) {
+        let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).unwrap();
+        let mut raw = tree.as_bytes().to_vec();
         for (i, x) in &flips {
-            let i = i.index(mutated.len());
-            mutated[i] ^= x;
+            let i = i.index(raw.len());
+            raw[i] = *x;
         }
-        // Either rejected or a manifest that passes validation: never a panic.
-        if let Ok(d) = decode(&mutated) {
-            prop_assert!(validate(&d).is_ok());
+        let mut buf = vec![0u64; raw.len().div_ceil(8)];
+        for (i, b) in raw.iter().enumerate() {
+            buf[i / 8] |= u64::from(*b) << (8 * (i % 8));
         }
-        let cut = cut.index(bytes.len());
-        if let Ok(d) = decode(&bytes[..cut]) {
-            prop_assert!(validate(&d).is_ok());
+        if let Ok(t) = Tree::open(buf, raw.len()) {
+            exercise(&t);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_open_to_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = decode(&bytes);
+        let mut framed = b"WSFSMANI".to_vec();
+        framed.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        framed.extend_from_slice(&bytes);
+        if let Ok(o) = open(framed.into()) {
+            if let Ok(t) = o.into_tree() {
+                exercise(&t);
+            }
+        }
+        let mut buf = vec![0u64; bytes.len().div_ceil(8)];
+        for (i, b) in bytes.iter().enumerate() {
+            buf[i / 8] |= u64::from(*b) << (8 * (i % 8));
+        }
+        if let Ok(t) = Tree::open(buf, bytes.len()) {
+            exercise(&t);
         }
     }
 }
 
 #[test]
-fn unchecked_encoder_matches_encode() {
-    // The hand-made encoder used by the rejection tests writes the real format.
+fn unchecked_encoders_match_encode() {
+    // The hand-made encoders used by the rejection tests write the real formats.
     let m = base();
-    assert_eq!(encode_unchecked(&m), encode(&m).unwrap());
+    assert_eq!(encode_unchecked(&m), encode_v1(&m).unwrap());
     assert_eq!(decode(&encode_unchecked(&m)).unwrap(), m);
+    assert_eq!(encode_v2_unchecked(&m).unwrap(), encode(&m).unwrap());
+    assert_eq!(decode(&encode_v2_unchecked(&m).unwrap()).unwrap(), m);
+}
+
+#[test]
+fn version_2_is_written_and_version_1_still_read() {
+    let m = base();
+    let v2 = encode(&m).unwrap();
+    assert_eq!(v2[8..12], FORMAT_VERSION.to_le_bytes());
+    assert_eq!(FORMAT_VERSION, 2);
+    let v1 = encode_v1(&m).unwrap();
+    assert_eq!(v1[8..12], 1u32.to_le_bytes());
+    assert_eq!(decode(&v1).unwrap(), decode(&v2).unwrap());
 }
 
 #[test]
@@ -414,7 +570,7 @@ fn rejects_bad_magic() {
 #[test]
 fn rejects_unknown_version() {
     let good = encode(&base()).unwrap();
-    for v in [0u32, 2, FORMAT_VERSION + 1, u32::MAX] {
+    for v in [0u32, 3, FORMAT_VERSION + 1, u32::MAX] {
         let mut b = good.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
         let err = decode(&b).unwrap_err();
@@ -433,8 +589,41 @@ fn rejects_unknown_version() {
 }
 
 #[test]
-fn rejects_corrupt_body() {
+fn rejects_corrupt_v2_parts() {
     let good = encode(&base()).unwrap();
+    // Truncated anywhere after the header: corrupt, never a panic.
+    for cut in 12..good.len() {
+        let err = decode(&good[..cut]).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::Corrupt(_)),
+            "cut at {cut}: {err:?}"
+        );
+        assert!(open(good[..cut].to_vec().into()).is_err(), "cut at {cut}");
+    }
+    // A tree that claims another length than its zstd frame holds: refused before allocating.
+    let head_len = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
+    let at = 16 + head_len;
+    for claim in [0u64, 1, 511 << 20] {
+        let mut b = good.clone();
+        b[at..at + 8].copy_from_slice(&claim.to_le_bytes());
+        let err = open(b.into())
+            .err()
+            .expect("a wrong tree length is refused");
+        assert!(err.to_string().contains("tree"), "{err}");
+    }
+    // A head that is not a valid head (a bad layer name) is invalid.
+    let mut m = base();
+    m.layer = "ok".into();
+    let mut b = encode(&m).unwrap();
+    let i = b.windows(2).position(|w| w == b"ok").unwrap();
+    b[i] = b'/';
+    let err = open(b.into()).err().expect("a bad layer name is refused");
+    assert!(matches!(err, ManifestError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn rejects_corrupt_body() {
+    let good = encode_v1(&base()).unwrap();
 
     // Every body byte inverted: not a zstd frame.
     let mut b = good.clone();

@@ -162,7 +162,7 @@ async fn readdir_offsets_resume_and_errors_map_to_errno() {
     let all: Vec<(u64, Vec<u8>)> = fs
         .readdir(dir, 0)
         .unwrap()
-        .map(|i| (i.next, i.name.to_vec()))
+        .map(|i| i.map(|i| (i.next, i.name.to_vec())).unwrap())
         .collect();
     assert_eq!(all.len(), 2 + 51, ". .. 50 files and sub");
     assert_eq!(all[0].1, b".");
@@ -172,7 +172,7 @@ async fn readdir_offsets_resume_and_errors_map_to_errno() {
         let rest: Vec<Vec<u8>> = fs
             .readdir(dir, all[k].0)
             .unwrap()
-            .map(|i| i.name.to_vec())
+            .map(|i| i.unwrap().name.to_vec())
             .collect();
         let want: Vec<Vec<u8>> = all[k + 1..].iter().map(|(_, n)| n.clone()).collect();
         assert_eq!(rest, want, "resume after {k}");
@@ -335,7 +335,11 @@ async fn prefetch_order_puts_packs_before_large_files_whatever_their_paths() {
     let order = t.chunks_in_path_order();
     assert_eq!(order.len(), t.chunk_count(), "every chunk once");
     let small = t
-        .get(t.lookup(t.lookup(1, b"src").unwrap(), b"a.c").unwrap())
+        .get(
+            t.lookup(t.lookup(1, b"src").unwrap().unwrap(), b"a.c")
+                .unwrap()
+                .unwrap(),
+        )
         .unwrap();
     let pack = t.chunk(small.extents()[0].chunk).unwrap().hash;
     assert_eq!(order[0].hash, pack, "the pack of the sources first");

@@ -5,7 +5,7 @@
 
 use super::handover::PinnedLayer;
 use crate::error::WsfsError;
-use crate::manifest::{Digest, Manifest};
+use crate::manifest::{Digest, Opened};
 use crate::ops::run_records;
 use crate::store::Chain;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -34,7 +34,7 @@ pub(super) fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -
                 tracing::debug!(path = %p.display(), error = %e, "cannot keep a manifest copy");
             }
             PinnedLayer {
-                name: l.manifest.layer.clone(),
+                name: l.manifest.head.layer.clone(),
                 manifest: hex,
                 signer: l.signer.clone(),
             }
@@ -48,7 +48,7 @@ pub(super) async fn load_pinned(
     chain: &Chain,
     mountpoint: &Path,
     pins: &[PinnedLayer],
-) -> Result<Vec<Manifest>, WsfsError> {
+) -> Result<Vec<Opened>, WsfsError> {
     let dir = run_records::pins_dir(mountpoint);
     let mut out = Vec::with_capacity(pins.len());
     for p in pins {
@@ -58,12 +58,12 @@ pub(super) async fn load_pinned(
         let local = std::fs::read(dir.join(&p.manifest))
             .ok()
             .filter(|b| Digest::of(b) == digest)
-            .and_then(|b| crate::manifest::decode(&b).ok());
+            .and_then(|b| crate::manifest::open(b.into()).ok());
         let m = match local {
             Some(m) => m,
             None => {
                 tracing::warn!(layer = %p.name, "no usable local copy of the pinned manifest; fetching it");
-                chain.fetch_manifest(&digest).await?.value
+                chain.fetch_manifest_bytes(&digest).await?.value.0
             }
         };
         out.push(m);

@@ -15,7 +15,7 @@ use crate::cache::DiskCache;
 use crate::error::WsfsError;
 use crate::fetcher::Fetcher;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{InodeTable, WsFs};
+use crate::fs::WsFs;
 use crate::layers;
 use crate::mount::{check_mountpoint, MountArgs};
 use crate::ops::linux::mountinfo;
@@ -209,11 +209,14 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
             ))
             .map(|ms| (ms, conn.layers.clone())),
     };
-    let merged = resolved.and_then(|(manifests, pinned)| {
-        let names: Vec<String> = manifests.iter().map(|m| m.layer.clone()).collect();
-        Ok((layers::merge(manifests)?, pinned, names))
+    let tree = resolved.and_then(|(manifests, pinned)| {
+        let names: Vec<String> = manifests
+            .iter()
+            .map(|m: &crate::manifest::Opened| m.head.layer.clone())
+            .collect();
+        Ok((layers::tree_of(manifests)?, pinned, names))
     });
-    let (merged, pinned, layer_names) = match merged {
+    let (table, pinned, layer_names) = match tree {
         Ok(m) => m,
         Err(e) => {
             // Nothing will be mounted: the lease goes now, not when it expires.
@@ -225,8 +228,6 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
             return Err(e);
         }
     };
-    let table = InodeTable::build(&merged.entries, merged.chunks, merged.root)?;
-    drop(merged.entries);
     release_freed_heap();
     let disk = match &args.cache_dir {
         Some(d) => Some(Arc::new(

@@ -17,6 +17,9 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttr,
+    /// The tree index does not hold together at this entry (a damaged or hostile manifest).
+    #[error(transparent)]
+    Damaged(#[from] super::inode::Damaged),
     /// Content could not be served: every provider missed a chunk, or the read deadline passed.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -35,7 +38,7 @@ impl FsError {
             FsError::NotSymlink => libc::EINVAL,
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttr => libc::ENODATA,
-            FsError::Io { .. } => libc::EIO,
+            FsError::Io { .. } | FsError::Damaged(_) => libc::EIO,
         }
     }
 }

@@ -213,7 +213,7 @@ impl WsFs {
     }
 
     fn node(&self, ino: u64) -> Result<Node<'_>, FsError> {
-        self.table.get(ino).ok_or(FsError::NotFound)
+        self.table.node(ino)?.ok_or(FsError::NotFound)
     }
 
     pub fn attr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -254,7 +254,7 @@ impl WsFs {
         if p.kind() != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
-        let ino = self.table.lookup(parent, name).ok_or(FsError::NotFound)?;
+        let ino = self.table.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         self.attr(ino)
     }
 
@@ -272,7 +272,7 @@ impl WsFs {
         &self,
         ino: u64,
         offset: u64,
-    ) -> Result<impl Iterator<Item = DirItem<'_>> + '_, FsError> {
+    ) -> Result<impl Iterator<Item = Result<DirItem<'_>, FsError>> + '_, FsError> {
         let n = self.node(ino)?;
         if n.kind() != EntryKind::Dir {
             return Err(FsError::NotDir);
@@ -293,16 +293,16 @@ impl WsFs {
             .iter()
             .enumerate()
             .skip(skip)
-            .filter_map(move |(i, c)| {
-                let child = self.table.get(u64::from(*c))?;
-                Some(DirItem {
+            .map(move |(i, c)| {
+                let child = self.table.child(ino, u64::from(*c))?;
+                Ok(DirItem {
                     ino: u64::from(*c),
                     next: i as u64 + 3,
                     kind: child.kind(),
                     name: child.name(),
                 })
             });
-        Ok(dots.chain(children))
+        Ok(dots.map(Ok).chain(children))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<&[u8], FsError> {
@@ -412,8 +412,15 @@ impl WsFs {
             let x = &n.extents()[*e];
             let a = (u64::from(x.offset) + from) as usize;
             let b = (u64::from(x.offset) + to) as usize;
-            // Verified chunks have exactly raw_len bytes and validated extents lie inside them.
-            out.extend_from_slice(&chunk.data()[a..b]);
+            // Verified chunks have exactly raw_len bytes; an extent outside its chunk is a
+            // damaged index (checked here, where it is used: see manifest::tree).
+            let piece = chunk.data().get(a..b).ok_or_else(|| {
+                (
+                    Some(*info),
+                    FetchError::Internal("an extent lies outside its chunk".into()),
+                )
+            })?;
+            out.extend_from_slice(piece);
         }
         // Validated extents cover the file without gaps; a shortfall would be a bug, and a short
         // result must never reach the kernel as if it were the file.

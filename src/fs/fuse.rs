@@ -365,7 +365,15 @@ impl fuser::Filesystem for FuseAdapter {
         self.count(FuseOp::Readdir);
         match self.fs.readdir(ino.0, offset) {
             Ok(items) => {
-                for it in items {
+                for (added, it) in items.enumerate() {
+                    // A damaged entry ends the reply: with entries before it, they go out
+                    // and the next call (starting at the damaged one) fails; alone, it fails
+                    // now. A listing is whole or it fails — never silently shorter.
+                    let it = match it {
+                        Ok(it) => it,
+                        Err(e) if added == 0 => return reply.error(self.fail(FuseOp::Readdir, &e)),
+                        Err(_) => break,
+                    };
                     if reply.add(
                         INodeNo(it.ino),
                         it.next,
@@ -393,9 +401,15 @@ impl fuser::Filesystem for FuseAdapter {
         self.count(FuseOp::Readdirplus);
         match self.fs.readdir(ino.0, offset) {
             Ok(items) => {
-                for it in items {
-                    let Ok(a) = self.fs.attr(it.ino) else {
-                        continue;
+                for (added, it) in items.enumerate() {
+                    // As in readdir: a damaged entry ends the reply, or fails it when first.
+                    let item = it.and_then(|it| self.fs.attr(it.ino).map(|a| (it, a)));
+                    let (it, a) = match item {
+                        Ok(x) => x,
+                        Err(e) if added == 0 => {
+                            return reply.error(self.fail(FuseOp::Readdirplus, &e))
+                        }
+                        Err(_) => break,
                     };
                     if reply.add(
                         INodeNo(it.ino),

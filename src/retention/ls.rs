@@ -140,19 +140,21 @@ pub async fn list(
         let r = match chain.fetch_manifest_bytes(&d).await {
             Ok(s) => {
                 let (m, bytes) = s.value;
-                let stored: u64 = m.chunks.iter().map(|c| u64::from(c.stored_len)).sum();
-                let files = m
-                    .entries
-                    .iter()
-                    .filter(|e| e.kind == crate::manifest::EntryKind::File)
-                    .count() as u64;
-                Ok(Sizes {
+                let parents = m.head.parents.clone();
+                m.into_tree().map_err(|e| e.to_string()).map(|t| Sizes {
                     manifest_bytes: bytes.len() as u64,
-                    logical_bytes: m.total_file_bytes(),
-                    stored_bytes: stored,
-                    chunks: m.chunks.len() as u64,
-                    files,
-                    parents: m.parents.clone(),
+                    logical_bytes: t.total_bytes(),
+                    stored_bytes: t
+                        .chunk_table()
+                        .iter()
+                        .map(|c| u64::from(c.stored_len))
+                        .sum(),
+                    chunks: t.chunk_count() as u64,
+                    files: t
+                        .iter()
+                        .filter(|(_, n)| n.kind() == crate::manifest::EntryKind::File)
+                        .count() as u64,
+                    parents,
                 })
             }
             Err(missed) => Err(missed.to_string()),

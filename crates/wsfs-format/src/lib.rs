@@ -6,10 +6,14 @@ pub mod codec;
 pub mod layer_ref;
 pub mod names;
 pub mod signature;
+pub mod tree;
 pub mod types;
 pub mod validate;
 
-pub use codec::{decode, encode, FORMAT_VERSION, MAX_MANIFEST_BYTES};
+pub use codec::{
+    decode, encode, encode_v1, open, Head, Opened, FORMAT_VERSION, FORMAT_VERSION_V1,
+    MAX_MANIFEST_BYTES,
+};
 pub use layer_ref::LayerRef;
 pub use types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, RootMeta};
 

@@ -3,11 +3,15 @@
 //! Paths and symlink targets are raw bytes (Unix file names need not be UTF-8). Paths are relative to
 //! the workspace root, `/`-separated, and validated on decode (see [`super::validate`]).
 
+use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// BLAKE3 digest of raw (uncompressed) bytes: the address of a chunk or a manifest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(transparent)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Pod, Zeroable,
+)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
@@ -48,15 +52,19 @@ impl fmt::Display for Digest {
 }
 
 /// One stored chunk: its raw digest, raw length, and stored (zstd-compressed) length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// (`repr(C)`: the tree index holds these in place.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Pod, Zeroable)]
 pub struct ChunkInfo {
     pub hash: Digest,
     pub raw_len: u32,
     pub stored_len: u32,
 }
 
-/// A contiguous piece of a file's content inside one chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A contiguous piece of a file's content inside one chunk. (`repr(C)`: the tree index holds
+/// these in place.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Pod, Zeroable)]
 pub struct Extent {
     /// Index into [`Manifest::chunks`].
     pub chunk: u32,

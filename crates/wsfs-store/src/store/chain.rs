@@ -9,7 +9,7 @@ use super::stats::{inc, ChainStats};
 use super::verified::{verify_blob, VerifiedChunk};
 use crate::manifest::layer_ref::MAX_REF_BYTES;
 use crate::manifest::signature::{self, SignatureError};
-use crate::manifest::{self, keys, ChunkInfo, Digest, LayerRef, Manifest};
+use crate::manifest::{self, keys, ChunkInfo, Digest, LayerRef, Manifest, Opened};
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -30,10 +30,10 @@ pub struct Served<T> {
     pub attempts: Vec<Attempt>,
 }
 
-/// A layer found through the chain: its ref and its verified manifest.
+/// A layer found through the chain: its ref and its verified manifest, opened for mounting.
 pub struct ResolvedLayer {
     pub digest: Digest,
-    pub manifest: Manifest,
+    pub manifest: Opened,
     /// The manifest's bytes as stored (they hash to `digest`): a mount keeps a copy, so that a
     /// replacement daemon can rebuild the same tree without any store.
     pub bytes: Bytes,
@@ -260,21 +260,8 @@ impl Chain {
         .await
     }
 
-    /// Fetches a manifest, verifies its bytes against `digest`, and decodes it.
+    /// Fetches a manifest, verifies its bytes against `digest`, and decodes it whole.
     pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Served<Manifest>, AllMissed> {
-        let s = self.fetch_manifest_bytes(digest).await?;
-        Ok(Served {
-            value: s.value.0,
-            provider: s.provider,
-            attempts: s.attempts,
-        })
-    }
-
-    /// As [`Chain::fetch_manifest`], also returning the verified bytes.
-    pub async fn fetch_manifest_bytes(
-        &self,
-        digest: &Digest,
-    ) -> Result<Served<(Manifest, Bytes)>, AllMissed> {
         let what = format!("manifest {}", digest.short());
         self.fetch(
             &what,
@@ -282,7 +269,26 @@ impl Chain {
             manifest::MAX_MANIFEST_BYTES,
             |b| {
                 verify_blob(digest, b)?;
-                let m = manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))?;
+                manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))
+            },
+        )
+        .await
+    }
+
+    /// Fetches a manifest, verifies its bytes against `digest`, and opens it for mounting (a
+    /// version-2 tree is served in place: see [`manifest::open`]); also returns the bytes.
+    pub async fn fetch_manifest_bytes(
+        &self,
+        digest: &Digest,
+    ) -> Result<Served<(Opened, Bytes)>, AllMissed> {
+        let what = format!("manifest {}", digest.short());
+        self.fetch(
+            &what,
+            &keys::manifest(digest),
+            manifest::MAX_MANIFEST_BYTES,
+            |b| {
+                verify_blob(digest, b)?;
+                let m = manifest::open(b.clone()).map_err(|e| Outcome::Corrupt(e.to_string()))?;
                 Ok((m, b.clone()))
             },
         )
@@ -354,7 +360,7 @@ impl Chain {
             let problem = match self.fetch_manifest_bytes(&digest).await {
                 Ok(m) => {
                     let (manifest, bytes) = m.value;
-                    if manifest.workspace == workspace && manifest.layer == layer {
+                    if manifest.head.workspace == workspace && manifest.head.layer == layer {
                         let ancestors = layer_ref.pinned().unwrap_or_default();
                         return Ok(ResolvedLayer {
                             digest,
@@ -367,7 +373,7 @@ impl Chain {
                     }
                     Outcome::Corrupt(format!(
                         "its ref points at the manifest of layer {:?} of workspace {:?}",
-                        manifest.layer, manifest.workspace
+                        manifest.head.layer, manifest.head.workspace
                     ))
                 }
                 Err(missed) => {

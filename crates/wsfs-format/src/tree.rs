@@ -1,0 +1,1007 @@
+//! The tree index: a layer's (or a merged mount's) directory tree in one flat, position-free
+//! buffer that a mount serves from in place — no per-entry heap object is ever built.
+//!
+//! Version-2 manifests carry this buffer (zstd-compressed); a mount decompresses it once into
+//! an aligned allocation and answers every lookup, getattr and readdir straight from it. Older
+//! (version-1) manifests and merges of several layers are built into the same buffer, so there
+//! is one representation to serve and to test.
+//!
+//! # Layout (little-endian, every section 8-byte aligned)
+//!
+//! ```text
+//! header    magic "WSFSTREE", version u32, section count u32, total file bytes u64,
+//!           then per section (byte offset u64, byte length u64)
+//! RECS      one 48-byte record per inode; inode n is record n - 1, inode 1 the root
+//! NAMES     every entry's name, once, back to back (records hold offset + length)
+//! TARGETS   symlink targets, back to back
+//! CHILDREN  u32 inode numbers, each directory's run sorted by name (lookups binary-search it)
+//! EXTENTS   12-byte extents (chunk, offset, len), each file's run in file order
+//! STARTS    u64 per extent: the file offset where it begins
+//! DIGESTS   32-byte whole-file BLAKE3 of files of at least 1 MiB (for passthrough)
+//! CHUNKS    40-byte chunk infos (digest, raw length, stored length)
+//! NEXT      u32 per chunk: the next chunk in path order (u32::MAX: none), for pack read-ahead
+//! ```
+//!
+//! # Trust
+//!
+//! A buffer from a store may be hostile (a manifest's digest proves only that it is the one the
+//! ref names). Opening checks what is O(1) or O(chunks): the header, that every section lies
+//! inside the buffer and holds whole records, the chunk table's bounds. Everything per entry is
+//! checked when the entry is used ([`Tree::node`]): its kind, its name (non-empty, no `/`, no
+//! NUL, not `.`/`..`), that its parent is an earlier directory (so parent chains end at the
+//! root and the tree has no cycles), that every range it names lies inside its section, that a
+//! symlink's size is its target's length, and that a file's extents start at 0, follow one
+//! another and add up to its size. Chunk indexes and extent bounds inside chunks are checked
+//! where content is assembled. A damaged entry is an error ([`Damaged`], EIO to a reader),
+//! never a panic, an out-of-bounds read, or a silently different tree.
+
+use crate::chunker::SMALL_FILE_LIMIT;
+use crate::types::{ChunkInfo, Digest, Entry, EntryKind, Extent, RootMeta};
+use crate::validate::MAX_CHUNK_RAW;
+use bytemuck::{Pod, Zeroable};
+use std::collections::HashMap;
+use std::ops::Range;
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("the tree index is read in place and is little-endian");
+
+pub const ROOT: u64 = 1;
+
+/// Files at least this large keep their whole-content digest in the tree: it names their
+/// verified copy for FUSE passthrough, which only such files get.
+pub const CONTENT_DIGEST_MIN_BYTES: u64 = 1 << 20;
+
+const MAGIC: &[u8; 8] = b"WSFSTREE";
+const VERSION: u32 = 1;
+/// No digest kept for this record.
+const NO_DIGEST: u32 = u32::MAX;
+const NO_CHUNK: u32 = u32::MAX;
+
+const RECS: usize = 0;
+const NAMES: usize = 1;
+const TARGETS: usize = 2;
+const CHILDREN: usize = 3;
+const EXTENTS: usize = 4;
+const STARTS: usize = 5;
+const DIGESTS: usize = 6;
+const CHUNKS: usize = 7;
+const NEXT: usize = 8;
+const SECTIONS: usize = 9;
+const HEADER_LEN: usize = 24 + SECTIONS * 16;
+
+const KIND_FILE: u8 = 0;
+const KIND_DIR: u8 = 1;
+const KIND_SYMLINK: u8 = 2;
+
+/// One inode, as stored. Dirs: `first`/`count` index CHILDREN. Files: EXTENTS and STARTS.
+/// Symlinks: TARGETS (`count` bytes). Field order leaves no padding (48 bytes, align 8).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Rec {
+    size: u64,
+    mtime_sec: i64,
+    parent: u32,
+    name_off: u32,
+    mode: u32,
+    mtime_nsec: u32,
+    first: u32,
+    count: u32,
+    digest: u32,
+    name_len: u16,
+    kind: u8,
+    _pad: u8,
+}
+
+/// A tree entry that does not hold together: the index is damaged or hostile.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the tree index is damaged at inode {ino}: {why}")]
+pub struct Damaged {
+    pub ino: u64,
+    pub why: &'static str,
+}
+
+/// Why a tree could not be built from entries (or a buffer opened).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the tree: {0}")]
+pub struct BuildError(pub String);
+
+/// The tree index, owned, in an 8-byte-aligned buffer.
+pub struct Tree {
+    buf: Vec<u64>,
+    /// Byte ranges of the sections, checked against the buffer when opened.
+    sections: [Range<usize>; SECTIONS],
+    total_bytes: u64,
+}
+
+/// A borrowed view of one inode whose ranges were checked ([`Tree::node`]).
+#[derive(Clone, Copy)]
+pub struct Node<'a> {
+    tree: &'a Tree,
+    ino: u64,
+    rec: &'a Rec,
+    kind: EntryKind,
+}
+
+impl<'a> Node<'a> {
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    pub fn parent(&self) -> u64 {
+        u64::from(self.rec.parent)
+    }
+
+    pub fn name(&self) -> &'a [u8] {
+        self.tree
+            .section(NAMES)
+            .get(self.rec.name_off as usize..)
+            .and_then(|s| s.get(..usize::from(self.rec.name_len)))
+            .unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> EntryKind {
+        self.kind
+    }
+
+    /// Permission bits (and setuid/setgid/sticky).
+    pub fn mode(&self) -> u32 {
+        self.rec.mode
+    }
+
+    /// File: content length. Symlink: target length. Dir: 0.
+    pub fn size(&self) -> u64 {
+        self.rec.size
+    }
+
+    pub fn mtime(&self) -> (i64, u32) {
+        (self.rec.mtime_sec, self.rec.mtime_nsec)
+    }
+
+    fn run(&self) -> Range<usize> {
+        let at = self.rec.first as usize;
+        at..at + self.rec.count as usize
+    }
+
+    /// A symlink's target (empty for the rest).
+    pub fn target(&self) -> &'a [u8] {
+        if self.kind != EntryKind::Symlink {
+            return &[];
+        }
+        self.tree
+            .section(TARGETS)
+            .get(self.run())
+            .unwrap_or_default()
+    }
+
+    /// A file's content, in order (empty for the rest).
+    pub fn extents(&self) -> &'a [Extent] {
+        if self.kind != EntryKind::File {
+            return &[];
+        }
+        self.tree.extents().get(self.run()).unwrap_or_default()
+    }
+
+    /// Where each of [`Node::extents`] begins in the file.
+    pub fn ext_starts(&self) -> &'a [u64] {
+        if self.kind != EntryKind::File {
+            return &[];
+        }
+        self.tree.starts().get(self.run()).unwrap_or_default()
+    }
+
+    /// A directory's entries, sorted by name (empty for the rest).
+    pub fn children(&self) -> &'a [u32] {
+        if self.kind != EntryKind::Dir {
+            return &[];
+        }
+        self.tree.children().get(self.run()).unwrap_or_default()
+    }
+
+    /// The BLAKE3 of the whole content, for files of at least [`CONTENT_DIGEST_MIN_BYTES`].
+    pub fn content(&self) -> Option<&'a Digest> {
+        self.tree.digests().get(self.rec.digest as usize)
+    }
+
+    /// The path from the root (`a/b/c`; empty for the root), made from the parent chain.
+    pub fn path(&self) -> Vec<u8> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut n = *self;
+        // Parents are earlier inodes (checked by `Tree::node`), so the chain ends at the root.
+        while n.ino != ROOT {
+            parts.push(n.name());
+            match self.tree.get(n.parent()) {
+                Some(p) => n = p,
+                None => break,
+            }
+        }
+        parts.reverse();
+        parts.join(&b'/')
+    }
+
+    pub fn path_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.path()).into_owned()
+    }
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32, BuildError> {
+    u32::try_from(n).map_err(|_| BuildError(format!("too many {what} for one tree")))
+}
+
+/// A name as a directory entry may carry it.
+fn name_ok(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != b"."
+        && name != b".."
+        && !name.iter().any(|&b| b == b'/' || b == 0)
+}
+
+impl Tree {
+    /// Builds the tree from entries sorted by path (parents before children), as a validated
+    /// manifest or a layer merge provides them.
+    pub fn build(
+        entries: &[Entry],
+        chunks: Vec<ChunkInfo>,
+        root: RootMeta,
+    ) -> Result<Tree, BuildError> {
+        u32_of(entries.len() + 1, "entries")?;
+        u32_of(chunks.len() + 1, "chunks")?;
+        let mut recs: Vec<Rec> = Vec::with_capacity(entries.len() + 1);
+        let mut names: Vec<u8> = Vec::new();
+        let mut targets: Vec<u8> = Vec::new();
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut starts: Vec<u64> = Vec::new();
+        let mut digests: Vec<Digest> = Vec::new();
+        let mut total_bytes = 0u64;
+        recs.push(Rec {
+            size: 0,
+            mtime_sec: root.mtime_sec,
+            parent: ROOT as u32,
+            name_off: 0,
+            mode: root.mode,
+            mtime_nsec: root.mtime_nsec,
+            first: 0,
+            count: 0,
+            digest: NO_DIGEST,
+            name_len: 0,
+            kind: KIND_DIR,
+            _pad: 0,
+        });
+        // Children per directory while building (then laid out in one array, sorted by name).
+        let mut kids: HashMap<u32, Vec<u32>> = HashMap::new();
+        // Directory path → inode, for finding parents.
+        let mut dirs: HashMap<&[u8], u32> = HashMap::new();
+        let mut last: Option<&[u8]> = None;
+        for e in entries {
+            if last.is_some_and(|l| l >= e.path.as_slice()) {
+                return Err(BuildError(format!(
+                    "entries are not sorted and unique at {:?}",
+                    e.path_lossy()
+                )));
+            }
+            last = Some(&e.path);
+            let (parent, name) = match e.path.iter().rposition(|&b| b == b'/') {
+                Some(i) => {
+                    let parent = *dirs.get(&e.path[..i]).ok_or_else(|| {
+                        BuildError(format!(
+                            "{:?} has no parent directory (or its parent is not one)",
+                            e.path_lossy()
+                        ))
+                    })?;
+                    (parent, &e.path[i + 1..])
+                }
+                None => (ROOT as u32, &e.path[..]),
+            };
+            if !name_ok(name) {
+                return Err(BuildError(format!(
+                    "{:?}: not a valid name",
+                    e.path_lossy()
+                )));
+            }
+            // What a kind does not use must be empty: the tree keeps only what each kind uses,
+            // and must not quietly drop the rest.
+            let stray = match e.kind {
+                EntryKind::Dir => e.size != 0 || !e.extents.is_empty() || !e.target.is_empty(),
+                EntryKind::Symlink => !e.extents.is_empty() || e.size != e.target.len() as u64,
+                EntryKind::File => !e.target.is_empty(),
+            };
+            if stray {
+                return Err(BuildError(format!(
+                    "{:?}: has a size, extents or a target its kind does not have",
+                    e.path_lossy()
+                )));
+            }
+            let ino = recs.len() as u32 + 1;
+            let name_len = u16::try_from(name.len())
+                .map_err(|_| BuildError(format!("{:?}: name too long", e.path_lossy())))?;
+            let name_off = u32_of(names.len(), "name bytes")?;
+            names.extend_from_slice(name);
+            let mut digest = NO_DIGEST;
+            let (kind, first, count) = match e.kind {
+                EntryKind::Dir => {
+                    dirs.insert(&e.path, ino);
+                    (KIND_DIR, 0, 0)
+                }
+                EntryKind::Symlink => {
+                    let first = u32_of(targets.len(), "symlink target bytes")?;
+                    targets.extend_from_slice(&e.target);
+                    u32_of(targets.len(), "symlink target bytes")?;
+                    (KIND_SYMLINK, first, u32_of(e.target.len(), "target bytes")?)
+                }
+                EntryKind::File => {
+                    let first = u32_of(extents.len(), "extents")?;
+                    let mut at = 0u64;
+                    for x in &e.extents {
+                        if x.chunk as usize >= chunks.len() {
+                            return Err(BuildError(format!(
+                                "{:?} names a chunk outside the table",
+                                e.path_lossy()
+                            )));
+                        }
+                        extents.push(*x);
+                        starts.push(at);
+                        at += u64::from(x.len);
+                    }
+                    u32_of(extents.len(), "extents")?;
+                    if at != e.size {
+                        return Err(BuildError(format!(
+                            "{:?}: extents add up to {at} bytes, not its size {}",
+                            e.path_lossy(),
+                            e.size
+                        )));
+                    }
+                    total_bytes += e.size;
+                    if e.size >= CONTENT_DIGEST_MIN_BYTES {
+                        digest = u32_of(digests.len(), "digests")?;
+                        digests.push(e.content);
+                    }
+                    (KIND_FILE, first, u32_of(e.extents.len(), "extents")?)
+                }
+            };
+            recs.push(Rec {
+                size: e.size,
+                mtime_sec: e.mtime_sec,
+                parent,
+                name_off,
+                mode: e.mode,
+                mtime_nsec: e.mtime_nsec,
+                first,
+                count,
+                digest,
+                name_len,
+                kind,
+                _pad: 0,
+            });
+            kids.entry(parent).or_default().push(ino);
+        }
+        drop(dirs);
+        // Children in one array, each directory's sorted by name: the lookup index (binary
+        // search), so no name map is kept.
+        let name_of = |recs: &[Rec], ino: u32| -> &[u8] {
+            let r = &recs[(ino - 1) as usize];
+            let at = r.name_off as usize;
+            &names[at..at + usize::from(r.name_len)]
+        };
+        let mut children: Vec<u32> = Vec::with_capacity(entries.len());
+        for ino in 1..=recs.len() as u32 {
+            if recs[(ino - 1) as usize].kind != KIND_DIR {
+                continue;
+            }
+            let mut list = kids.remove(&ino).unwrap_or_default();
+            list.sort_by(|a, b| name_of(&recs, *a).cmp(name_of(&recs, *b)));
+            let first = u32_of(children.len(), "children")?;
+            let count = u32_of(list.len(), "children")?;
+            children.extend_from_slice(&list);
+            let r = &mut recs[(ino - 1) as usize];
+            r.first = first;
+            r.count = count;
+        }
+        let next = chunk_successors(&extents, chunks.len());
+        let parts: [&[u8]; SECTIONS] = [
+            bytemuck::cast_slice(&recs),
+            &names,
+            &targets,
+            bytemuck::cast_slice(&children),
+            bytemuck::cast_slice(&extents),
+            bytemuck::cast_slice(&starts),
+            bytemuck::cast_slice(&digests),
+            bytemuck::cast_slice(&chunks),
+            bytemuck::cast_slice(&next),
+        ];
+        Ok(Tree::assemble(&parts, total_bytes))
+    }
+
+    /// Lays the sections out behind a header, each 8-byte aligned.
+    fn assemble(parts: &[&[u8]; SECTIONS], total_bytes: u64) -> Tree {
+        let mut sections: [Range<usize>; SECTIONS] = Default::default();
+        let mut at = HEADER_LEN;
+        for (i, p) in parts.iter().enumerate() {
+            sections[i] = at..at + p.len();
+            at = (at + p.len()).next_multiple_of(8);
+        }
+        let mut buf = vec![0u64; at / 8];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        bytes[..8].copy_from_slice(MAGIC);
+        bytes[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        bytes[12..16].copy_from_slice(&(SECTIONS as u32).to_le_bytes());
+        bytes[16..24].copy_from_slice(&total_bytes.to_le_bytes());
+        for (i, (p, r)) in parts.iter().zip(&sections).enumerate() {
+            let h = 24 + i * 16;
+            bytes[h..h + 8].copy_from_slice(&(r.start as u64).to_le_bytes());
+            bytes[h + 8..h + 16].copy_from_slice(&(r.len() as u64).to_le_bytes());
+            bytes[r.clone()].copy_from_slice(p);
+        }
+        Tree {
+            buf,
+            sections,
+            total_bytes,
+        }
+    }
+
+    /// Opens a tree from its bytes: `buf` holds `len` bytes (the rest of its last word is
+    /// padding). Checks the header, the sections and the chunk table; entries are checked as
+    /// they are used (see the module's doc).
+    pub fn open(buf: Vec<u64>, len: usize) -> Result<Tree, BuildError> {
+        let bad = |why: &str| BuildError(format!("the tree index is damaged: {why}"));
+        let all: &[u8] = bytemuck::cast_slice(&buf);
+        let bytes = all
+            .get(..len)
+            .ok_or_else(|| bad("shorter than its length"))?;
+        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+            return Err(bad("no tree header"));
+        }
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        if u32_at(8) != VERSION {
+            return Err(bad("unknown tree version"));
+        }
+        if u32_at(12) as usize != SECTIONS {
+            return Err(bad("wrong number of sections"));
+        }
+        let total_bytes = u64_at(16);
+        let mut sections: [Range<usize>; SECTIONS] = Default::default();
+        let sizes = [48, 1, 1, 4, 12, 8, 32, 40, 4];
+        for (i, s) in sections.iter_mut().enumerate() {
+            let off = u64_at(24 + i * 16);
+            let n = u64_at(24 + i * 16 + 8);
+            let end = off
+                .checked_add(n)
+                .ok_or_else(|| bad("section past the end"))?;
+            if off < HEADER_LEN as u64 || end > len as u64 || off % 8 != 0 || n % sizes[i] != 0 {
+                return Err(bad(
+                    "a section lies outside the buffer or holds partial records",
+                ));
+            }
+            *s = off as usize..end as usize;
+        }
+        let t = Tree {
+            buf,
+            sections,
+            total_bytes,
+        };
+        let recs = t.recs();
+        if recs.is_empty() || recs.len() > u32::MAX as usize - 1 {
+            return Err(bad("no root"));
+        }
+        if recs[0].kind != KIND_DIR || recs[0].parent != ROOT as u32 {
+            return Err(bad("the root is not a directory"));
+        }
+        if t.starts().len() != t.extents().len() {
+            return Err(bad("extent starts and extents differ in number"));
+        }
+        if t.next().len() != t.chunks().len() {
+            return Err(bad("chunk successors and chunks differ in number"));
+        }
+        for c in t.chunks() {
+            if c.raw_len > MAX_CHUNK_RAW || c.stored_len == 0 {
+                return Err(bad("a chunk's lengths are out of range"));
+            }
+        }
+        if t.next()
+            .iter()
+            .any(|n| *n != NO_CHUNK && *n as usize >= t.chunks().len())
+        {
+            return Err(bad("a chunk successor lies outside the chunk table"));
+        }
+        Ok(t)
+    }
+
+    /// The tree's bytes (as [`Tree::open`] takes them).
+    pub fn as_bytes(&self) -> &[u8] {
+        let all: &[u8] = bytemuck::cast_slice(&self.buf);
+        let end = self
+            .sections
+            .iter()
+            .map(|r| r.end)
+            .max()
+            .unwrap_or(HEADER_LEN);
+        &all[..end]
+    }
+
+    fn section(&self, i: usize) -> &[u8] {
+        let all: &[u8] = bytemuck::cast_slice(&self.buf);
+        all.get(self.sections[i].clone()).unwrap_or_default()
+    }
+
+    fn cast<T: Pod>(&self, i: usize) -> &[T] {
+        bytemuck::try_cast_slice(self.section(i)).unwrap_or_default()
+    }
+
+    fn recs(&self) -> &[Rec] {
+        self.cast(RECS)
+    }
+    fn children(&self) -> &[u32] {
+        self.cast(CHILDREN)
+    }
+    fn extents(&self) -> &[Extent] {
+        self.cast(EXTENTS)
+    }
+    fn starts(&self) -> &[u64] {
+        self.cast(STARTS)
+    }
+    fn digests(&self) -> &[Digest] {
+        self.cast(DIGESTS)
+    }
+    fn chunks(&self) -> &[ChunkInfo] {
+        self.cast(CHUNKS)
+    }
+    fn next(&self) -> &[u32] {
+        self.cast(NEXT)
+    }
+
+    /// Inode `ino`, with its ranges checked: `Ok(None)` if there is no such inode, `Err` if
+    /// its record does not hold together.
+    pub fn node(&self, ino: u64) -> Result<Option<Node<'_>>, Damaged> {
+        let Some(rec) = ino
+            .checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.recs().get(i))
+        else {
+            return Ok(None);
+        };
+        let damaged = |why| Damaged { ino, why };
+        let kind = match rec.kind {
+            KIND_FILE => EntryKind::File,
+            KIND_DIR => EntryKind::Dir,
+            KIND_SYMLINK => EntryKind::Symlink,
+            _ => return Err(damaged("unknown entry kind")),
+        };
+        if rec.mode & !0o7777 != 0 || rec.mtime_nsec >= 1_000_000_000 {
+            return Err(damaged("mode or mtime out of range"));
+        }
+        let name = self
+            .section(NAMES)
+            .get(rec.name_off as usize..)
+            .and_then(|s| s.get(..usize::from(rec.name_len)))
+            .ok_or(damaged("name outside the name table"))?;
+        if ino != ROOT {
+            if !name_ok(name) {
+                return Err(damaged("not a valid name"));
+            }
+            let parent = u64::from(rec.parent);
+            if parent == 0 || parent >= ino {
+                return Err(damaged("its parent is not an earlier inode"));
+            }
+            if self.recs()[(parent - 1) as usize].kind != KIND_DIR {
+                return Err(damaged("its parent is not a directory"));
+            }
+        }
+        let run = rec.first as usize..rec.first as usize + rec.count as usize;
+        match kind {
+            EntryKind::Dir => {
+                if rec.size != 0 || run.end > self.children().len() {
+                    return Err(damaged("directory children outside the table"));
+                }
+            }
+            EntryKind::Symlink => {
+                if rec.count == 0
+                    || u64::from(rec.count) != rec.size
+                    || run.end > self.section(TARGETS).len()
+                {
+                    return Err(damaged("symlink target outside the table"));
+                }
+            }
+            EntryKind::File => {
+                let (Some(xs), Some(ss)) =
+                    (self.extents().get(run.clone()), self.starts().get(run))
+                else {
+                    return Err(damaged("extents outside the table"));
+                };
+                let mut at = 0u64;
+                for (x, s) in xs.iter().zip(ss) {
+                    if *s != at || x.len == 0 {
+                        return Err(damaged("extents do not follow one another"));
+                    }
+                    at += u64::from(x.len);
+                }
+                if at != rec.size {
+                    return Err(damaged("extents do not add up to the size"));
+                }
+                if rec.digest != NO_DIGEST && rec.digest as usize >= self.digests().len() {
+                    return Err(damaged("content digest outside the table"));
+                }
+            }
+        }
+        Ok(Some(Node {
+            tree: self,
+            ino,
+            rec,
+            kind,
+        }))
+    }
+
+    /// Inode `ino` if it exists and holds together (callers that must tell the two apart use
+    /// [`Tree::node`]).
+    pub fn get(&self, ino: u64) -> Option<Node<'_>> {
+        self.node(ino).ok().flatten()
+    }
+
+    fn name_of(&self, ino: u32) -> Option<&[u8]> {
+        let r = self.recs().get((ino as usize).checked_sub(1)?)?;
+        self.section(NAMES)
+            .get(r.name_off as usize..)?
+            .get(..usize::from(r.name_len))
+    }
+
+    /// The child of `parent` called `name`: a binary search over the parent's children, which
+    /// are sorted by name — no allocation and no second index. The child found must name
+    /// `parent` as its parent.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>, Damaged> {
+        let Some(p) = self.node(parent)? else {
+            return Ok(None);
+        };
+        let children = p.children();
+        let (mut lo, mut hi) = (0usize, children.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let c = children[mid];
+            let n = self.name_of(c).ok_or(Damaged {
+                ino: u64::from(c),
+                why: "a child outside the inode table",
+            })?;
+            match n.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let ino = u64::from(c);
+                    self.child(parent, ino)?;
+                    return Ok(Some(ino));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Child `ino` of directory `parent`, checked: it exists, holds together and names `parent`.
+    pub fn child(&self, parent: u64, ino: u64) -> Result<Node<'_>, Damaged> {
+        match self.node(ino)? {
+            Some(n) if n.parent() == parent && ino != ROOT => Ok(n),
+            _ => Err(Damaged {
+                ino,
+                why: "a directory lists an entry that is not its child",
+            }),
+        }
+    }
+
+    pub fn chunk(&self, index: u32) -> Option<&ChunkInfo> {
+        self.chunks().get(index as usize)
+    }
+
+    /// The chunk that follows `index` in path order (the order packs were filled in: a
+    /// directory's files sit in consecutive packs), for the pack read-ahead.
+    pub fn next_chunk(&self, index: u32) -> Option<u32> {
+        self.next()
+            .get(index as usize)
+            .copied()
+            .filter(|n| *n != NO_CHUNK)
+    }
+
+    /// Inodes, the root included.
+    pub fn len(&self) -> usize {
+        self.recs().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recs().is_empty()
+    }
+
+    /// Distinct chunks the tree uses.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks().len()
+    }
+
+    pub fn chunk_table(&self) -> &[ChunkInfo] {
+        self.chunks()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Bytes the tree's buffer holds, for status and the memory bench.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.buf.capacity() * 8) as u64
+    }
+
+    /// Every inode that holds together, with its number, in inode order (= path order).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Node<'_>)> {
+        (1..=self.recs().len() as u64).filter_map(move |ino| self.get(ino).map(|n| (ino, n)))
+    }
+
+    /// Every chunk the tree uses, once, in the order `--prefetch chunks|all` fetches them: first
+    /// the packs (chunks holding small files, what most jobs open first and by the thousand),
+    /// then the chunks of large files; each group in path order of first use, so a build
+    /// walking the tree finds its files early. (In path order alone, a `build/` directory of
+    /// large artifacts would be fetched before the sources.)
+    pub fn chunks_in_path_order(&self) -> Vec<ChunkInfo> {
+        let chunks = self.chunks();
+        let mut seen = vec![false; chunks.len()];
+        let (mut packs, mut large) = (Vec::new(), Vec::new());
+        for (_, n) in self.iter() {
+            let extents = n.extents();
+            let small = extents.len() == 1 && n.size() < SMALL_FILE_LIMIT;
+            for x in extents {
+                let i = x.chunk as usize;
+                if let Some(false) = seen.get(i) {
+                    seen[i] = true;
+                    if small {
+                        packs.push(chunks[i]);
+                    } else {
+                        large.push(chunks[i]);
+                    }
+                }
+            }
+        }
+        packs.extend(large);
+        packs
+    }
+}
+
+/// Each chunk's successor in path order of first use (`NO_CHUNK`: the last).
+fn chunk_successors(extents: &[Extent], chunks: usize) -> Vec<u32> {
+    let mut next = vec![NO_CHUNK; chunks];
+    let mut seen = vec![false; chunks];
+    let mut last: Option<u32> = None;
+    for x in extents {
+        let i = x.chunk as usize;
+        if seen.get(i) == Some(&false) {
+            seen[i] = true;
+            if let Some(l) = last {
+                next[l as usize] = x.chunk;
+            }
+            last = Some(x.chunk);
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind, size: u64, extents: Vec<Extent>) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            mtime_sec: 7,
+            mtime_nsec: 9,
+            size,
+            target: if kind == EntryKind::Symlink {
+                b"t/x".to_vec()
+            } else {
+                vec![]
+            },
+            extents,
+            content: Digest([size as u8; 32]),
+        }
+    }
+
+    fn chunk(h: u8, raw_len: u32) -> ChunkInfo {
+        ChunkInfo {
+            hash: Digest([h; 32]),
+            raw_len,
+            stored_len: 5,
+        }
+    }
+
+    fn sample() -> Tree {
+        let x = |chunk, offset, len| Extent { chunk, offset, len };
+        let big = CONTENT_DIGEST_MIN_BYTES;
+        let entries = vec![
+            entry("a", EntryKind::Dir, 0, vec![]),
+            entry("a/b", EntryKind::File, 3, vec![x(0, 0, 3)]),
+            entry("a/b-", EntryKind::Symlink, 3, vec![]),
+            entry(
+                "z",
+                EntryKind::File,
+                big,
+                vec![x(1, 0, 100), x(2, 0, (big - 100) as u32)],
+            ),
+        ];
+        let chunks = vec![chunk(1, 10), chunk(2, 100), chunk(3, (big - 100) as u32)];
+        Tree::build(&entries, chunks, RootMeta::default()).unwrap()
+    }
+
+    #[test]
+    fn a_tree_reads_back_as_it_was_given() {
+        let x = |chunk, offset, len| Extent { chunk, offset, len };
+        let big = CONTENT_DIGEST_MIN_BYTES;
+        // "a/b/" is a directory whose parent "a/b" is a file: refused.
+        let bad = vec![
+            entry("a", EntryKind::Dir, 0, vec![]),
+            entry("a/b", EntryKind::File, 3, vec![x(0, 0, 3)]),
+            entry("a/b-", EntryKind::Symlink, 3, vec![]),
+            entry("a/b/", EntryKind::Dir, 0, vec![]),
+        ];
+        assert!(Tree::build(&bad, vec![chunk(1, 10)], RootMeta::default()).is_err());
+        let t = sample();
+        assert_eq!(t.len(), 5);
+        let a = t.lookup(ROOT, b"a").unwrap().unwrap();
+        let b = t.lookup(a, b"b").unwrap().unwrap();
+        let n = t.get(b).unwrap();
+        assert_eq!(
+            (n.name(), n.kind(), n.size(), n.mtime()),
+            (&b"b"[..], EntryKind::File, 3, (7, 9))
+        );
+        assert_eq!(n.path(), b"a/b");
+        assert_eq!(n.parent(), a);
+        assert_eq!(n.extents(), &[x(0, 0, 3)]);
+        assert_eq!(n.content(), None, "small files keep no digest");
+        let l = t.get(t.lookup(a, b"b-").unwrap().unwrap()).unwrap();
+        assert_eq!(l.target(), b"t/x");
+        assert!(l.extents().is_empty() && l.children().is_empty());
+        let z = t.get(t.lookup(ROOT, b"z").unwrap().unwrap()).unwrap();
+        assert_eq!(z.ext_starts(), &[0, 100]);
+        assert_eq!(z.content(), Some(&Digest([big as u8; 32])));
+        assert_eq!(t.get(ROOT).unwrap().path(), b"");
+        let names: Vec<&[u8]> = t
+            .get(a)
+            .unwrap()
+            .children()
+            .iter()
+            .map(|c| t.get(u64::from(*c)).unwrap().name())
+            .collect();
+        assert_eq!(names, [&b"b"[..], b"b-"]);
+        assert_eq!(t.lookup(a, b"nope").unwrap(), None);
+        assert!(t.get(0).is_none() && t.get(6).is_none());
+        assert_eq!(t.next_chunk(0), Some(1));
+        assert_eq!(t.next_chunk(2), None);
+        assert_eq!(t.total_bytes(), 3 + big);
+    }
+
+    #[test]
+    fn a_tree_reopens_from_its_bytes() {
+        let t = sample();
+        let bytes = t.as_bytes().to_vec();
+        let mut buf = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+        let back = Tree::open(buf, bytes.len()).unwrap();
+        assert_eq!(back.as_bytes(), &bytes[..]);
+        let a = back.lookup(ROOT, b"a").unwrap().unwrap();
+        assert_eq!(
+            back.get(back.lookup(a, b"b-").unwrap().unwrap())
+                .unwrap()
+                .target(),
+            b"t/x"
+        );
+    }
+
+    #[test]
+    fn children_sort_by_name_bytes_not_by_path() {
+        // As paths, "d/a b" sorts before "d/a/x" (' ' < '/'); as names, "a" < "a b".
+        let entries = vec![
+            entry("d", EntryKind::Dir, 0, vec![]),
+            entry("d/a b", EntryKind::File, 0, vec![]),
+            entry("d/a", EntryKind::Dir, 0, vec![]),
+        ];
+        let mut sorted = entries.clone();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        let t = Tree::build(&sorted, vec![], RootMeta::default()).unwrap();
+        let d = t.lookup(ROOT, b"d").unwrap().unwrap();
+        let names: Vec<&[u8]> = t
+            .get(d)
+            .unwrap()
+            .children()
+            .iter()
+            .map(|c| t.get(u64::from(*c)).unwrap().name())
+            .collect();
+        assert_eq!(names, [&b"a"[..], b"a b"]);
+        assert!(t.lookup(d, b"a b").unwrap().is_some() && t.lookup(d, b"a").unwrap().is_some());
+    }
+
+    type Edit = fn(&mut Rec);
+
+    /// Flips a record field in place and reopens: each kind of damage is refused where used.
+    fn damaged(edit: Edit) -> Tree {
+        let t = sample();
+        let mut bytes = t.as_bytes().to_vec();
+        let recs = t.sections[RECS].clone();
+        let r: &mut [Rec] = bytemuck::cast_slice_mut(&mut bytes[recs]);
+        edit(&mut r[1]); // inode 2: "a"
+        edit(&mut r[2]); // inode 3: "a/b"
+        let mut buf = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+        Tree::open(buf, bytes.len()).unwrap()
+    }
+
+    #[test]
+    fn damaged_records_are_errors_where_they_are_used() {
+        let cases: [(&str, Edit); 6] = [
+            ("kind", |r: &mut Rec| r.kind = 9),
+            ("name", |r: &mut Rec| r.name_off = u32::MAX),
+            ("parent", |r: &mut Rec| r.parent = 40),
+            ("run", |r: &mut Rec| r.count = 1000),
+            ("size", |r: &mut Rec| r.size += 1),
+            ("mode", |r: &mut Rec| r.mode = 0o170000),
+        ];
+        for (what, edit) in cases {
+            let t = damaged(edit);
+            let a = t.node(2);
+            let b = t.node(3);
+            assert!(a.is_err() || b.is_err(), "{what}: damage not noticed");
+            // Lookups through a damaged entry are errors too, never a panic.
+            let _ = t.lookup(ROOT, b"a");
+            let _ = t.lookup(2, b"b");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let t = sample();
+        let good = t.as_bytes().to_vec();
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        for round in 0..2000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + round % 8 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let i = (rng as usize) % bytes.len();
+                bytes[i] = (rng >> 32) as u8;
+            }
+            let len = if round % 5 == 0 {
+                (rng as usize >> 8) % (bytes.len() + 1)
+            } else {
+                bytes.len()
+            };
+            let mut buf = vec![0u64; len.div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len].copy_from_slice(&bytes[..len]);
+            if let Ok(t) = Tree::open(buf, len) {
+                exercise(&t);
+            }
+        }
+    }
+
+    /// Every reader path over a tree, for the never-panic tests.
+    pub(crate) fn exercise(t: &Tree) {
+        for ino in 0..t.len() as u64 + 2 {
+            if let Ok(Some(n)) = t.node(ino) {
+                let _ = (
+                    n.name(),
+                    n.target(),
+                    n.extents(),
+                    n.ext_starts(),
+                    n.content(),
+                    n.path(),
+                );
+                for c in n.children() {
+                    let _ = t.child(ino, u64::from(*c));
+                }
+                for name in [&b"a"[..], b"b", b"z", b"b-"] {
+                    let _ = t.lookup(ino, name);
+                }
+            }
+        }
+        for i in 0..t.chunk_count() as u32 + 1 {
+            let _ = (t.chunk(i), t.next_chunk(i));
+        }
+        let _ = t.chunks_in_path_order();
+    }
+}
