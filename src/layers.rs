@@ -223,10 +223,12 @@ fn same_content(a: &Entry, b: &Entry) -> bool {
 /// The tree a mount of these layers (ancestors first) serves. One version-2 layer is served
 /// from its own index in place; a version-1 layer is built into one; several layers are
 /// decoded whole, merged ([`merge`]) and built.
-pub fn tree_of(mut layers: Vec<Opened>) -> Result<InodeTable, WsfsError> {
+/// Also says whether the tree is served in place.
+pub fn tree_of(mut layers: Vec<Opened>) -> Result<(InodeTable, bool), WsfsError> {
     if layers.len() == 1 {
         if let Some(l) = layers.pop() {
-            return Ok(l.into_tree()?);
+            let in_place = l.in_place();
+            return Ok((l.into_tree()?, in_place));
         }
     }
     let manifests = layers
@@ -234,11 +236,10 @@ pub fn tree_of(mut layers: Vec<Opened>) -> Result<InodeTable, WsfsError> {
         .map(Opened::into_manifest)
         .collect::<Result<Vec<Manifest>, _>>()?;
     let merged = merge(manifests)?;
-    Ok(InodeTable::build(
-        &merged.entries,
-        merged.chunks,
-        merged.root,
-    )?)
+    Ok((
+        InodeTable::build(&merged.entries, merged.chunks, merged.root)?,
+        false,
+    ))
 }
 
 /// Merges layers given ancestors-first. Conflicts list every path and the two layers.

@@ -217,6 +217,11 @@ fn prefetch_all_warms_the_workspace_under_the_overlay_and_umount_mid_warm_up_wor
     std::fs::create_dir_all(&co).unwrap();
     std::fs::write(co.join("README"), b"checkout\n").unwrap();
     let before = snapshot(&co);
+    // Detached on drop if an assertion fails on the way.
+    let _guard = Attached {
+        at: co.clone(),
+        run_dir: s.run_dir(),
+    };
     let attach = || {
         s.wsfs(&[
             "attach",
@@ -234,6 +239,8 @@ fn prefetch_all_warms_the_workspace_under_the_overlay_and_umount_mid_warm_up_wor
             "all",
         ])
     };
+    // This test's workspace mount only: other tests attach at the same time.
+    let ours = s.run_dir().join("attach").display().to_string();
     let inner = || -> serde_json::Value {
         let o = s.wsfs(&["status", "--json"]);
         assert_ok(&o);
@@ -242,7 +249,7 @@ fn prefetch_all_warms_the_workspace_under_the_overlay_and_umount_mid_warm_up_wor
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["mountpoint"].as_str().unwrap_or("").contains("/attach/"))
+            .find(|m| m["mountpoint"].as_str().unwrap_or("").starts_with(&ours))
             .cloned()
             .expect("the attach's workspace mount")
     };

@@ -99,6 +99,8 @@ struct Built {
     fs: Arc<WsFs>,
     pinned: Vec<PinnedLayer>,
     layer_names: Vec<String>,
+    /// The tree is the manifest's own index, served in place (one v2 layer).
+    tree_in_place: bool,
     metrics_file: Option<PathBuf>,
     metrics_listener: Option<std::net::TcpListener>,
 }
@@ -216,7 +218,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
             .collect();
         Ok((layers::tree_of(manifests)?, pinned, names))
     });
-    let (table, pinned, layer_names) = match tree {
+    let ((table, tree_in_place), pinned, layer_names) = match tree {
         Ok(m) => m,
         Err(e) => {
             // Nothing will be mounted: the lease goes now, not when it expires.
@@ -264,6 +266,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
         fs,
         pinned,
         layer_names,
+        tree_in_place,
         metrics_file,
         metrics_listener,
     })
@@ -424,6 +427,10 @@ fn start_serving(
                 .map(|l| (l.name.clone(), l.signer.clone()))
                 .collect(),
             started: record.started,
+            tree: crate::ops::service::control::TreeStatus {
+                in_place: built.tree_in_place,
+                bytes: fs.table().heap_bytes(),
+            },
             profile: args.profile.as_ref().map(|name| {
                 crate::ops::service::control::ProfileStatus {
                     name: name.clone(),

@@ -134,7 +134,7 @@ pub(super) fn wait(
         })
         .await
     });
-    run_records::remove_record(&mp);
+    run_records::remove_own_record(&mp, std::process::id() as i32);
     tracing::info!(mountpoint = %mp.display(), "the mount's session ended; daemon exiting");
     Ok(())
 }

@@ -169,6 +169,14 @@ impl FuseAdapter {
     /// An error reply to `op`: counted, then mapped by [`errno`].
     fn fail(&self, op: FuseOp, e: &FsError) -> Errno {
         self.fs.ops.error(op);
+        if let FsError::Damaged(d) = e {
+            // Not a store failure: the manifest's own index does not hold together here.
+            self.fs
+                .stats
+                .eio
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(op = op.name(), error = %d, "EIO: the tree index is damaged");
+        }
         errno(e)
     }
 }

@@ -124,6 +124,19 @@ pub fn remove_record(mountpoint: &Path) {
     let _ = std::fs::remove_file(socket_path(mountpoint));
 }
 
+/// Removes the record and socket of a mount if they are still those of daemon `pid`: a daemon
+/// exiting after its unmount must not remove the record of a new mount made at the same path
+/// in the meantime (attach reuses its workspace path).
+pub fn remove_own_record(mountpoint: &Path, pid: i32) {
+    let ours = std::fs::read(record_path(mountpoint))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<MountRecord>(&b).ok())
+        .is_some_and(|r| r.pid == pid);
+    if ours {
+        remove_record(mountpoint);
+    }
+}
+
 /// Removes everything the run directory holds for a mount that has ended: record, socket and
 /// pinned manifests.
 pub fn remove_all(mountpoint: &Path) {

@@ -226,6 +226,16 @@ fn print_mount(m: &MountStatus) {
         return;
     }
     println!(
+        "  tree: {} entries, {:.1} MiB, {}",
+        m.entries,
+        m.tree.bytes as f64 / 1048576.0,
+        if m.tree.in_place {
+            "served in place from the manifest's index"
+        } else {
+            "built (a version-1 manifest or several layers)"
+        }
+    );
+    println!(
         "  reads={} bytes_served={} failovers={} eio={} repairs={} cache: memory_hits={} disk_hits={} fetched={}",
         m.reads, m.bytes_served, m.failovers, m.eio, m.repairs, m.cache.memory_hits, m.cache.disk_hits, m.cache.fetched
     );

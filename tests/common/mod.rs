@@ -602,3 +602,43 @@ pub fn assert_in_private_namespace() {
         "not in a private mount namespace: refusing to run"
     );
 }
+
+// Manifests written by hand: the formats a store may hold, including damaged ones.
+
+/// A version-2 manifest from its parts, written without validation: `tree` is a tree index's
+/// bytes (possibly damaged), `digests` 32 bytes per inode. Checked against `encode` in
+/// tests/format.rs (`unchecked_encoders_match_encode`).
+pub fn manifest_v2_bytes(head: &wsfs::manifest::Head, tree: &[u8], digests: &[u8]) -> Vec<u8> {
+    let head = bincode::serde::encode_to_vec(head, bincode::config::standard()).expect("head");
+    let mut out = b"WSFSMANI".to_vec();
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    for raw in [tree, digests] {
+        let z = zstd::bulk::compress(raw, 3).expect("zstd");
+        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+        out.extend_from_slice(&z);
+    }
+    out
+}
+
+/// The manifest layer `layer` of `ws` names in a file:// store.
+pub fn layer_manifest(store_dir: &Path, ws: &str, layer: &str) -> Vec<u8> {
+    let r = std::fs::read(store_dir.join(format!("workspaces/{ws}/layers/{layer}"))).expect("ref");
+    let (_, d) = wsfs::manifest::LayerRef::parse(&r).expect("ref parses");
+    std::fs::read(store_dir.join(format!("manifests/{}", d.to_hex()))).expect("manifest")
+}
+
+/// Stores `bytes` as a manifest of a file:// store (under its digest) and points the ref of
+/// `layer` of `ws` at it, as a persist would.
+pub fn replace_layer_manifest(store_dir: &Path, ws: &str, layer: &str, bytes: &[u8]) {
+    let d = wsfs::manifest::Digest::of(bytes);
+    std::fs::write(store_dir.join(format!("manifests/{}", d.to_hex())), bytes).expect("manifest");
+    let r = wsfs::manifest::LayerRef::new(d, 1_700_000_000);
+    std::fs::write(
+        store_dir.join(format!("workspaces/{ws}/layers/{layer}")),
+        r.to_bytes(),
+    )
+    .expect("ref");
+}

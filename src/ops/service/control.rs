@@ -116,6 +116,9 @@ pub struct MountStatus {
     pub uptime_secs: u64,
     pub fuse_waiting: Option<u64>,
     pub entries: u64,
+    /// How the tree is held: the manifest's own index served in place, or built.
+    #[serde(default)]
+    pub tree: TreeStatus,
     pub reads: u64,
     pub bytes_served: u64,
     pub failovers: u64,
@@ -144,6 +147,16 @@ pub struct MountStatus {
     pub failures: Vec<Failure>,
     /// Set for mounts whose status could not be read (stale or unresponsive daemon).
     pub problem: Option<String>,
+}
+
+/// The tree a mount serves ([`crate::fs::InodeTable`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeStatus {
+    /// Served in place from a version-2 manifest's tree index (one layer); otherwise built from
+    /// a version-1 manifest or a merge of several layers.
+    pub in_place: bool,
+    /// Bytes the tree occupies in memory.
+    pub bytes: u64,
 }
 
 /// What the daemon knows about itself.

@@ -1,0 +1,143 @@
+//! The tree index on real mounts (issue 16): a version-2 manifest is served in place, a
+//! version-1 manifest still mounts (built into the same layout) and shows the same tree, and a
+//! damaged index fails loudly where it is damaged — EIO on that entry and on a listing of its
+//! directory — while the rest of the tree keeps serving and the daemon keeps running.
+
+mod common;
+use common::*;
+use std::path::Path;
+use wsfs::manifest::tree::Tree;
+use wsfs::manifest::{decode, encode_v1, Head};
+
+fn small_tree(src: &Path) {
+    std::fs::create_dir_all(src.join("d/sub")).unwrap();
+    std::fs::create_dir_all(src.join("other")).unwrap();
+    std::fs::write(src.join("d/ok.txt"), b"fine bytes\n").unwrap();
+    std::fs::write(src.join("d/bad.txt"), b"this entry will be damaged\n").unwrap();
+    std::fs::write(src.join("d/sub/deep.txt"), b"deep\n").unwrap();
+    std::fs::write(src.join("other/x.bin"), vec![7u8; 100_000]).unwrap();
+    std::os::unix::fs::symlink("d/ok.txt", src.join("link")).unwrap();
+}
+
+#[test]
+fn a_version_1_manifest_still_mounts_and_shows_the_same_tree() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 120, 3, 16);
+    let stores = vec![s.store("st")];
+    persist_ws_l1(&s, &stores, &src);
+    let st = s.path("st");
+    let v2 = layer_manifest(&st, "ws", "l1");
+    assert_eq!(v2[8..12], 2u32.to_le_bytes(), "persist writes version 2");
+
+    let mp = s.mkdir("mnt");
+    {
+        let m = mount(&s, &stores, "ws", &["l1"], &mp, &[]);
+        let st = mount_status(&s, &m.mountpoint);
+        assert!(st.tree.in_place, "a v2 layer is served in place: {st:?}");
+        assert!(compare_trees(&src, &mp) > 120);
+    }
+
+    // The same layer as an older wsfs wrote it.
+    let v1 = encode_v1(&decode(&v2).unwrap()).unwrap();
+    assert_eq!(v1[8..12], 1u32.to_le_bytes());
+    replace_layer_manifest(&st, "ws", "l1", &v1);
+    let m = mount(&s, &stores, "ws", &["l1"], &mp, &[]);
+    let status = mount_status(&s, &m.mountpoint);
+    assert!(!status.tree.in_place, "a v1 layer is built: {status:?}");
+    assert!(status.tree.bytes > 0);
+    assert!(compare_trees(&src, &mp) > 120);
+}
+
+/// Byte offset of inode `ino`'s record in a tree index (the layout in manifest/tree.rs:
+/// the RECS section's offset is the first section entry of the header, records are 48 bytes).
+fn rec_at(tree: &[u8], ino: u64) -> usize {
+    let off = u64::from_le_bytes(tree[24..32].try_into().unwrap()) as usize;
+    off + (ino as usize - 1) * 48
+}
+
+#[test]
+fn a_damaged_tree_index_fails_loudly_where_it_is_damaged() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = s.path("src");
+    small_tree(&src);
+    let stores = vec![s.store("st")];
+    persist_ws_l1(&s, &stores, &src);
+    let st = s.path("st");
+    let m = decode(&layer_manifest(&st, "ws", "l1")).unwrap();
+
+    // The layer's own tree, with d/bad.txt's size one byte larger than its extents (as a
+    // damaged or hostile store could serve it, under a digest that matches).
+    let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).unwrap();
+    let d = tree.lookup(1, b"d").unwrap().unwrap();
+    let bad = tree.lookup(d, b"bad.txt").unwrap().unwrap();
+    let mut raw = tree.as_bytes().to_vec();
+    let at = rec_at(&raw, bad);
+    let size = u64::from_le_bytes(raw[at..at + 8].try_into().unwrap());
+    assert_eq!(size, 27, "found the record of d/bad.txt");
+    raw[at..at + 8].copy_from_slice(&(size + 1).to_le_bytes());
+    let mut digests = vec![0u8; 32];
+    for e in &m.entries {
+        digests.extend_from_slice(&e.content.0);
+    }
+    let head = Head {
+        workspace: m.workspace.clone(),
+        layer: m.layer.clone(),
+        parents: m.parents.clone(),
+        created: m.created,
+        root: m.root,
+    };
+    replace_layer_manifest(&st, "ws", "l1", &manifest_v2_bytes(&head, &raw, &digests));
+
+    // The mount opens the index without reading every entry: it mounts.
+    let mp = s.mkdir("mnt");
+    let mounted = mount(&s, &stores, "ws", &["l1"], &mp, &[]);
+    let eio = |r: std::io::Result<()>, what: &str| match r {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
+        Ok(()) => panic!("{what}: a damaged entry was served"),
+    };
+    eio(
+        std::fs::metadata(mp.join("d/bad.txt")).map(|_| ()),
+        "stat d/bad.txt",
+    );
+    eio(
+        std::fs::read(mp.join("d/bad.txt")).map(|_| ()),
+        "read d/bad.txt",
+    );
+    // A listing of its directory is whole or fails: never the directory without it.
+    eio(
+        std::fs::read_dir(mp.join("d")).and_then(|it| it.map(|e| e.map(|_| ())).collect()),
+        "list d",
+    );
+    // Everything else serves its verified bytes.
+    assert_eq!(std::fs::read(mp.join("d/ok.txt")).unwrap(), b"fine bytes\n");
+    assert_eq!(std::fs::read(mp.join("d/sub/deep.txt")).unwrap(), b"deep\n");
+    assert_eq!(
+        std::fs::read(mp.join("other/x.bin")).unwrap(),
+        vec![7u8; 100_000]
+    );
+    assert_eq!(
+        std::fs::read_link(mp.join("link")).unwrap(),
+        Path::new("d/ok.txt")
+    );
+    let mut top: Vec<String> = std::fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["d", "link", "other"]);
+    // The daemon answered every one of those (no panic) and still does.
+    let status = mount_status(&s, &mounted.mountpoint);
+    assert!(status.alive && status.tree.in_place, "{status:?}");
+    assert!(
+        status.fuse_errors.values().sum::<u64>() >= 3,
+        "the EIO replies are counted: {:?}",
+        status.fuse_errors
+    );
+    assert!(
+        s.daemon_logs().contains("damaged"),
+        "the daemon log says the index is damaged"
+    );
+}
