@@ -261,6 +261,85 @@ fn notifications_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec
     got
 }
 
+/// The unit's `Key=value` lines (comments and section headers aside).
+fn unit_directives(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with(';') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The options docs/operations.md ("systemd") says the unit leaves out because each would give
+/// the service a mount namespace of its own.
+fn left_out_in_docs() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let from = doc
+        .find("Left out on purpose")
+        .expect("the docs list what is left out");
+    let rest = &doc[from..];
+    let para = &rest[..rest
+        .find("`systemd-analyze verify`")
+        .expect("end of the list")];
+    para.split('`')
+        .skip(1)
+        .step_by(2)
+        .flat_map(|names| names.split('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What `systemd-analyze verify` does not judge: a missing config fails the start, /dev/fuse is
+/// allowed, a busy stop can name its holders, and nothing hides the mount from the jobs.
+fn unit_keeps_the_mount_visible_and_fails_loudly(unit: &str) {
+    let d = unit_directives(unit);
+    let has = |k: &str, v: &str| d.iter().any(|(dk, dv)| dk == k && dv == v);
+    // An Assert fails `systemctl start`; a Condition would skip the unit: start succeeds and
+    // nothing is mounted.
+    assert!(has("AssertPathExists", "/etc/wsfs/%i.toml"), "{unit}");
+    assert!(
+        !d.iter().any(|(k, _)| k.starts_with("Condition")),
+        "a Condition lets a start succeed with nothing mounted: {unit}"
+    );
+    assert!(has("DevicePolicy", "closed"), "{unit}");
+    assert!(has("DeviceAllow", "/dev/fuse rw"), "{unit}");
+    let caps: Vec<&str> = d
+        .iter()
+        .filter(|(k, _)| k == "CapabilityBoundingSet")
+        .flat_map(|(_, v)| v.split_whitespace())
+        .collect();
+    for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"] {
+        assert!(caps.contains(&cap), "{cap} missing: {unit}");
+    }
+    let left_out = left_out_in_docs();
+    for must in [
+        "PrivateMounts",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectSystem",
+        "ProtectHome",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "TemporaryFileSystem",
+        "BindPaths",
+        "RootDirectory",
+        "MountFlags",
+    ] {
+        assert!(
+            left_out.iter().any(|x| x == must),
+            "docs/operations.md no longer lists {must} as left out: {left_out:?}"
+        );
+    }
+    for (k, v) in &d {
+        assert!(
+            !left_out.contains(k),
+            "{k}={v} gives the service a mount namespace of its own: the mount would be invisible to jobs"
+        );
+    }
+}
+
 #[test]
 fn systemd_unit_and_install_script_verify_clean() {
     let s = Scratch::new();
@@ -308,6 +387,7 @@ fn systemd_unit_and_install_script_verify_clean() {
         "systemd-analyze verify has remarks: {}",
         text(&o)
     );
+    unit_keeps_the_mount_visible_and_fails_loudly(&text_unit);
     // The helper, run under its installed name, is the mount command.
     let o = Command::new(&helper).arg("--help").output().unwrap();
     assert!(
