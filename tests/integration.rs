@@ -611,14 +611,45 @@ fn mount_settings_come_from_the_config_file_and_flags_win() {
     assert!(text(&o).contains("already a mount point"), "{}", text(&o));
 }
 
+/// Asserts that `secret` shows nowhere a user of the machine can look while the mount at `mp`
+/// (made with a store URL carrying it) lives: the command lines of its keeper and daemon,
+/// `wsfs status`, the logs and runtime records of the run directory.
+fn assert_secret_hidden(s: &Scratch, mp: &Path, secret: &str) -> Vec<ProcId> {
+    let procs = processes(s, mp);
+    assert_eq!(procs.len(), 2, "keeper and daemon");
+    for p in &procs {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(secret),
+            "pid {} shows {secret} on its command line",
+            p.pid
+        );
+    }
+    let st = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
+    assert_ok(&st);
+    assert!(!text(&st).contains(secret), "{}", text(&st));
+    for e in walkdir::WalkDir::new(s.run_dir()).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let body = std::fs::read(e.path()).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&body).contains(secret),
+                "{} holds {secret}",
+                e.path().display()
+            );
+        }
+    }
+    procs
+}
+
 #[test]
 fn store_credentials_stay_off_every_command_line() {
     require_fuse();
     let s = Scratch::new();
     let src = persisted(&s, "ci-5");
     let mp = s.mkdir("mnt");
-    // A token in the URL's query (a file store ignores it; a signed URL would need it).
-    let url = format!("{}?token=s3cr3t-token", s.store("store"));
+    // Tokens in the URL's query: a `token=` and a signed URL's `sig=` (a file store ignores
+    // both; an Azure SAS or a signed GCS URL would need them).
+    let url = format!("{}?token=s3cr3t-token&sig=s3cr3t-sig", s.store("store"));
     let o = s.wsfs(&[
         "mount",
         "--store",
@@ -640,30 +671,7 @@ fn store_credentials_stay_off_every_command_line() {
         text(&o)
     );
     compare_trees(&src, &mp);
-    let procs = processes(&s, &mp);
-    assert_eq!(procs.len(), 2, "keeper and daemon");
-    for p in &procs {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&cmdline).contains("s3cr3t"),
-            "pid {} shows the token on its command line",
-            p.pid
-        );
-    }
-    // Nor in what status shows, the logs or the runtime records.
-    let st = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
-    assert_ok(&st);
-    assert!(!text(&st).contains("s3cr3t"), "{}", text(&st));
-    for e in walkdir::WalkDir::new(s.run_dir()).into_iter().flatten() {
-        if e.file_type().is_file() {
-            let body = std::fs::read(e.path()).unwrap_or_default();
-            assert!(
-                !String::from_utf8_lossy(&body).contains("s3cr3t"),
-                "{} holds the token",
-                e.path().display()
-            );
-        }
-    }
+    let procs = assert_secret_hidden(&s, &mp, "s3cr3t");
     // A takeover daemon gets the stores too (from the keeper's environment, not its argv).
     let daemon = procs[0];
     // SAFETY: killing the daemon this test started.
@@ -678,6 +686,94 @@ fn store_credentials_stay_off_every_command_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
     compare_trees(&src, &mp);
+    assert_secret_hidden(&s, &mp, "s3cr3t");
+
+    // `wsfs attach` hands the URLs down the same way: the keeper and daemon of its workspace
+    // mount show no token either.
+    let co = s.mkdir("checkout");
+    let o = s.wsfs(&[
+        "attach",
+        "--store",
+        &url,
+        "--workspace",
+        "ci-5",
+        "--layer",
+        "build",
+        "--at",
+        co.to_str().unwrap(),
+        "--scratch",
+        s.path("scratch").to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let _a = Attached {
+        at: co.clone(),
+        run_dir: s.run_dir(),
+    };
+    assert!(
+        text(&o).contains("a --store URL carries credentials"),
+        "warned: {}",
+        text(&o)
+    );
+    let ws_mount = s
+        .run_dir()
+        .join("attach")
+        .join(wsfs::ops::run_records::mount_id(&co))
+        .join("workspace");
+    assert_secret_hidden(&s, &ws_mount, "s3cr3t");
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+}
+
+/// Userinfo (`http://user:password@host/…`): a plain HTTP store in front of a public-read moto
+/// bucket (moto ignores the Basic credentials reqwest sends from the URL).
+#[test]
+fn a_store_url_with_userinfo_stays_off_every_command_line() {
+    require_fuse();
+    let e = emulators::env();
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 40, 1, 12);
+    let b = emulators::unique("userinfo");
+    emulators::mk_s3(&e, &b);
+    assert_ok(&persist(
+        &s,
+        &[format!("s3://{b}/p")],
+        "ci-8",
+        "build",
+        &src,
+        &[],
+    ));
+    emulators::s3_py(
+        &e,
+        "import json\ns3.put_bucket_policy(Bucket=sys.argv[2], Policy=json.dumps({'Version': '2012-10-17', \
+         'Statement': [{'Effect': 'Allow', 'Principal': '*', 'Action': 's3:GetObject', \
+         'Resource': 'arn:aws:s3:::' + sys.argv[2] + '/*'}]}))",
+        &[&b],
+    );
+    let endpoint = e.s3.strip_prefix("http://").expect("moto over http");
+    let url = format!("http://wsfs:s3cr3t-pw@{endpoint}/{b}/p");
+    let mp = s.mkdir("mnt");
+    let o = s.wsfs(&[
+        "mount",
+        "--store",
+        &url,
+        "--workspace",
+        "ci-8",
+        "--layer",
+        "build",
+        mp.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let _g = Mounted {
+        mountpoint: mp.clone(),
+        run_dir: s.run_dir(),
+    };
+    assert!(
+        text(&o).contains("a --store URL carries credentials"),
+        "warned: {}",
+        text(&o)
+    );
+    compare_trees(&src, &mp);
+    assert_secret_hidden(&s, &mp, "s3cr3t");
 }
 
 // ---------------------------------------------------------------------------------------------
