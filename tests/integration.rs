@@ -817,6 +817,39 @@ fn long_commands_show_progress_on_a_terminal_and_one_summary_otherwise() {
         assert!(!all.contains('\u{1b}'), "escape codes in a log: {all}");
         assert!(!all.contains("chunks build on"), "progress in a log: {all}");
     }
+    // gc, with a layer to expire and its data to delete (`--older-than 0s --grace 0s`): on a
+    // terminal the step (marking, with counts) and a bar over the deletions, then the summary.
+    let gc_cmd = |store: &str| format!("{WSFS} gc --store {store} --older-than 0s --grace 0s");
+    let out = on_a_terminal(&gc_cmd(&store));
+    assert!(out.contains("marking: "), "gc progress: {out}");
+    assert!(out.contains("deleted on"), "gc deletion bar: {out}");
+    assert!(out.contains("1 expired (ws/build)"), "gc summary: {out}");
+    // In a log: the summary alone.
+    let store2 = s.store("store2");
+    assert_ok(&s.wsfs(&[
+        "persist",
+        "--store",
+        &store2,
+        "--workspace",
+        "ws",
+        "--layer",
+        "build",
+        "--root",
+        src.to_str().unwrap(),
+        "--no-index",
+    ]));
+    let o = Command::new("sh")
+        .args(["-c", &gc_cmd(&store2)])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let all = text(&o);
+    assert!(!all.contains('\u{1b}'), "escape codes in a log: {all}");
+    assert!(
+        !all.contains("marking: ") && !all.contains("deleted on"),
+        "progress in a log: {all}"
+    );
+    assert!(all.contains("1 expired (ws/build)"), "gc summary: {all}");
 }
 
 // ---------------------------------------------------------------------------------------------
