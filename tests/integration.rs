@@ -852,6 +852,124 @@ fn long_commands_show_progress_on_a_terminal_and_one_summary_otherwise() {
     assert!(all.contains("1 expired (ws/build)"), "gc summary: {all}");
 }
 
+/// The status of an attach (`wsfs status DIR --json`), typed.
+#[derive(serde::Deserialize)]
+struct AttachDoc {
+    attaches: Vec<wsfs::ops::status::AttachStatus>,
+    mounts: Vec<wsfs::ops::service::control::MountStatus>,
+}
+
+/// `attach --prefetch all` returns as soon as the tree serves (the job must start); it says
+/// where to watch the prefetch, and `wsfs status DIR` of the attached directory shows it up to
+/// 100 %, naming the attach and its workspace mount.
+#[test]
+fn attach_prefetch_all_returns_at_once_and_status_of_the_attach_shows_the_prefetch() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = persisted(&s, "ci-7");
+    let co = s.mkdir("checkout");
+    std::fs::write(co.join("OWN.md"), b"the job's own file\n").unwrap();
+    let o = s.wsfs(&[
+        "attach",
+        "--store",
+        &s.store("store"),
+        "--workspace",
+        "ci-7",
+        "--layer",
+        "build",
+        "--at",
+        co.to_str().unwrap(),
+        "--scratch",
+        s.path("scratch").to_str().unwrap(),
+        "--prefetch",
+        "all",
+    ]);
+    assert_ok(&o);
+    let _a = Attached {
+        at: co.clone(),
+        run_dir: s.run_dir(),
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fetching every chunk in the background (--prefetch all)")
+            && err.contains(&format!("`wsfs status {}`", co.display())),
+        "the hint: {}",
+        text(&o)
+    );
+    let ws_mount = s
+        .run_dir()
+        .join("attach")
+        .join(wsfs::ops::run_records::mount_id(&co))
+        .join("workspace");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s.wsfs(&["status", co.to_str().unwrap(), "--json"]);
+        assert_ok(&o);
+        let doc: AttachDoc = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("status json: {e}: {}", text(&o)));
+        assert_eq!(doc.attaches.len(), 1, "{}", text(&o));
+        assert_eq!(doc.attaches[0].at, co.display().to_string());
+        assert_eq!(
+            doc.attaches[0].workspace_mount,
+            ws_mount.display().to_string()
+        );
+        assert_eq!(doc.mounts.len(), 1, "{}", text(&o));
+        let m = &doc.mounts[0];
+        assert_eq!(m.mountpoint, ws_mount.display().to_string());
+        assert_eq!(m.attached_at.as_deref(), Some(co.to_str().unwrap()));
+        assert!(m.cache.chunks > 0, "{}", text(&o));
+        if m.cache.prefetched >= m.cache.chunks {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prefetch did not finish: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The text form names the attach, its workspace mount, and the finished prefetch.
+    let o = s.wsfs(&["status", co.to_str().unwrap()]);
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "{}  attach: overlay over the workspace mount {}",
+            co.display(),
+            ws_mount.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  workspace=ci-7 layers=build",
+            ws_mount.display()
+        )) && out.contains(&format!("attached_at={}", co.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("prefetch: ") && out.contains("(100%)"),
+        "{out}"
+    );
+    // The job's tree: the workspace over the checkout's own file.
+    assert_eq!(
+        std::fs::read(co.join("OWN.md")).unwrap(),
+        b"the job's own file\n"
+    );
+    let probe = walkdir::WalkDir::new(&src)
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_type().is_file())
+        .expect("a file in the tree");
+    let rel = probe.path().strip_prefix(&src).unwrap();
+    assert_eq!(
+        std::fs::read(co.join(rel)).unwrap(),
+        std::fs::read(probe.path()).unwrap()
+    );
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+    assert!(!is_mounted(&co) && !is_mounted(&ws_mount));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cleanup steps and working directories
 // ---------------------------------------------------------------------------------------------
