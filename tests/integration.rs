@@ -261,6 +261,85 @@ fn notifications_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec
     got
 }
 
+/// The unit's `Key=value` lines (comments and section headers aside).
+fn unit_directives(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with(';') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The options docs/operations.md ("systemd") says the unit leaves out because each would give
+/// the service a mount namespace of its own.
+fn left_out_in_docs() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let from = doc
+        .find("Left out on purpose")
+        .expect("the docs list what is left out");
+    let rest = &doc[from..];
+    let para = &rest[..rest
+        .find("`systemd-analyze verify`")
+        .expect("end of the list")];
+    para.split('`')
+        .skip(1)
+        .step_by(2)
+        .flat_map(|names| names.split('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What `systemd-analyze verify` does not judge: a missing config fails the start, /dev/fuse is
+/// allowed, a busy stop can name its holders, and nothing hides the mount from the jobs.
+fn unit_keeps_the_mount_visible_and_fails_loudly(unit: &str) {
+    let d = unit_directives(unit);
+    let has = |k: &str, v: &str| d.iter().any(|(dk, dv)| dk == k && dv == v);
+    // An Assert fails `systemctl start`; a Condition would skip the unit: start succeeds and
+    // nothing is mounted.
+    assert!(has("AssertPathExists", "/etc/wsfs/%i.toml"), "{unit}");
+    assert!(
+        !d.iter().any(|(k, _)| k.starts_with("Condition")),
+        "a Condition lets a start succeed with nothing mounted: {unit}"
+    );
+    assert!(has("DevicePolicy", "closed"), "{unit}");
+    assert!(has("DeviceAllow", "/dev/fuse rw"), "{unit}");
+    let caps: Vec<&str> = d
+        .iter()
+        .filter(|(k, _)| k == "CapabilityBoundingSet")
+        .flat_map(|(_, v)| v.split_whitespace())
+        .collect();
+    for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"] {
+        assert!(caps.contains(&cap), "{cap} missing: {unit}");
+    }
+    let left_out = left_out_in_docs();
+    for must in [
+        "PrivateMounts",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectSystem",
+        "ProtectHome",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "TemporaryFileSystem",
+        "BindPaths",
+        "RootDirectory",
+        "MountFlags",
+    ] {
+        assert!(
+            left_out.iter().any(|x| x == must),
+            "docs/operations.md no longer lists {must} as left out: {left_out:?}"
+        );
+    }
+    for (k, v) in &d {
+        assert!(
+            !left_out.contains(k),
+            "{k}={v} gives the service a mount namespace of its own: the mount would be invisible to jobs"
+        );
+    }
+}
+
 #[test]
 fn systemd_unit_and_install_script_verify_clean() {
     let s = Scratch::new();
@@ -308,6 +387,7 @@ fn systemd_unit_and_install_script_verify_clean() {
         "systemd-analyze verify has remarks: {}",
         text(&o)
     );
+    unit_keeps_the_mount_visible_and_fails_loudly(&text_unit);
     // The helper, run under its installed name, is the mount command.
     let o = Command::new(&helper).arg("--help").output().unwrap();
     assert!(
@@ -531,14 +611,45 @@ fn mount_settings_come_from_the_config_file_and_flags_win() {
     assert!(text(&o).contains("already a mount point"), "{}", text(&o));
 }
 
+/// Asserts that `secret` shows nowhere a user of the machine can look while the mount at `mp`
+/// (made with a store URL carrying it) lives: the command lines of its keeper and daemon,
+/// `wsfs status`, the logs and runtime records of the run directory.
+fn assert_secret_hidden(s: &Scratch, mp: &Path, secret: &str) -> Vec<ProcId> {
+    let procs = processes(s, mp);
+    assert_eq!(procs.len(), 2, "keeper and daemon");
+    for p in &procs {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(secret),
+            "pid {} shows {secret} on its command line",
+            p.pid
+        );
+    }
+    let st = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
+    assert_ok(&st);
+    assert!(!text(&st).contains(secret), "{}", text(&st));
+    for e in walkdir::WalkDir::new(s.run_dir()).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let body = std::fs::read(e.path()).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&body).contains(secret),
+                "{} holds {secret}",
+                e.path().display()
+            );
+        }
+    }
+    procs
+}
+
 #[test]
 fn store_credentials_stay_off_every_command_line() {
     require_fuse();
     let s = Scratch::new();
     let src = persisted(&s, "ci-5");
     let mp = s.mkdir("mnt");
-    // A token in the URL's query (a file store ignores it; a signed URL would need it).
-    let url = format!("{}?token=s3cr3t-token", s.store("store"));
+    // Tokens in the URL's query: a `token=` and a signed URL's `sig=` (a file store ignores
+    // both; an Azure SAS or a signed GCS URL would need them).
+    let url = format!("{}?token=s3cr3t-token&sig=s3cr3t-sig", s.store("store"));
     let o = s.wsfs(&[
         "mount",
         "--store",
@@ -560,30 +671,7 @@ fn store_credentials_stay_off_every_command_line() {
         text(&o)
     );
     compare_trees(&src, &mp);
-    let procs = processes(&s, &mp);
-    assert_eq!(procs.len(), 2, "keeper and daemon");
-    for p in &procs {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&cmdline).contains("s3cr3t"),
-            "pid {} shows the token on its command line",
-            p.pid
-        );
-    }
-    // Nor in what status shows, the logs or the runtime records.
-    let st = s.wsfs(&["status", mp.to_str().unwrap(), "--json"]);
-    assert_ok(&st);
-    assert!(!text(&st).contains("s3cr3t"), "{}", text(&st));
-    for e in walkdir::WalkDir::new(s.run_dir()).into_iter().flatten() {
-        if e.file_type().is_file() {
-            let body = std::fs::read(e.path()).unwrap_or_default();
-            assert!(
-                !String::from_utf8_lossy(&body).contains("s3cr3t"),
-                "{} holds the token",
-                e.path().display()
-            );
-        }
-    }
+    let procs = assert_secret_hidden(&s, &mp, "s3cr3t");
     // A takeover daemon gets the stores too (from the keeper's environment, not its argv).
     let daemon = procs[0];
     // SAFETY: killing the daemon this test started.
@@ -598,6 +686,94 @@ fn store_credentials_stay_off_every_command_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
     compare_trees(&src, &mp);
+    assert_secret_hidden(&s, &mp, "s3cr3t");
+
+    // `wsfs attach` hands the URLs down the same way: the keeper and daemon of its workspace
+    // mount show no token either.
+    let co = s.mkdir("checkout");
+    let o = s.wsfs(&[
+        "attach",
+        "--store",
+        &url,
+        "--workspace",
+        "ci-5",
+        "--layer",
+        "build",
+        "--at",
+        co.to_str().unwrap(),
+        "--scratch",
+        s.path("scratch").to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let _a = Attached {
+        at: co.clone(),
+        run_dir: s.run_dir(),
+    };
+    assert!(
+        text(&o).contains("a --store URL carries credentials"),
+        "warned: {}",
+        text(&o)
+    );
+    let ws_mount = s
+        .run_dir()
+        .join("attach")
+        .join(wsfs::ops::run_records::mount_id(&co))
+        .join("workspace");
+    assert_secret_hidden(&s, &ws_mount, "s3cr3t");
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+}
+
+/// Userinfo (`http://user:password@host/…`): a plain HTTP store in front of a public-read moto
+/// bucket (moto ignores the Basic credentials reqwest sends from the URL).
+#[test]
+fn a_store_url_with_userinfo_stays_off_every_command_line() {
+    require_fuse();
+    let e = emulators::env();
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_tree(&src, 40, 1, 12);
+    let b = emulators::unique("userinfo");
+    emulators::mk_s3(&e, &b);
+    assert_ok(&persist(
+        &s,
+        &[format!("s3://{b}/p")],
+        "ci-8",
+        "build",
+        &src,
+        &[],
+    ));
+    emulators::s3_py(
+        &e,
+        "import json\ns3.put_bucket_policy(Bucket=sys.argv[2], Policy=json.dumps({'Version': '2012-10-17', \
+         'Statement': [{'Effect': 'Allow', 'Principal': '*', 'Action': 's3:GetObject', \
+         'Resource': 'arn:aws:s3:::' + sys.argv[2] + '/*'}]}))",
+        &[&b],
+    );
+    let endpoint = e.s3.strip_prefix("http://").expect("moto over http");
+    let url = format!("http://wsfs:s3cr3t-pw@{endpoint}/{b}/p");
+    let mp = s.mkdir("mnt");
+    let o = s.wsfs(&[
+        "mount",
+        "--store",
+        &url,
+        "--workspace",
+        "ci-8",
+        "--layer",
+        "build",
+        mp.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let _g = Mounted {
+        mountpoint: mp.clone(),
+        run_dir: s.run_dir(),
+    };
+    assert!(
+        text(&o).contains("a --store URL carries credentials"),
+        "warned: {}",
+        text(&o)
+    );
+    compare_trees(&src, &mp);
+    assert_secret_hidden(&s, &mp, "s3cr3t");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -641,6 +817,157 @@ fn long_commands_show_progress_on_a_terminal_and_one_summary_otherwise() {
         assert!(!all.contains('\u{1b}'), "escape codes in a log: {all}");
         assert!(!all.contains("chunks build on"), "progress in a log: {all}");
     }
+    // gc, with a layer to expire and its data to delete (`--older-than 0s --grace 0s`): on a
+    // terminal the step (marking, with counts) and a bar over the deletions, then the summary.
+    let gc_cmd = |store: &str| format!("{WSFS} gc --store {store} --older-than 0s --grace 0s");
+    let out = on_a_terminal(&gc_cmd(&store));
+    assert!(out.contains("marking: "), "gc progress: {out}");
+    assert!(out.contains("deleted on"), "gc deletion bar: {out}");
+    assert!(out.contains("1 expired (ws/build)"), "gc summary: {out}");
+    // In a log: the summary alone.
+    let store2 = s.store("store2");
+    assert_ok(&s.wsfs(&[
+        "persist",
+        "--store",
+        &store2,
+        "--workspace",
+        "ws",
+        "--layer",
+        "build",
+        "--root",
+        src.to_str().unwrap(),
+        "--no-index",
+    ]));
+    let o = Command::new("sh")
+        .args(["-c", &gc_cmd(&store2)])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let all = text(&o);
+    assert!(!all.contains('\u{1b}'), "escape codes in a log: {all}");
+    assert!(
+        !all.contains("marking: ") && !all.contains("deleted on"),
+        "progress in a log: {all}"
+    );
+    assert!(all.contains("1 expired (ws/build)"), "gc summary: {all}");
+}
+
+/// The status of an attach (`wsfs status DIR --json`), typed.
+#[derive(serde::Deserialize)]
+struct AttachDoc {
+    attaches: Vec<wsfs::ops::status::AttachStatus>,
+    mounts: Vec<wsfs::ops::service::control::MountStatus>,
+}
+
+/// `attach --prefetch all` returns as soon as the tree serves (the job must start); it says
+/// where to watch the prefetch, and `wsfs status DIR` of the attached directory shows it up to
+/// 100 %, naming the attach and its workspace mount.
+#[test]
+fn attach_prefetch_all_returns_at_once_and_status_of_the_attach_shows_the_prefetch() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = persisted(&s, "ci-7");
+    let co = s.mkdir("checkout");
+    std::fs::write(co.join("OWN.md"), b"the job's own file\n").unwrap();
+    let o = s.wsfs(&[
+        "attach",
+        "--store",
+        &s.store("store"),
+        "--workspace",
+        "ci-7",
+        "--layer",
+        "build",
+        "--at",
+        co.to_str().unwrap(),
+        "--scratch",
+        s.path("scratch").to_str().unwrap(),
+        "--prefetch",
+        "all",
+    ]);
+    assert_ok(&o);
+    let _a = Attached {
+        at: co.clone(),
+        run_dir: s.run_dir(),
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fetching every chunk in the background (--prefetch all)")
+            && err.contains(&format!("`wsfs status {}`", co.display())),
+        "the hint: {}",
+        text(&o)
+    );
+    let ws_mount = s
+        .run_dir()
+        .join("attach")
+        .join(wsfs::ops::run_records::mount_id(&co))
+        .join("workspace");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s.wsfs(&["status", co.to_str().unwrap(), "--json"]);
+        assert_ok(&o);
+        let doc: AttachDoc = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("status json: {e}: {}", text(&o)));
+        assert_eq!(doc.attaches.len(), 1, "{}", text(&o));
+        assert_eq!(doc.attaches[0].at, co.display().to_string());
+        assert_eq!(
+            doc.attaches[0].workspace_mount,
+            ws_mount.display().to_string()
+        );
+        assert_eq!(doc.mounts.len(), 1, "{}", text(&o));
+        let m = &doc.mounts[0];
+        assert_eq!(m.mountpoint, ws_mount.display().to_string());
+        assert_eq!(m.attached_at.as_deref(), Some(co.to_str().unwrap()));
+        assert!(m.cache.chunks > 0, "{}", text(&o));
+        if m.cache.prefetched >= m.cache.chunks {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prefetch did not finish: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The text form names the attach, its workspace mount, and the finished prefetch.
+    let o = s.wsfs(&["status", co.to_str().unwrap()]);
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "{}  attach: overlay over the workspace mount {}",
+            co.display(),
+            ws_mount.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  workspace=ci-7 layers=build",
+            ws_mount.display()
+        )) && out.contains(&format!("attached_at={}", co.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("prefetch: ") && out.contains("(100%)"),
+        "{out}"
+    );
+    // The job's tree: the workspace over the checkout's own file.
+    assert_eq!(
+        std::fs::read(co.join("OWN.md")).unwrap(),
+        b"the job's own file\n"
+    );
+    let probe = walkdir::WalkDir::new(&src)
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_type().is_file())
+        .expect("a file in the tree");
+    let rel = probe.path().strip_prefix(&src).unwrap();
+    assert_eq!(
+        std::fs::read(co.join(rel)).unwrap(),
+        std::fs::read(probe.path()).unwrap()
+    );
+    assert_ok(&s.wsfs(&["umount", co.to_str().unwrap()]));
+    assert!(!is_mounted(&co) && !is_mounted(&ws_mount));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,8 +21,12 @@ fn wait_blocked_on_fuse(pid: i32) {
         let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
         let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
         let hidden = wchan.trim().is_empty() || wchan.trim() == "0";
+        // A read that the kernel turned into readahead waits for the page the FUSE reply
+        // would fill (`folio_wait_bit_common`, older kernels `wait_on_page_bit_common`).
         if wchan.contains("request_wait_answer")
             || wchan.contains("fuse")
+            || wchan.contains("folio_wait")
+            || wchan.contains("wait_on_page")
             || (hidden && !syscall.starts_with("running") && !syscall.is_empty())
         {
             return;
@@ -76,6 +80,11 @@ fn force_umount_frees_a_frozen_daemon_with_a_blocked_reader() {
         out.contains("connection aborted: yes") || out.contains("clean unmount: yes"),
         "{out}"
     );
+    // Words for people, not Rust debug text (`daemon_stopped=Some(true)`, `state Some('T')`).
+    let said = format!("{out}{}", String::from_utf8_lossy(&o.stderr));
+    for debug in ["Some(", "None", "Ok(", "Err("] {
+        assert!(!said.contains(debug), "{debug} in: {said}");
+    }
     // The reader does not hang: it fails loudly, or (when the polite unmount went through while
     // its request was in flight and the resumed daemon answered it) it has the file's exact
     // bytes. Never a short, empty or different file.

@@ -306,6 +306,11 @@ fn proc_state(pid: i32) -> Option<char> {
     super::linux::process::Stat::read(pid).map(|s| s.state)
 }
 
+/// A process state for people: its `/proc/PID/stat` letter, or `unknown`.
+fn state_text(state: Option<char>) -> String {
+    state.map_or_else(|| "unknown".to_string(), String::from)
+}
+
 use super::linux::process::pid_alive;
 
 fn wait_dead(pid: i32, until: Instant) -> bool {
@@ -334,7 +339,7 @@ fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant)
     if !pid_alive(pid) {
         r.note(
             start,
-            format!("daemon {pid} already gone (state {state:?})"),
+            format!("daemon {pid} already gone (state {})", state_text(state)),
         );
         return true;
     }
@@ -350,7 +355,10 @@ fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant)
     signal(pid, libc::SIGCONT, r);
     r.note(
         start,
-        format!("sent SIGTERM+SIGCONT to daemon {pid} (state was {state:?})"),
+        format!(
+            "sent SIGTERM+SIGCONT to daemon {pid} (state was {})",
+            state_text(state)
+        ),
     );
     if wait_dead(pid, deadline.min(Instant::now() + DAEMON_TERM_GRACE)) {
         r.note(start, format!("daemon {pid} exited after SIGTERM"));
@@ -363,8 +371,8 @@ fn stop_daemon(pid: i32, deadline: Instant, r: &mut ForceReport, start: Instant)
         r.note(start, format!("daemon {pid} exited after SIGKILL"));
     } else {
         r.errors.push(format!(
-            "daemon {pid} still alive (state {:?}) at the deadline",
-            proc_state(pid)
+            "daemon {pid} still alive (state {}) at the deadline",
+            state_text(proc_state(pid))
         ));
     }
     dead
@@ -405,6 +413,12 @@ pub fn is_wsfs_mount(e: &MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_states_read_without_debug_text() {
+        assert_eq!(state_text(Some('T')), "T");
+        assert_eq!(state_text(None), "unknown");
+    }
 
     #[test]
     fn not_mounted_is_quick_success() {

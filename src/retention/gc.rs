@@ -25,6 +25,7 @@
 //! bulk where the store has it (S3: one request per 1,000 objects, 20 in flight), else one
 //! DELETE per object (10 in flight); a few requests for the lock.
 
+use super::gc_progress::GcProgress;
 use super::lease::{self, Held, Lease, LeaseKind};
 use super::{digest_of_key, inventory, live_leases, Inventory, RefObject};
 use crate::error::WsfsError;
@@ -192,7 +193,8 @@ async fn collect(
     opts: &GcOptions,
     r: &mut StoreGc,
 ) -> Result<(), Stop> {
-    let inv = drain(p, opts, r).await?;
+    let prog = GcProgress::new(opts.progress, &p.name);
+    let inv = drain(p, opts, r, &prog).await?;
     let now = crate::ops::linux::process::unix_now();
     let leased = live_leases(&inv, now);
     r.workspaces_leased = leased
@@ -201,6 +203,7 @@ async fn collect(
         .map(|(w, _)| w.clone())
         .collect();
     // 3. Expire.
+    prog.step(format!("expiring: {} refs read", inv.refs.len()));
     let cutoff = now - opts.older_than.as_secs() as i64;
     let (kept, expired) = expire(&inv, &r.workspaces_leased, cutoff, chain).await;
     r.refs_kept = kept.len() as u64;
@@ -222,7 +225,7 @@ async fn collect(
         }
     }
     let mut marks = Marks::default();
-    marks.add(chain, manifests).await;
+    marks.add(chain, manifests, &prog).await;
     let grace_cutoff = now - opts.grace.as_secs() as i64;
     let stale_leases: Vec<String> = inv
         .leases
@@ -266,14 +269,19 @@ async fn collect(
                 }
             }
         }
-        marks.add(chain, more).await;
+        marks.add(chain, more, &prog).await;
     }
     // 5c. Unreached manifests and chunks older than the grace period.
+    prog.step("listing manifests");
     let listed_manifests = p
         .list(keys::MANIFESTS)
         .await
         .map_err(|o| ("failed", format!("cannot list manifests: {o}")))?;
     let listed_chunks = if marks.unknown.is_empty() {
+        prog.step(format!(
+            "listing chunks ({} manifests listed)",
+            listed_manifests.len()
+        ));
         p.list(keys::CHUNKS)
             .await
             .map_err(|o| ("failed", format!("cannot list chunks: {o}")))?
@@ -298,15 +306,7 @@ async fn collect(
         return Ok(());
     }
     let total = m_del.len() + c_del.len() + stale_leases.len();
-    let bar = opts.progress.then(|| {
-        let b = indicatif::ProgressBar::new(total as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} deleted on {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_message(p.name.clone());
-        b
-    });
+    let bar = prog.deleting(total as u64);
     // Manifests before chunks, for the same reason as refs first.
     let lease_count = stale_leases.len() as u64;
     for (what, keys) in [
@@ -314,7 +314,7 @@ async fn collect(
         ("chunks", c_del.iter().map(|o| o.key.clone()).collect()),
         ("leases", stale_leases),
     ] {
-        let errors = delete_all(p, keys, bar.as_ref()).await;
+        let errors = delete_all(p, keys, bar).await;
         if what == "leases" {
             r.leases_removed = lease_count - errors.len() as u64;
         }
@@ -326,9 +326,7 @@ async fn collect(
             ));
         }
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    drop(prog);
     if let Some(dir) = p.local_dir() {
         r.upload_leftovers_removed = sweep_upload_leftovers(dir, opts.grace);
     }
@@ -348,7 +346,8 @@ struct Marks {
 }
 
 impl Marks {
-    async fn add(&mut self, chain: &Chain, manifests: BTreeSet<Digest>) {
+    async fn add(&mut self, chain: &Chain, manifests: BTreeSet<Digest>, prog: &GcProgress) {
+        prog.marked(self.manifests.len(), self.chunks.len());
         for d in manifests {
             if !self.manifests.insert(d) {
                 continue;
@@ -359,13 +358,20 @@ impl Marks {
                     .unknown
                     .push(format!("manifest {}: {missed}", d.short())),
             }
+            prog.marked(self.manifests.len(), self.chunks.len());
         }
     }
 }
 
 /// Waits until no persist lease is left on the store; returns the inventory taken after.
-async fn drain(p: &Arc<Provider>, opts: &GcOptions, r: &mut StoreGc) -> Result<Inventory, Stop> {
+async fn drain(
+    p: &Arc<Provider>,
+    opts: &GcOptions,
+    r: &mut StoreGc,
+    prog: &GcProgress,
+) -> Result<Inventory, Stop> {
     let started = Instant::now();
+    prog.step("listing refs and leases");
     loop {
         let inv = inventory(p, None)
             .await
@@ -399,6 +405,10 @@ async fn drain(p: &Arc<Provider>, opts: &GcOptions, r: &mut StoreGc) -> Result<I
             ));
         }
         tracing::info!(store = %p.name, persists = %persists.join(", "), "waiting for persists in flight");
+        prog.step(format!(
+            "waiting for persists in flight ({})",
+            persists.join(", ")
+        ));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

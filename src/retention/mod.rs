@@ -3,6 +3,7 @@
 //! mounts and persists in flight. See docs/architecture.md, "Stored data lifecycle".
 
 pub mod gc;
+pub mod gc_progress;
 pub mod gc_text;
 pub mod lease;
 pub mod ls;
