@@ -53,12 +53,8 @@ fn encode_v2_unchecked(m: &Manifest) -> Option<Vec<u8>> {
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
     out.extend_from_slice(&head);
-    for raw in [tree.as_bytes(), &digests[..]] {
-        let z = zstd::bulk::compress(raw, 3).unwrap();
-        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
-        out.extend_from_slice(&z);
-    }
+    wsfs::manifest::codec::write_part(&mut out, tree.as_bytes()).unwrap();
+    wsfs::manifest::codec::write_part(&mut out, &digests).unwrap();
     Some(out)
 }
 

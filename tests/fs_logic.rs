@@ -65,13 +65,91 @@ async fn build(files: &[(&str, Vec<u8>)], dirs: &[&str]) -> (WsFs, Arc<InMemory>
     }
     let m = b.finish("ws".into(), "l".into(), vec![], 0);
     let table = InodeTable::build(&m.entries, m.chunks.clone(), RootMeta::default()).unwrap();
+    (fs_over(table, store.clone()), store)
+}
+
+/// The filesystem over `table`, reading chunks from `store`.
+fn fs_over(table: InodeTable, store: Arc<InMemory>) -> WsFs {
     let chain = Arc::new(Chain::new(vec![Provider::from_store(
         "mem",
         store.clone(),
         Limits::default(),
     )]));
     let fetcher = Fetcher::new(chain, 64 << 20, None, Duration::from_secs(5));
-    (WsFs::new(table, fetcher, 1000, 1000), store)
+    WsFs::new(table, fetcher, 1000, 1000)
+}
+
+/// `table`'s bytes with inode `ino`'s 48-byte record changed by `edit`, reopened without the
+/// whole-tree check: what the per-use checks alone must handle.
+fn damaged(table: &InodeTable, ino: u64, edit: impl Fn(&mut [u8])) -> InodeTable {
+    let mut raw = table.as_bytes().to_vec();
+    let recs = u64::from_le_bytes(raw[24..32].try_into().unwrap()) as usize;
+    let at = recs + (ino as usize - 1) * 48;
+    edit(&mut raw[at..at + 48]);
+    let mut buf = vec![0u64; raw.len().div_ceil(8)];
+    for (i, b) in raw.iter().enumerate() {
+        buf[i / 8] |= u64::from(*b) << (8 * (i % 8));
+    }
+    InodeTable::open(buf, raw.len()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_is_eio_where_it_is_used_and_the_rest_serves() {
+    let (fs, store) = build(
+        &[
+            ("d/a", data(10, 1)),
+            ("d/bad", data(20, 2)),
+            ("d/c", data(30, 3)),
+            ("e/ok", data(40, 4)),
+        ],
+        &["d", "e"],
+    )
+    .await;
+    let d = fs.lookup(1, b"d").unwrap().ino;
+    let bad = fs.lookup(d, b"bad").unwrap().ino;
+    let eio = |e: FsError| {
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        assert!(e.to_string().contains("damaged"), "{e}");
+    };
+    // Each kind of damage to d/bad's record: its size, its kind, its parent, its name's place.
+    let edits: [fn(&mut [u8]); 4] = [
+        |r| r[0] ^= 1,
+        |r| r[46] = 7,
+        |r| r[16..20].copy_from_slice(&99u32.to_le_bytes()),
+        |r| r[20..24].copy_from_slice(&u32::MAX.to_le_bytes()),
+    ];
+    for (i, edit) in edits.into_iter().enumerate() {
+        let fs = fs_over(damaged(fs.table(), bad, edit), store.clone());
+        match fs.lookup(d, b"bad") {
+            Err(e) => eio(e),
+            Ok(_) => panic!("damage {i}: a damaged entry was looked up"),
+        }
+        eio(fs.attr(bad).unwrap_err());
+        eio(fs.read(bad, 0, 100).await.unwrap_err());
+        // A listing of d is whole or fails: it reaches the damaged entry and fails there.
+        let items: Vec<_> = fs.readdir(d, 0).unwrap().collect();
+        assert!(
+            items.iter().any(|i| i.is_err()),
+            "the listing stops at the damage"
+        );
+        // A sibling serves its verified bytes, or — when the damage is in a name the lookup's
+        // binary search must compare — fails loudly too; never other bytes.
+        match fs.lookup(d, b"a") {
+            Ok(a) => assert_eq!(fs.read(a.ino, 0, 100).await.unwrap(), data(10, 1)),
+            Err(e) => {
+                assert_eq!(i, 3, "only a damaged name stops a sibling's lookup");
+                eio(e)
+            }
+        }
+        // Another directory serves as before.
+        let e = fs.lookup(1, b"e").unwrap().ino;
+        assert_eq!(
+            fs.read(fs.lookup(e, b"ok").unwrap().ino, 0, 100)
+                .await
+                .unwrap(),
+            data(40, 4)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

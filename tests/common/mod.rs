@@ -614,12 +614,8 @@ pub fn manifest_v2_bytes(head: &wsfs::manifest::Head, tree: &[u8], digests: &[u8
     out.extend_from_slice(&2u32.to_le_bytes());
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
     out.extend_from_slice(&head);
-    for raw in [tree, digests] {
-        let z = zstd::bulk::compress(raw, 3).expect("zstd");
-        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
-        out.extend_from_slice(&z);
-    }
+    wsfs::manifest::codec::write_part(&mut out, tree).expect("tree part");
+    wsfs::manifest::codec::write_part(&mut out, digests).expect("digests part");
     out
 }
 
