@@ -37,13 +37,7 @@ fn wrap_body(body: &[u8]) -> Vec<u8> {
 /// `unchecked_encoders_match_encode`.
 fn encode_v2_unchecked(m: &Manifest) -> Option<Vec<u8>> {
     let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).ok()?;
-    let head = Head {
-        workspace: m.workspace.clone(),
-        layer: m.layer.clone(),
-        parents: m.parents.clone(),
-        created: m.created,
-        root: m.root,
-    };
+    let head = Head::of(m);
     let head = bincode::serde::encode_to_vec(&head, bincode::config::standard()).unwrap();
     let mut digests = vec![0u8; 32];
     for e in &m.entries {

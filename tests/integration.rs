@@ -650,28 +650,7 @@ fn store_credentials_stay_off_every_command_line() {
     // Tokens in the URL's query: a `token=` and a signed URL's `sig=` (a file store ignores
     // both; an Azure SAS or a signed GCS URL would need them).
     let url = format!("{}?token=s3cr3t-token&sig=s3cr3t-sig", s.store("store"));
-    let o = s.wsfs(&[
-        "mount",
-        "--store",
-        &url,
-        "--workspace",
-        "ci-5",
-        "--layer",
-        "build",
-        mp.to_str().unwrap(),
-    ]);
-    assert_ok(&o);
-    let _g = Mounted {
-        mountpoint: mp.clone(),
-        run_dir: s.run_dir(),
-    };
-    assert!(
-        text(&o).contains("a --store URL carries credentials"),
-        "warned: {}",
-        text(&o)
-    );
-    compare_trees(&src, &mp);
-    let procs = assert_secret_hidden(&s, &mp, "s3cr3t");
+    let (_g, procs) = mount_secret_url(&s, &url, "ci-5", &mp, &src);
     // A takeover daemon gets the stores too (from the keeper's environment, not its argv).
     let daemon = procs[0];
     // SAFETY: killing the daemon this test started.
@@ -752,19 +731,31 @@ fn a_store_url_with_userinfo_stays_off_every_command_line() {
     let endpoint = e.s3.strip_prefix("http://").expect("moto over http");
     let url = format!("http://wsfs:s3cr3t-pw@{endpoint}/{b}/p");
     let mp = s.mkdir("mnt");
+    let _g = mount_secret_url(&s, &url, "ci-8", &mp, &src);
+}
+
+/// Mounts layer `build` of `ws` from `url`, which carries the secret `s3cr3t`: the command warns,
+/// the tree is `src`'s, and the secret is on no command line. The guard and the processes.
+fn mount_secret_url(
+    s: &Scratch,
+    url: &str,
+    ws: &str,
+    mp: &Path,
+    src: &Path,
+) -> (Mounted, Vec<ProcId>) {
     let o = s.wsfs(&[
         "mount",
         "--store",
-        &url,
+        url,
         "--workspace",
-        "ci-8",
+        ws,
         "--layer",
         "build",
         mp.to_str().unwrap(),
     ]);
     assert_ok(&o);
-    let _g = Mounted {
-        mountpoint: mp.clone(),
+    let g = Mounted {
+        mountpoint: mp.to_path_buf(),
         run_dir: s.run_dir(),
     };
     assert!(
@@ -772,8 +763,8 @@ fn a_store_url_with_userinfo_stays_off_every_command_line() {
         "warned: {}",
         text(&o)
     );
-    compare_trees(&src, &mp);
-    assert_secret_hidden(&s, &mp, "s3cr3t");
+    compare_trees(src, mp);
+    (g, assert_secret_hidden(s, mp, "s3cr3t"))
 }
 
 // ---------------------------------------------------------------------------------------------

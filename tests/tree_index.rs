@@ -74,13 +74,7 @@ fn damage_layer(st: &Path) {
     for e in &m.entries {
         digests.extend_from_slice(&e.content.0);
     }
-    let head = Head {
-        workspace: m.workspace.clone(),
-        layer: m.layer.clone(),
-        parents: m.parents.clone(),
-        created: m.created,
-        root: m.root,
-    };
+    let head = Head::of(&m);
     replace_layer_manifest(st, "ws", "l1", &manifest_v2_bytes(&head, &raw, &digests));
 }
 

@@ -25,19 +25,34 @@ pub(super) fn pin(mountpoint: &Path, resolved: &[crate::store::ResolvedLayer]) -
     if let Err(e) = made {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot keep manifest copies; a takeover will fetch them");
     }
+    // The copies are written beside the mount, not before it: a 1M-entry manifest is tens of
+    // MB, and a replacement that finds a copy missing or partial (it must hash to its digest)
+    // fetches the manifest from the stores instead. Each copy appears whole (temp + rename).
+    let copies: Vec<(std::path::PathBuf, bytes::Bytes)> = resolved
+        .iter()
+        .map(|l| (dir.join(l.digest.to_hex()), l.bytes.clone()))
+        .collect();
+    let spawned = std::thread::Builder::new()
+        .name("wsfs-pins".into())
+        .spawn(move || {
+            for (p, bytes) in copies {
+                let tmp = p.with_extension("tmp");
+                let written = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &p));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::debug!(path = %p.display(), error = %e, "cannot keep a manifest copy");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot keep manifest copies; a takeover will fetch them");
+    }
     resolved
         .iter()
-        .map(|l| {
-            let hex = l.digest.to_hex();
-            let p = dir.join(&hex);
-            if let Err(e) = std::fs::write(&p, &l.bytes) {
-                tracing::debug!(path = %p.display(), error = %e, "cannot keep a manifest copy");
-            }
-            PinnedLayer {
-                name: l.manifest.head.layer.clone(),
-                manifest: hex,
-                signer: l.signer.clone(),
-            }
+        .map(|l| PinnedLayer {
+            name: l.manifest.head.layer.clone(),
+            manifest: l.digest.to_hex(),
+            signer: l.signer.clone(),
         })
         .collect()
 }

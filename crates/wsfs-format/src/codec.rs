@@ -57,7 +57,8 @@ pub struct Head {
 }
 
 impl Head {
-    fn of(m: &Manifest) -> Head {
+    /// The head of `m`.
+    pub fn of(m: &Manifest) -> Head {
         Head {
             workspace: m.workspace.clone(),
             layer: m.layer.clone(),

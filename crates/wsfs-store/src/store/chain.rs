@@ -262,17 +262,8 @@ impl Chain {
 
     /// Fetches a manifest, verifies its bytes against `digest`, and decodes it whole.
     pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Served<Manifest>, AllMissed> {
-        let what = format!("manifest {}", digest.short());
-        self.fetch(
-            &what,
-            &keys::manifest(digest),
-            manifest::MAX_MANIFEST_BYTES,
-            |b| {
-                verify_blob(digest, b)?;
-                manifest::decode(b).map_err(|e| Outcome::Corrupt(e.to_string()))
-            },
-        )
-        .await
+        self.fetch_manifest_as(digest, |b| manifest::decode(b))
+            .await
     }
 
     /// Fetches a manifest, verifies its bytes against `digest`, and opens it for mounting (a
@@ -281,6 +272,17 @@ impl Chain {
         &self,
         digest: &Digest,
     ) -> Result<Served<(Opened, Bytes)>, AllMissed> {
+        self.fetch_manifest_as(digest, |b| Ok((manifest::open(b.clone())?, b.clone())))
+            .await
+    }
+
+    /// A manifest through the chain, read by `read` once its bytes hash to `digest`; a
+    /// manifest `read` refuses is a corrupt copy (the next provider is tried).
+    async fn fetch_manifest_as<T>(
+        &self,
+        digest: &Digest,
+        read: impl Fn(&Bytes) -> Result<T, manifest::ManifestError>,
+    ) -> Result<Served<T>, AllMissed> {
         let what = format!("manifest {}", digest.short());
         self.fetch(
             &what,
@@ -288,8 +290,7 @@ impl Chain {
             manifest::MAX_MANIFEST_BYTES,
             |b| {
                 verify_blob(digest, b)?;
-                let m = manifest::open(b.clone()).map_err(|e| Outcome::Corrupt(e.to_string()))?;
-                Ok((m, b.clone()))
+                read(b).map_err(|e| Outcome::Corrupt(e.to_string()))
             },
         )
         .await
