@@ -357,8 +357,16 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
         )
 }
 
+fn fuzz_cases() -> u32 {
+    std::env::var("WSFS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // 256 cases in the suite; WSFS_FUZZ_CASES=N runs N (a longer fuzz of the decoders).
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn roundtrip_arbitrary_valid_manifests(m in manifest_strategy()) {
