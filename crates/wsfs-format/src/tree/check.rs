@@ -73,7 +73,15 @@ impl Tree {
                 ino,
                 why: "an inode is missing",
             })?;
-            for x in n.extents() {
+            let mut at = 0u64;
+            for (x, s) in n.extents().iter().zip(n.ext_starts()) {
+                if *s != at || x.len == 0 {
+                    return Err(Damaged {
+                        ino,
+                        why: "extents do not follow one another",
+                    });
+                }
+                at += u64::from(x.len);
                 let fits = chunks.get(x.chunk as usize).is_some_and(|c| {
                     u64::from(x.offset) + u64::from(x.len) <= u64::from(c.raw_len)
                 });
