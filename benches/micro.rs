@@ -121,7 +121,7 @@ fn build_manifest(n: usize) -> Manifest {
     }
     b.flush(&mut sink).unwrap();
     for (i, s) in stored {
-        b.set_stored_len(i, s);
+        b.set_stored(i, s, Vec::new());
     }
     b.finish("bench".into(), "layer".into(), Vec::new(), 1_700_000_000)
 }
@@ -233,11 +233,13 @@ fn inode_table(c: &mut Criterion) {
     g.bench_function("build", |bench| {
         bench.iter_batched(
             || m.chunks.clone(),
-            |chunks| InodeTable::build(black_box(&m.entries), chunks, RootMeta::default()).unwrap(),
+            |chunks| {
+                InodeTable::build(black_box(&m.entries), chunks, &[], RootMeta::default()).unwrap()
+            },
             BatchSize::LargeInput,
         )
     });
-    let table = InodeTable::build(&m.entries, m.chunks.clone(), RootMeta::default()).unwrap();
+    let table = InodeTable::build(&m.entries, m.chunks.clone(), &[], RootMeta::default()).unwrap();
     // Every (parent, name) pair, in a scrambled order so lookups do not walk memory in order.
     let mut keys: Vec<(u64, Vec<u8>)> = table
         .iter()

@@ -77,6 +77,7 @@ fn manifest(n: usize) -> Manifest {
         root: RootMeta::default(),
         chunks,
         entries,
+        frames: vec![],
     }
 }
 

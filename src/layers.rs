@@ -206,6 +206,8 @@ pub fn topo_order(
 pub struct Merged {
     pub entries: Vec<Entry>,
     pub chunks: Vec<ChunkInfo>,
+    /// Each chunk's frame table, from a layer that recorded one (empty: read whole).
+    pub frames: Vec<Vec<ChunkInfo>>,
     /// The root directory's metadata, from the last layer applied.
     pub root: RootMeta,
 }
@@ -237,7 +239,7 @@ pub fn tree_of(mut layers: Vec<Opened>) -> Result<(InodeTable, bool), WsfsError>
         .collect::<Result<Vec<Manifest>, _>>()?;
     let merged = merge(manifests)?;
     Ok((
-        InodeTable::build(&merged.entries, merged.chunks, merged.root)?,
+        InodeTable::build(&merged.entries, merged.chunks, &merged.frames, merged.root)?,
         false,
     ))
 }
@@ -251,6 +253,7 @@ pub fn merge(mut layers: Vec<Manifest>) -> Result<Merged, WsfsError> {
             return Ok(Merged {
                 entries: m.entries,
                 chunks: m.chunks,
+                frames: m.frames,
                 root: m.root,
             });
         }
@@ -271,6 +274,7 @@ pub fn merge(mut layers: Vec<Manifest>) -> Result<Merged, WsfsError> {
     }
     // Chunk tables are concatenated, deduplicated by digest.
     let mut chunks: Vec<ChunkInfo> = Vec::new();
+    let mut frames: Vec<Vec<ChunkInfo>> = Vec::new();
     let mut chunk_index: HashMap<Digest, u32> = HashMap::new();
     let mut merged: BTreeMap<Vec<u8>, (Entry, usize)> = BTreeMap::new();
     let mut conflicts: Vec<String> = Vec::new();
@@ -278,11 +282,21 @@ pub fn merge(mut layers: Vec<Manifest>) -> Result<Merged, WsfsError> {
         let remap: Vec<u32> = m
             .chunks
             .iter()
-            .map(|c| {
-                *chunk_index.entry(c.hash).or_insert_with(|| {
+            .enumerate()
+            .map(|(ci, c)| {
+                let at = *chunk_index.entry(c.hash).or_insert_with(|| {
                     chunks.push(*c);
+                    frames.push(Vec::new());
                     (chunks.len() - 1) as u32
-                })
+                });
+                // The first layer that recorded frames for the chunk (with the stored length
+                // they add up to) gives its table.
+                let f = m.frames_of(ci);
+                let slot = &mut frames[at as usize];
+                if slot.is_empty() && !f.is_empty() && chunks[at as usize] == *c {
+                    *slot = f.to_vec();
+                }
+                at
             })
             .collect();
         for e in &m.entries {
@@ -339,6 +353,7 @@ pub fn merge(mut layers: Vec<Manifest>) -> Result<Merged, WsfsError> {
     Ok(Merged {
         entries,
         chunks,
+        frames,
         root: layers.last().map(|m| m.root).unwrap_or_default(),
     })
 }

@@ -904,7 +904,7 @@ fn build_layer(ws: &str, layer: &str, seed: u64) -> (Manifest, Vec<u8>, Digest) 
     .unwrap();
     b.flush(&mut sink).unwrap();
     for (i, len) in stored {
-        b.set_stored_len(i, len);
+        b.set_stored(i, len, Vec::new());
     }
     let m = b.finish(ws.into(), layer.into(), vec![], 1_700_000_000);
     let bytes = encode(&m).unwrap();

@@ -36,7 +36,7 @@ fn wrap_body(body: &[u8]) -> Vec<u8> {
 /// refuses what it cannot lay out: `None`). Checked against `encode` in
 /// `unchecked_encoders_match_encode`.
 fn encode_v2_unchecked(m: &Manifest) -> Option<Vec<u8>> {
-    let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).ok()?;
+    let tree = Tree::build(&m.entries, m.chunks.clone(), &m.frames, m.root).ok()?;
     let head = Head::of(m);
     let head = bincode::serde::encode_to_vec(&head, bincode::config::standard()).unwrap();
     let mut digests = vec![0u8; 32];
@@ -158,6 +158,7 @@ fn base() -> Manifest {
             file("d/g", vec![ext(1, 999, 1)]),
             symlink("l", "d/f"),
         ],
+        frames: vec![],
     }
 }
 
@@ -352,6 +353,7 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
                     root,
                     chunks,
                     entries,
+                    frames: vec![],
                 }
             },
         )
@@ -440,7 +442,7 @@ proptest! {
         m in manifest_strategy(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
     ) {
-        let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).unwrap();
+        let tree = Tree::build(&m.entries, m.chunks.clone(), &m.frames, m.root).unwrap();
         let mut raw = tree.as_bytes().to_vec();
         for (i, x) in &flips {
             let i = i.index(raw.len());
@@ -487,14 +489,100 @@ fn unchecked_encoders_match_encode() {
 }
 
 #[test]
-fn version_2_is_written_and_version_1_still_read() {
+fn version_3_is_written_and_versions_2_and_1_still_read() {
     let m = base();
-    let v2 = encode(&m).unwrap();
-    assert_eq!(v2[8..12], FORMAT_VERSION.to_le_bytes());
-    assert_eq!(FORMAT_VERSION, 2);
+    let v3 = encode(&m).unwrap();
+    assert_eq!(v3[8..12], FORMAT_VERSION.to_le_bytes());
+    assert_eq!(FORMAT_VERSION, 3);
     let v1 = encode_v1(&m).unwrap();
     assert_eq!(v1[8..12], 1u32.to_le_bytes());
-    assert_eq!(decode(&v1).unwrap(), decode(&v2).unwrap());
+    assert_eq!(decode(&v1).unwrap(), decode(&v3).unwrap());
+    let v2 = encode_format_2(&m);
+    assert_eq!(v2[8..12], 2u32.to_le_bytes());
+    assert_eq!(
+        decode(&v2).unwrap(),
+        m,
+        "a format-2 manifest reads as it did"
+    );
+    let opened = wsfs::manifest::open(v2.into()).unwrap();
+    assert!(opened.in_place());
+    let tree = opened.into_tree().unwrap();
+    assert!(tree.frames(0).is_empty() && tree.frames(1).is_empty());
+}
+
+/// `m` as wsfs of format 2 wrote it: the tree without its frame sections (tree version 1).
+fn encode_format_2(m: &Manifest) -> Vec<u8> {
+    let tree = Tree::build(&m.entries, m.chunks.clone(), &[], m.root).unwrap();
+    let mut t = tree.as_bytes().to_vec();
+    // Version 1, nine sections: the two frame sections' header slots and bytes stay behind,
+    // named by nothing (as padding a reader skips).
+    t[8..12].copy_from_slice(&1u32.to_le_bytes());
+    t[12..16].copy_from_slice(&9u32.to_le_bytes());
+    let head = bincode::serde::encode_to_vec(Head::of(m), bincode::config::standard()).unwrap();
+    let mut digests = vec![0u8; 32];
+    for e in &m.entries {
+        digests.extend_from_slice(&e.content.0);
+    }
+    let mut out = b"WSFSMANI".to_vec();
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    wsfs::manifest::codec::write_part(&mut out, &t).unwrap();
+    wsfs::manifest::codec::write_part(&mut out, &digests).unwrap();
+    out
+}
+
+/// A manifest whose second chunk is framed, as a persist writes it.
+fn framed() -> Manifest {
+    let raw: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let (stored, frames) = wsfs::manifest::frames::compress(&raw).unwrap();
+    let mut m = base();
+    m.chunks[1] = ChunkInfo {
+        hash: Digest::of(&raw),
+        raw_len: raw.len() as u32,
+        stored_len: stored.len() as u32,
+    };
+    m.frames = vec![vec![], frames];
+    m
+}
+
+#[test]
+fn frame_tables_round_trip_and_damaged_ones_are_refused() {
+    let m = framed();
+    assert_eq!(m.frames[1].len(), 5);
+    let bytes = encode(&m).unwrap();
+    assert_eq!(decode(&bytes).unwrap(), m);
+    let tree = wsfs::manifest::open(bytes.into())
+        .unwrap()
+        .into_tree()
+        .unwrap();
+    assert!(tree.frames(0).is_empty());
+    assert_eq!(tree.frames(1), &m.frames[1][..]);
+    assert!(tree.frames(2).is_empty(), "no such chunk");
+    // Tables that do not describe their chunk: refused by validate/encode/decode alike.
+    // (Version 1 cannot carry frames, so only validate and encode are asked.)
+    let refused = |m: &Manifest, needle: &str| {
+        for r in [wsfs::manifest::validate::validate(m), encode(m).map(|_| ())] {
+            match r {
+                Err(ManifestError::Invalid(msg)) => assert!(msg.contains(needle), "{msg}"),
+                other => panic!("expected Invalid({needle:?}), got {other:?}"),
+            }
+        }
+    };
+    let mut missing = m.clone();
+    missing.frames[1].pop();
+    refused(&missing, "frames do not cover");
+    let mut stored = m.clone();
+    stored.frames[1][0].stored_len += 1;
+    refused(&stored, "stored lengths");
+    let mut count = m.clone();
+    count.frames.pop();
+    refused(&count, "frame tables for");
+    // The same damage in an index served in place is refused when it opens.
+    let mut t = m.clone();
+    t.frames[1][2].raw_len -= 1;
+    let bad = encode_v2_unchecked(&t);
+    assert!(bad.is_none(), "the builder refuses it too");
 }
 
 #[test]
@@ -532,6 +620,7 @@ fn roundtrip_edge_values() {
         root: RootMeta::default(),
         chunks: vec![],
         entries: vec![],
+        frames: vec![],
     };
     assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
 }
@@ -568,7 +657,7 @@ fn rejects_bad_magic() {
 #[test]
 fn rejects_unknown_version() {
     let good = encode(&base()).unwrap();
-    for v in [0u32, 3, FORMAT_VERSION + 1, u32::MAX] {
+    for v in [0u32, 4, FORMAT_VERSION + 1, u32::MAX] {
         let mut b = good.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
         let err = decode(&b).unwrap_err();
@@ -1063,8 +1152,9 @@ impl Built {
             (0..self.indices.len() as u32).collect::<Vec<_>>()
         );
         for (i, h) in self.seen.iter().enumerate() {
-            let stored = compress(&self.chunks[h]).unwrap();
-            self.builder.set_stored_len(i as u32, stored.len() as u32);
+            let (stored, frames) = wsfs::manifest::frames::compress(&self.chunks[h]).unwrap();
+            self.builder
+                .set_stored(i as u32, stored.len() as u32, frames);
         }
         let m = self
             .builder
@@ -1393,7 +1483,7 @@ fn builder_tree_with_dirs_symlinks_and_files_roundtrips() {
         mtime_nsec: 8,
     });
     b.flush(&mut sink).unwrap();
-    b.set_stored_len(0, 12);
+    b.set_stored(0, 12, Vec::new());
     let m = b.finish("ws".into(), "l".into(), vec!["p".into()], 0);
     let paths: Vec<&[u8]> = m.entries.iter().map(|e| e.path.as_slice()).collect();
     assert_eq!(paths, vec![&b"dir"[..], b"dir/file", b"dir/link"]);

@@ -54,7 +54,7 @@ async fn build(files: &[(&str, Vec<u8>)], dirs: &[&str]) -> (WsFs, Arc<InMemory>
     }
     b.flush(&mut sink).unwrap();
     for (i, (k, v)) in pending.iter().enumerate() {
-        b.set_stored_len(i as u32, v.len() as u32);
+        b.set_stored(i as u32, v.len() as u32, Vec::new());
         store
             .put(
                 &object_store::path::Path::from(k.as_str()),
@@ -64,7 +64,8 @@ async fn build(files: &[(&str, Vec<u8>)], dirs: &[&str]) -> (WsFs, Arc<InMemory>
             .unwrap();
     }
     let m = b.finish("ws".into(), "l".into(), vec![], 0);
-    let table = InodeTable::build(&m.entries, m.chunks.clone(), RootMeta::default()).unwrap();
+    let table =
+        InodeTable::build(&m.entries, m.chunks.clone(), &m.frames, RootMeta::default()).unwrap();
     (fs_over(table, store.clone()), store)
 }
 

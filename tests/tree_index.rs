@@ -62,7 +62,7 @@ fn rec_at(tree: &[u8], ino: u64) -> usize {
 /// make it), only the index is wrong.
 fn damage_layer(st: &Path) {
     let m = decode(&layer_manifest(st, "ws", "l1")).unwrap();
-    let tree = Tree::build(&m.entries, m.chunks.clone(), m.root).unwrap();
+    let tree = Tree::build(&m.entries, m.chunks.clone(), &m.frames, m.root).unwrap();
     let d = tree.lookup(1, b"d").unwrap().unwrap();
     let bad = tree.lookup(d, b"bad.txt").unwrap().unwrap();
     let mut raw = tree.as_bytes().to_vec();

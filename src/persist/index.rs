@@ -29,9 +29,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"WSFSPIX1";
-const VERSION: u32 = 1;
+/// 2: chunks carry their frame tables (an index of version 1 costs one full read).
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 12;
 const TRAILER_LEN: usize = 32;
 /// Files whose mtime or ctime is within this of (or after) the start of the persist that indexed
@@ -100,6 +102,8 @@ struct Body {
     /// Unix nanoseconds when the persist that wrote this index started.
     started_ns: i64,
     chunks: Vec<ChunkInfo>,
+    /// Each chunk's frame table, as the layer recorded it (empty: read whole).
+    frames: Vec<Vec<ChunkInfo>>,
     /// Sorted by path, unique.
     files: Vec<IndexedFile>,
 }
@@ -111,11 +115,27 @@ pub struct Reuse {
     pub content: Digest,
     /// Each piece of the content: the chunk it is in, its offset there and its length.
     pub pieces: Vec<(ChunkInfo, u32, u32)>,
+    /// Each piece's chunk's frame table (shared: a pack's table serves thousands of files).
+    pub frames: Vec<Arc<[ChunkInfo]>>,
+}
+
+impl Reuse {
+    /// The frame table recorded for chunk `d` (empty: none, or not one of this file's chunks).
+    pub fn frames_of(&self, d: &Digest) -> Vec<ChunkInfo> {
+        self.pieces
+            .iter()
+            .position(|(c, _, _)| c.hash == *d)
+            .and_then(|i| self.frames.get(i))
+            .map(|f| f.to_vec())
+            .unwrap_or_default()
+    }
 }
 
 /// A loaded, checked index.
 pub struct PersistIndex {
     body: Body,
+    /// `body.frames`, shared by the [`Reuse`]s handed out.
+    frames: Vec<Arc<[ChunkInfo]>>,
 }
 
 /// Which tree an index is for.
@@ -224,7 +244,10 @@ impl PersistIndex {
             return Err("written with other chunking parameters".into());
         }
         check(&body)?;
-        Ok(PersistIndex { body })
+        let frames = (0..body.chunks.len())
+            .map(|i| Arc::from(body.frames.get(i).cloned().unwrap_or_default()))
+            .collect();
+        Ok(PersistIndex { body, frames })
     }
 
     /// The indexed content of `rel`, if its stat `now` shows it unchanged and it was not racily
@@ -251,6 +274,11 @@ impl PersistIndex {
                 .iter()
                 .map(|x| (self.body.chunks[x.chunk as usize], x.offset, x.len))
                 .collect(),
+            frames: f
+                .extents
+                .iter()
+                .map(|x| self.frames[x.chunk as usize].clone())
+                .collect(),
         })
     }
 
@@ -266,6 +294,12 @@ impl PersistIndex {
 /// Everything [`PersistIndex::lookup`] relies on: sorted unique paths, extents inside their
 /// chunks, sizes adding up.
 fn check(b: &Body) -> Result<(), String> {
+    if !b.frames.is_empty() && b.frames.len() != b.chunks.len() {
+        return Err("frame tables and chunks differ in number".into());
+    }
+    for (c, f) in b.chunks.iter().zip(&b.frames) {
+        crate::manifest::frames::check(c, f).map_err(|why| format!("a frame table: {why}"))?;
+    }
     for w in b.files.windows(2) {
         if w[0].path >= w[1].path {
             return Err("paths are not sorted and unique".into());
@@ -320,6 +354,7 @@ pub fn build(
         layer: key.layer.clone(),
         started_ns,
         chunks: manifest.chunks.clone(),
+        frames: manifest.frames.clone(),
         files,
     };
     encode(&body)
@@ -431,6 +466,7 @@ mod tests {
                 file("b", 20, vec![x(0, 10, 20)]),
                 file("big", 1000, vec![x(1, 0, 1000)]),
             ],
+            frames: vec![],
         }
     }
 
@@ -530,6 +566,7 @@ mod tests {
             layer: "l".into(),
             started_ns: T0,
             chunks: vec![chunk(1, 100)],
+            frames: vec![],
             files: vec![IndexedFile {
                 path: b"a".to_vec(),
                 stamp: stamp(10, old),

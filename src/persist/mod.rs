@@ -7,9 +7,10 @@
 //! chunk and upload → leave the index for next time → commit (manifest, then ref, per store).
 
 use crate::error::WsfsError;
-use crate::manifest::chunker::{compress, LayerBuilder, Meta, NewChunk};
+use crate::manifest::chunker::{LayerBuilder, Meta, NewChunk};
+use crate::manifest::frames::compress;
 use crate::manifest::names::validate_name;
-use crate::manifest::{self, keys};
+use crate::manifest::{self, keys, ChunkInfo};
 use crate::store::{Outcome, Provider};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -425,7 +426,7 @@ async fn chunk_and_upload(
                 counts.files += 1;
                 stamps.insert(w.rel.clone(), index::Stamp::of(&w.meta));
                 if let Some(r) = reused {
-                    b.add_stored_file(meta, r.size, r.content, &r.pieces);
+                    b.add_stored_file(meta, r.size, r.content, &r.pieces, &|d| r.frames_of(d));
                 } else {
                     let f = std::fs::File::open(&w.abs).map_err(|e| {
                         WsfsError::Failed(format!("cannot read {}: {e}", w.abs.display()))
@@ -451,15 +452,16 @@ async fn chunk_and_upload(
     });
 
     let provs: Vec<Arc<Provider>> = providers.to_vec();
-    let stored_lens: Vec<(u32, u32)> = tokio_stream_of(rx)
+    let stored_lens: Vec<(u32, u32, Vec<ChunkInfo>)> = tokio_stream_of(rx)
         .map(|c: NewChunk| {
             let provs = provs.clone();
             let states = states.clone();
             async move {
                 let raw = c.raw.clone();
-                let stored = tokio::task::spawn_blocking(move || compress(&raw))
-                    .await?
-                    .map_err(|e| WsfsError::Failed(format!("compression failed: {e}")))?;
+                let (stored, frames) =
+                    tokio::task::spawn_blocking(move || compress(&raw))
+                        .await?
+                        .map_err(|e| WsfsError::Failed(format!("compression failed: {e}")))?;
                 let stored = Bytes::from(stored);
                 let key = keys::chunk(&c.hash);
                 let uploads = provs
@@ -467,7 +469,7 @@ async fn chunk_and_upload(
                     .zip(states.iter())
                     .map(|(p, st)| upload_to(p, st, &key, stored.clone()));
                 futures::future::join_all(uploads).await;
-                Ok::<_, WsfsError>((c.index, stored.len() as u32))
+                Ok::<_, WsfsError>((c.index, stored.len() as u32, frames))
             }
         })
         .buffer_unordered(opts.concurrency.max(1))
@@ -479,8 +481,8 @@ async fn chunk_and_upload(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    for (i, len) in &stored_lens {
-        builder.set_stored_len(*i, *len);
+    for (i, len, frames) in stored_lens {
+        builder.set_stored(i, len, frames);
     }
     let manifest = builder.finish(
         opts.workspace.clone(),

@@ -144,6 +144,7 @@ mod tests {
                 off,
                 len,
             )],
+            frames: vec![std::sync::Arc::from(Vec::new())],
         })
     }
 

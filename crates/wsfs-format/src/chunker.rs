@@ -10,7 +10,7 @@
 //!
 //! The builder sees each new chunk once, through a sink, so the caller can compress and upload it
 //! while the walk continues. Stored (compressed) lengths are filled in afterwards with
-//! [`LayerBuilder::set_stored_len`].
+//! [`LayerBuilder::set_stored`].
 
 use super::types::{ChunkInfo, Digest, Entry, EntryKind, Extent, Manifest, RootMeta};
 use bytes::Bytes;
@@ -36,6 +36,8 @@ const PENDING: u32 = u32::MAX;
 #[derive(Default)]
 pub struct LayerBuilder {
     chunks: Vec<ChunkInfo>,
+    /// Each chunk's frame table (see `crate::frames`), set with its stored length.
+    frames: Vec<Vec<ChunkInfo>>,
     by_hash: HashMap<Digest, u32>,
     entries: Vec<Entry>,
     pack: Vec<u8>,
@@ -175,20 +177,22 @@ impl LayerBuilder {
     }
 
     /// Adds a regular file whose content is already stored: its digest and its pieces (chunk,
-    /// offset in the chunk, length), as an earlier layer recorded them. Nothing is read and no
-    /// chunk goes to the sink; the caller must have confirmed that every chunk named here is on
-    /// every store the layer is committed to.
+    /// offset in the chunk, length), as an earlier layer recorded them, and `frames_of`, the
+    /// frame table that layer recorded for a chunk. Nothing is read and no chunk goes to the
+    /// sink; the caller must have confirmed that every chunk named here is on every store the
+    /// layer is committed to.
     pub fn add_stored_file(
         &mut self,
         meta: Meta,
         size: u64,
         content: Digest,
         pieces: &[(ChunkInfo, u32, u32)],
+        frames_of: &dyn Fn(&Digest) -> Vec<ChunkInfo>,
     ) {
         let extents = pieces
             .iter()
             .map(|(c, offset, len)| Extent {
-                chunk: self.known_chunk(*c),
+                chunk: self.known_chunk(*c, frames_of),
                 offset: *offset,
                 len: *len,
             })
@@ -196,13 +200,22 @@ impl LayerBuilder {
         self.push(meta, EntryKind::File, size, Vec::new(), extents, content);
     }
 
-    /// Registers a chunk that is already stored (with its stored length) and returns its index.
-    fn known_chunk(&mut self, c: ChunkInfo) -> u32 {
+    /// Registers a chunk that is already stored (with its stored length and frames) and returns
+    /// its index.
+    fn known_chunk(&mut self, c: ChunkInfo, frames_of: &dyn Fn(&Digest) -> Vec<ChunkInfo>) -> u32 {
         if let Some(&i) = self.by_hash.get(&c.hash) {
             return i;
         }
         let index = self.chunks.len() as u32;
         self.chunks.push(c);
+        let frames = frames_of(&c.hash);
+        // A table that does not fit the chunk is dropped: the chunk is then read whole.
+        let frames = if crate::frames::check(&c, &frames).is_ok() {
+            frames
+        } else {
+            Vec::new()
+        };
+        self.frames.push(frames);
         self.by_hash.insert(c.hash, index);
         index
     }
@@ -223,6 +236,7 @@ impl LayerBuilder {
             raw_len: raw.len() as u32,
             stored_len: 0,
         });
+        self.frames.push(Vec::new());
         self.by_hash.insert(hash, index);
         sink(NewChunk { index, hash, raw })?;
         Ok(index)
@@ -270,9 +284,14 @@ impl LayerBuilder {
         self.seal_pack(sink)
     }
 
-    pub fn set_stored_len(&mut self, index: u32, stored_len: u32) {
+    /// Records how a new chunk was stored: its stored length and frame table (as
+    /// [`compress`] made them).
+    pub fn set_stored(&mut self, index: u32, stored_len: u32, frames: Vec<ChunkInfo>) {
         if let Some(c) = self.chunks.get_mut(index as usize) {
             c.stored_len = stored_len;
+        }
+        if let Some(f) = self.frames.get_mut(index as usize) {
+            *f = frames;
         }
     }
 
@@ -297,11 +316,13 @@ impl LayerBuilder {
             root: self.root,
             chunks: self.chunks,
             entries: self.entries,
+            frames: self.frames,
         }
     }
 }
 
-/// Compresses a raw chunk for storage.
+/// Compresses a raw chunk for storage, framed as [`crate::frames::compress`] does (which also
+/// gives the frame table a manifest records).
 pub fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
-    zstd::bulk::compress(raw, 3)
+    crate::frames::compress(raw).map(|(stored, _)| stored)
 }

@@ -1,7 +1,9 @@
 //! Binary encoding of a [`Manifest`]. Every version starts with a fixed header (magic, format
 //! version). Decoding never trusts its input: sizes are bounded before anything is allocated.
 //!
-//! * **Version 2** (written): a small head (names, parents, creation time, root metadata), the
+//! * **Version 3** (written): as version 2, and its tree records how each chunk is stored in
+//!   frames ([`crate::frames`]: what a range GET of part of a chunk is verified against).
+//! * **Version 2** (read): a small head (names, parents, creation time, root metadata), the
 //!   [tree index](crate::tree) zstd-compressed, and the per-entry whole-file digests
 //!   zstd-compressed apart from it. A mount [`open`]s it: one decompression into an aligned
 //!   buffer, and lookups are served from that buffer in place — no per-entry structure is
@@ -11,7 +13,7 @@
 //!   whole manifest. It is decoded and validated entirely, and a mount builds the tree from it.
 //!
 //! ```text
-//! v2:   "WSFSMANI" | u32 2 | u32 head length | head (bincode) | part(tree) | part(digests)
+//! v2/3: "WSFSMANI" | u32 2|3 | u32 head length | head (bincode) | part(tree) | part(digests)
 //! part: u64 length | u32 frames | per frame (u64 raw length, u64 stored length) | the frames
 //! ```
 //!
@@ -29,7 +31,9 @@ use std::collections::HashMap;
 const MAGIC: &[u8; 8] = b"WSFSMANI";
 /// The format version this build writes. Older binaries refuse it with a clear message instead
 /// of misreading it.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// Format 2: as 3, but its tree records no frames (see [`crate::frames`]). Still read.
+pub const FORMAT_VERSION_V2: u32 = 2;
 /// The first format: still read (and mounted), no longer written.
 pub const FORMAT_VERSION_V1: u32 = 1;
 const HEADER_LEN: usize = 12;
@@ -114,7 +118,9 @@ impl Opened {
     pub fn into_tree(self) -> Result<Tree, ManifestError> {
         match self.body {
             Body::InPlace { tree, .. } => Ok(tree),
-            Body::Decoded(m) => Tree::build(&m.entries, m.chunks, m.root).map_err(build_error),
+            Body::Decoded(m) => {
+                Tree::build(&m.entries, m.chunks, &m.frames, m.root).map_err(build_error)
+            }
         }
     }
 
@@ -143,8 +149,13 @@ pub fn encode(manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
     let enc = |e: String| ManifestError::Encode(e);
     let head = bincode::serde::encode_to_vec(Head::of(manifest), bincode_config())
         .map_err(|e| enc(e.to_string()))?;
-    let tree = Tree::build(&manifest.entries, manifest.chunks.clone(), manifest.root)
-        .map_err(|e| enc(e.0))?;
+    let tree = Tree::build(
+        &manifest.entries,
+        manifest.chunks.clone(),
+        &manifest.frames,
+        manifest.root,
+    )
+    .map_err(|e| enc(e.0))?;
     let mut digests = Vec::with_capacity((manifest.entries.len() + 1) * 32);
     digests.extend_from_slice(&[0u8; 32]);
     for e in &manifest.entries {
@@ -207,7 +218,7 @@ fn version(bytes: &[u8]) -> Result<u32, ManifestError> {
     let mut v = [0u8; 4];
     v.copy_from_slice(&bytes[8..12]);
     match u32::from_le_bytes(v) {
-        v @ (FORMAT_VERSION | FORMAT_VERSION_V1) => Ok(v),
+        v @ (FORMAT_VERSION | FORMAT_VERSION_V2 | FORMAT_VERSION_V1) => Ok(v),
         found => Err(ManifestError::UnknownVersion {
             found,
             supported: FORMAT_VERSION,
@@ -454,6 +465,7 @@ fn rebuild(head: Head, tree: &Tree, digests: Part<'_>) -> Result<Manifest, Manif
         root: head.root,
         chunks: tree.chunk_table().to_vec(),
         entries,
+        frames: tree.frame_tables(),
     })
 }
 

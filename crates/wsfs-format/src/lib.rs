@@ -3,6 +3,7 @@
 
 pub mod chunker;
 pub mod codec;
+pub mod frames;
 pub mod layer_ref;
 pub mod names;
 pub mod signature;

@@ -119,6 +119,11 @@ pub struct Manifest {
     pub root: RootMeta,
     pub chunks: Vec<ChunkInfo>,
     pub entries: Vec<Entry>,
+    /// How each chunk is stored in frames (see [`crate::frames`]): empty (no chunk is framed:
+    /// manifests of older versions), or one table per chunk, empty for a chunk read only whole.
+    /// Not part of the version-1 encoding, which cannot carry it.
+    #[serde(skip)]
+    pub frames: Vec<Vec<ChunkInfo>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +144,14 @@ impl Default for RootMeta {
 }
 
 impl Manifest {
+    /// Chunk `index`'s frames (empty: read whole).
+    pub fn frames_of(&self, index: usize) -> &[ChunkInfo] {
+        self.frames
+            .get(index)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     pub fn total_file_bytes(&self) -> u64 {
         self.entries
             .iter()

@@ -36,6 +36,17 @@ pub fn validate(m: &Manifest) -> Result<(), ManifestError> {
             )));
         }
     }
+    if !m.frames.is_empty() && m.frames.len() != m.chunks.len() {
+        return Err(ManifestError::Invalid(format!(
+            "{} frame tables for {} chunks",
+            m.frames.len(),
+            m.chunks.len()
+        )));
+    }
+    for (i, (c, f)) in m.chunks.iter().zip(&m.frames).enumerate() {
+        crate::frames::check(c, f)
+            .map_err(|why| ManifestError::Invalid(format!("chunk {i}: {why}")))?;
+    }
 
     let mut kinds: HashMap<&[u8], EntryKind> = HashMap::with_capacity(m.entries.len());
     let mut prev: Option<&[u8]> = None;

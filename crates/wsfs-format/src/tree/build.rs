@@ -2,8 +2,8 @@
 //! manifest, and what a mount of a version-1 manifest or of several merged layers serves.
 
 use super::{
-    name_ok, BuildError, Rec, Tree, CONTENT_DIGEST_MIN_BYTES, HEADER_LEN, KIND_DIR, KIND_FILE,
-    KIND_SYMLINK, MAGIC, NO_CHUNK, NO_DIGEST, ROOT, SECTIONS, VERSION,
+    name_ok, BuildError, FrameRun, Rec, Tree, CONTENT_DIGEST_MIN_BYTES, HEADER_LEN, KIND_DIR,
+    KIND_FILE, KIND_SYMLINK, MAGIC, NO_CHUNK, NO_DIGEST, ROOT, SECTIONS, VERSION,
 };
 use crate::types::{ChunkInfo, Digest, Entry, EntryKind, Extent, RootMeta};
 use std::collections::HashMap;
@@ -11,14 +11,33 @@ use std::ops::Range;
 
 impl Tree {
     /// Builds the tree from entries sorted by path (parents before children), as a validated
-    /// manifest or a layer merge provides them.
+    /// manifest or a layer merge provides them. `frames`: empty, or each chunk's frame table.
     pub fn build(
         entries: &[Entry],
         chunks: Vec<ChunkInfo>,
+        frames: &[Vec<ChunkInfo>],
         root: RootMeta,
     ) -> Result<Tree, BuildError> {
         u32_of(entries.len() + 1, "entries")?;
         u32_of(chunks.len() + 1, "chunks")?;
+        if !frames.is_empty() && frames.len() != chunks.len() {
+            return Err(BuildError(format!(
+                "{} frame tables for {} chunks",
+                frames.len(),
+                chunks.len()
+            )));
+        }
+        let mut fruns: Vec<FrameRun> = Vec::with_capacity(frames.len());
+        let mut frame_infos: Vec<ChunkInfo> = Vec::new();
+        for (c, f) in chunks.iter().zip(frames) {
+            crate::frames::check(c, f).map_err(|why| BuildError(why.to_string()))?;
+            fruns.push(FrameRun {
+                first: u32_of(frame_infos.len(), "frames")?,
+                count: u32_of(f.len(), "frames")?,
+            });
+            frame_infos.extend_from_slice(f);
+        }
+        u32_of(frame_infos.len(), "frames")?;
         let mut recs: Vec<Rec> = Vec::with_capacity(entries.len() + 1);
         let mut names: Vec<u8> = Vec::new();
         let mut targets: Vec<u8> = Vec::new();
@@ -180,6 +199,8 @@ impl Tree {
             bytemuck::cast_slice(&digests),
             bytemuck::cast_slice(&chunks),
             bytemuck::cast_slice(&next),
+            bytemuck::cast_slice(&fruns),
+            bytemuck::cast_slice(&frame_infos),
         ];
         Ok(Tree::assemble(&parts, total_bytes))
     }

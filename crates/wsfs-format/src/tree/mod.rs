@@ -20,7 +20,11 @@
 //! DIGESTS   32-byte whole-file BLAKE3 of files of at least 1 MiB (for passthrough)
 //! CHUNKS    40-byte chunk infos (digest, raw length, stored length)
 //! NEXT      u32 per chunk: the next chunk in path order (u32::MAX: none), for pack read-ahead
+//! FRUNS     per chunk (first u32, count u32) into FRAMES (count 0: read whole); or empty
+//! FRAMES    40-byte frame infos of framed chunks (see `crate::frames`)
 //! ```
+//!
+//! Version 1 (in manifests of format 2) has the first nine sections only: no chunk is framed.
 //!
 //! # Trust
 //!
@@ -56,7 +60,10 @@ pub const ROOT: u64 = 1;
 pub const CONTENT_DIGEST_MIN_BYTES: u64 = 1 << 20;
 
 const MAGIC: &[u8; 8] = b"WSFSTREE";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Trees without frame tables (manifest format 2): still opened.
+const VERSION_V1: u32 = 1;
+const SECTIONS_V1: usize = 9;
 /// No digest kept for this record.
 const NO_DIGEST: u32 = u32::MAX;
 const NO_CHUNK: u32 = u32::MAX;
@@ -70,7 +77,9 @@ const STARTS: usize = 5;
 const DIGESTS: usize = 6;
 const CHUNKS: usize = 7;
 const NEXT: usize = 8;
-const SECTIONS: usize = 9;
+const FRUNS: usize = 9;
+const FRAMES: usize = 10;
+const SECTIONS: usize = 11;
 const HEADER_LEN: usize = 24 + SECTIONS * 16;
 
 const KIND_FILE: u8 = 0;
@@ -94,6 +103,14 @@ struct Rec {
     name_len: u16,
     kind: u8,
     _pad: u8,
+}
+
+/// A chunk's frames: `count` entries of FRAMES from `first` (0: the chunk is read whole).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct FrameRun {
+    first: u32,
+    count: u32,
 }
 
 /// A tree entry that does not hold together: the index is damaged or hostile.
@@ -257,22 +274,32 @@ impl Tree {
             b.copy_from_slice(&bytes[at..at + 8]);
             u64::from_le_bytes(b)
         };
-        if u32_at(8) != VERSION {
-            return Err(bad("unknown tree version"));
-        }
-        if u32_at(12) as usize != SECTIONS {
+        let count = match u32_at(8) {
+            VERSION => SECTIONS,
+            VERSION_V1 => SECTIONS_V1,
+            _ => return Err(bad("unknown tree version")),
+        };
+        if u32_at(12) as usize != count {
             return Err(bad("wrong number of sections"));
         }
+        if bytes.len() < 24 + count * 16 {
+            return Err(bad("no tree header"));
+        }
         let total_bytes = u64_at(16);
+        // A version-1 tree's frame sections stay empty.
         let mut sections: [Range<usize>; SECTIONS] = Default::default();
-        let sizes = [48, 1, 1, 4, 12, 8, 32, 40, 4];
-        for (i, s) in sections.iter_mut().enumerate() {
+        let sizes = [48, 1, 1, 4, 12, 8, 32, 40, 4, 8, 40];
+        for (i, s) in sections.iter_mut().enumerate().take(count) {
             let off = u64_at(24 + i * 16);
             let n = u64_at(24 + i * 16 + 8);
             let end = off
                 .checked_add(n)
                 .ok_or_else(|| bad("section past the end"))?;
-            if off < HEADER_LEN as u64 || end > len as u64 || off % 8 != 0 || n % sizes[i] != 0 {
+            if off < (24 + count * 16) as u64
+                || end > len as u64
+                || off % 8 != 0
+                || n % sizes[i] != 0
+            {
                 return Err(bad(
                     "a section lies outside the buffer or holds partial records",
                 ));
@@ -307,6 +334,20 @@ impl Tree {
             .any(|n| *n != NO_CHUNK && *n as usize >= t.chunks().len())
         {
             return Err(bad("a chunk successor lies outside the chunk table"));
+        }
+        let runs = t.fruns();
+        if !runs.is_empty() && runs.len() != t.chunks().len() {
+            return Err(bad("frame runs and chunks differ in number"));
+        }
+        if runs.is_empty() && !t.frame_infos().is_empty() {
+            return Err(bad("frames without frame runs"));
+        }
+        for (c, r) in t.chunks().iter().zip(runs) {
+            let frames = t
+                .frame_infos()
+                .get(r.first as usize..r.first as usize + r.count as usize)
+                .ok_or_else(|| bad("a chunk's frames lie outside the frame table"))?;
+            crate::frames::check(c, frames).map_err(bad)?;
         }
         Ok(t)
     }
@@ -352,6 +393,33 @@ impl Tree {
     }
     fn next(&self) -> &[u32] {
         self.cast(NEXT)
+    }
+    fn fruns(&self) -> &[FrameRun] {
+        self.cast(FRUNS)
+    }
+    fn frame_infos(&self) -> &[ChunkInfo] {
+        self.cast(FRAMES)
+    }
+
+    /// Chunk `index`'s frames (empty: the chunk is read whole). Checked when the tree opened.
+    pub fn frames(&self, index: u32) -> &[ChunkInfo] {
+        self.fruns()
+            .get(index as usize)
+            .and_then(|r| {
+                self.frame_infos()
+                    .get(r.first as usize..r.first as usize + r.count as usize)
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every chunk's frames, as a [`Manifest`](crate::Manifest) holds them (empty: none framed).
+    pub fn frame_tables(&self) -> Vec<Vec<ChunkInfo>> {
+        if self.fruns().is_empty() {
+            return Vec::new();
+        }
+        (0..self.chunks().len() as u32)
+            .map(|i| self.frames(i).to_vec())
+            .collect()
     }
 
     /// Inode `ino`, with its ranges checked: `Ok(None)` if there is no such inode, `Err` if

@@ -44,7 +44,7 @@ fn sample() -> Tree {
         ),
     ];
     let chunks = vec![chunk(1, 10), chunk(2, 100), chunk(3, (big - 100) as u32)];
-    Tree::build(&entries, chunks, RootMeta::default()).unwrap()
+    Tree::build(&entries, chunks, &[], RootMeta::default()).unwrap()
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn a_tree_reads_back_as_it_was_given() {
         entry("a/b-", EntryKind::Symlink, 3, vec![]),
         entry("a/b/", EntryKind::Dir, 0, vec![]),
     ];
-    assert!(Tree::build(&bad, vec![chunk(1, 10)], RootMeta::default()).is_err());
+    assert!(Tree::build(&bad, vec![chunk(1, 10)], &[], RootMeta::default()).is_err());
     let t = sample();
     assert_eq!(t.len(), 5);
     let a = t.lookup(ROOT, b"a").unwrap().unwrap();
@@ -121,7 +121,7 @@ fn children_sort_by_name_bytes_not_by_path() {
     ];
     let mut sorted = entries.clone();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let t = Tree::build(&sorted, vec![], RootMeta::default()).unwrap();
+    let t = Tree::build(&sorted, vec![], &[], RootMeta::default()).unwrap();
     let d = t.lookup(ROOT, b"d").unwrap().unwrap();
     let names: Vec<&[u8]> = t
         .get(d)
