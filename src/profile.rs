@@ -72,6 +72,8 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Digest>, String> {
         .collect())
 }
 
+use crate::fetcher::Prefetch;
+
 /// Fetches profile `name` (failover: a damaged copy is a miss, the next store is asked) and
 /// prefetches, in its order and `concurrency` at a time, the chunks of it this workspace has.
 pub async fn replay(
@@ -104,30 +106,100 @@ pub async fn replay(
             return;
         }
     };
-    let table = fs.table();
-    let by_digest: std::collections::HashMap<Digest, crate::manifest::ChunkInfo> =
-        (0..table.chunk_count() as u32)
-            .filter_map(|i| table.chunk(i).map(|c| (c.hash, *c)))
-            .collect();
-    let mut seen = std::collections::HashSet::new();
-    let chunks: Vec<crate::manifest::ChunkInfo> = digests
-        .iter()
-        .filter(|d| seen.insert(**d))
-        .filter_map(|d| by_digest.get(d).copied())
-        .collect();
+    let items = plan(fs.table(), &digests);
     let stats = fs.profile_stats.clone();
     stats.listed.store(digests.len() as u64, Relaxed);
-    stats.matched.store(chunks.len() as u64, Relaxed);
+    stats.matched.store(items.matched as u64, Relaxed);
     tracing::info!(
         profile = name,
         listed = digests.len(),
-        matched = chunks.len(),
-        "replaying the stored profile: prefetching the chunks the last run read first"
+        matched = items.matched,
+        requests = items.fetches.len(),
+        "replaying the stored profile: prefetching what the last run read first"
     );
     fs.fetcher()
-        .prefetch_in_order(chunks, concurrency, "the profile", move || {
+        .prefetch_in_order(items.fetches, concurrency, "the profile", move || {
             stats.replayed.fetch_add(1, Relaxed);
         });
+}
+
+/// What a replay fetches, in the profile's order.
+pub struct Plan {
+    /// Profile entries this workspace has (chunks or frames).
+    pub matched: usize,
+    /// One request each: whole chunks, and runs of a framed chunk's frames.
+    pub fetches: Vec<Prefetch>,
+}
+
+/// Frames this close together (skipped frames between two wanted ones) go in one range GET:
+/// a request costs a round trip, a 64 KiB frame (~20 KB stored) a fraction of one on any link.
+pub const MERGE_GAP_FRAMES: usize = 2;
+/// A framed chunk of which the profile wants at least this share of frames is fetched whole.
+const WHOLE_FROM_PERCENT: usize = 75;
+
+/// Turns a profile's digests into requests against `table`: digests of whole chunks fetch the
+/// chunk; digests of frames are grouped by chunk into runs (adjacent frames and frames at most
+/// [`MERGE_GAP_FRAMES`] apart merged into one range GET; a chunk mostly wanted is fetched
+/// whole). Requests keep the order of their first entry in the profile. Digests this table does
+/// not have (another commit's content, a foreign profile) are skipped: they cost nothing.
+pub fn plan(table: &crate::fs::inode::InodeTable, digests: &[Digest]) -> Plan {
+    use std::collections::HashMap;
+    enum Unit {
+        Chunk(u32),
+        Frame(u32, usize),
+    }
+    let mut by_digest: HashMap<Digest, Unit> = HashMap::new();
+    for i in 0..table.chunk_count() as u32 {
+        if let Some(c) = table.chunk(i) {
+            by_digest.insert(c.hash, Unit::Chunk(i));
+        }
+        for (at, f) in table.frames(i).iter().enumerate() {
+            by_digest.entry(f.hash).or_insert(Unit::Frame(i, at));
+        }
+    }
+    // Per chunk, in order of first mention: whole, or the frames wanted.
+    let mut order: Vec<u32> = Vec::new();
+    let mut wanted: HashMap<u32, Option<Vec<usize>>> = HashMap::new();
+    let mut matched = 0;
+    let mut seen = std::collections::HashSet::new();
+    for d in digests.iter().filter(|d| seen.insert(**d)) {
+        let Some(u) = by_digest.get(d) else { continue };
+        matched += 1;
+        let (chunk, frame) = match u {
+            Unit::Chunk(c) => (*c, None),
+            Unit::Frame(c, at) => (*c, Some(*at)),
+        };
+        let slot = wanted.entry(chunk).or_insert_with(|| {
+            order.push(chunk);
+            Some(Vec::new())
+        });
+        match (slot.as_mut(), frame) {
+            (Some(list), Some(at)) => list.push(at),
+            _ => *slot = None,
+        }
+    }
+    let mut fetches = Vec::new();
+    for c in order {
+        let Some(info) = table.chunk(c).copied() else { continue };
+        let frames = table.frames(c);
+        match wanted.remove(&c).flatten() {
+            Some(list)
+                if !frames.is_empty()
+                    && list.len() * 100 < frames.len() * WHOLE_FROM_PERCENT =>
+            {
+                let shared: std::sync::Arc<[crate::manifest::ChunkInfo]> = frames.into();
+                for run in crate::manifest::frames::merge_runs(list, MERGE_GAP_FRAMES) {
+                    fetches.push(Prefetch::Frames {
+                        chunk: info,
+                        frames: shared.clone(),
+                        run,
+                    });
+                }
+            }
+            _ => fetches.push(Prefetch::Chunk(info)),
+        }
+    }
+    Plan { matched, fetches }
 }
 
 /// Stores what this mount recorded as profile `name` on every store (best effort: a store
@@ -145,7 +217,7 @@ pub async fn save(
     let order: Vec<Digest> = rec
         .order()
         .into_iter()
-        .filter_map(|i| table.chunk(i).map(|c| c.hash))
+        .filter_map(|u| rec.digest_of(table, u))
         .collect();
     if order.is_empty() {
         tracing::info!(

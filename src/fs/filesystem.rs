@@ -10,7 +10,6 @@ use super::pages::KernelPages;
 use super::warmup::Warmup;
 use crate::fetcher::{FetchError, Fetcher};
 use crate::manifest::{ChunkInfo, EntryKind};
-use crate::store::VerifiedChunk;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,7 +112,10 @@ impl WsFs {
     pub fn record_profile(&self) {
         let _ = self
             .recorder
-            .set(super::recorder::Recorder::new(self.table.chunk_count()));
+            .set(super::recorder::Recorder::new(
+                self.table.chunk_count(),
+                self.table.frame_count(),
+            ));
     }
 
     /// A verified local copy of file `ino` for FUSE passthrough, if it is worth one: a regular
@@ -398,29 +400,29 @@ impl WsFs {
         if read_ahead {
             // A job's own read (not the warm-up): the profile notes chunks it touches first.
             if let Some(r) = self.recorder.get() {
-                for (e, _, _) in &pieces {
-                    r.touch(n.extents()[*e].chunk);
+                for (e, from, to) in &pieces {
+                    let x = &n.extents()[*e];
+                    r.touch(&self.table, x.chunk, x.offset as u64 + from, x.offset as u64 + to);
                 }
             }
             self.read_ahead(n, i, end);
         }
-        let chunks: Vec<Result<VerifiedChunk, FetchError>> =
-            futures::future::join_all(infos.iter().map(|c| self.fetcher.get(c))).await;
+        let parts: Vec<Result<bytes::Bytes, FetchError>> =
+            futures::future::join_all(pieces.iter().zip(&infos).map(|((e, from, to), c)| {
+                let x = &n.extents()[*e];
+                // Verified chunks have exactly raw_len bytes; an extent outside its chunk is a
+                // damaged index (checked where it is used: see manifest::tree).
+                let a = u64::from(x.offset) + from;
+                let b = u64::from(x.offset) + to;
+                let (a, b) = (a.min(u64::from(u32::MAX)) as u32, b.min(u64::from(u32::MAX)) as u32);
+                self.fetcher
+                    .get_bytes(c, self.table.frames(x.chunk), a, b)
+            }))
+            .await;
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for ((e, from, to), (r, info)) in pieces.iter().zip(chunks.into_iter().zip(&infos)) {
-            let chunk = r.map_err(|err| (Some(*info), err))?;
-            let x = &n.extents()[*e];
-            let a = (u64::from(x.offset) + from) as usize;
-            let b = (u64::from(x.offset) + to) as usize;
-            // Verified chunks have exactly raw_len bytes; an extent outside its chunk is a
-            // damaged index (checked here, where it is used: see manifest::tree).
-            let piece = chunk.data().get(a..b).ok_or_else(|| {
-                (
-                    Some(*info),
-                    FetchError::Internal("an extent lies outside its chunk".into()),
-                )
-            })?;
-            out.extend_from_slice(piece);
+        for (r, info) in parts.into_iter().zip(&infos) {
+            let piece = r.map_err(|err| (Some(*info), err))?;
+            out.extend_from_slice(&piece);
         }
         // Validated extents cover the file without gaps; a shortfall would be a bug, and a short
         // result must never reach the kernel as if it were the file.

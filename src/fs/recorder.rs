@@ -1,29 +1,59 @@
 //! The recording half of profile-guided prefetch (`--profile`, see `profile.rs`): which chunks
-//! the job's reads touch first, in order, and how the replay of a stored profile went. Kept in
-//! the filesystem layer because the read path feeds it.
+//! — or, of framed chunks, which frames — the job's reads touch first, in order, and how the
+//! replay of a stored profile went. Kept in the filesystem layer because the read path feeds it.
 
+use super::inode::InodeTable;
+use crate::manifest::Digest;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-/// Records the order in which reads first touch chunks (by chunk index in the mounted table).
+/// Records the order in which reads first touch units: a unit is a chunk read only whole
+/// (unit = its index in the mounted table) or one frame of a framed chunk (unit = chunk count
+/// + the frame's place in the tree's frame table). A profile then names exactly what was read.
 pub struct Recorder {
-    /// One bit per chunk: touched already.
+    chunks: u32,
+    /// One bit per unit: touched already.
     seen: Vec<AtomicU64>,
     order: Mutex<Vec<u32>>,
 }
 
 impl Recorder {
-    pub fn new(chunks: usize) -> Recorder {
+    /// A recorder for a table of `chunks` chunks and `frames` frames.
+    pub fn new(chunks: usize, frames: usize) -> Recorder {
         Recorder {
-            seen: (0..chunks.div_ceil(64))
+            chunks: chunks as u32,
+            seen: (0..(chunks + frames).div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             order: Mutex::new(Vec::new()),
         }
     }
 
-    /// Notes that a read touched chunk `index`. Cheap when it was touched before (one load).
-    pub fn touch(&self, index: u32) {
+    /// Notes that a read touched raw bytes `from..to` of chunk `index` of `table`: the frames
+    /// holding them, or the chunk if it has none.
+    pub fn touch(&self, table: &InodeTable, index: u32, from: u64, to: u64) {
+        let frames = table.frames(index);
+        if frames.is_empty() || to <= from {
+            return self.touch_unit(index);
+        }
+        let base = self.chunks + table.frame_first(index);
+        let len = (to - from).min(u64::from(u32::MAX)) as u32;
+        for i in crate::manifest::frames::covering(frames, from as u32, len) {
+            self.touch_unit(base + i as u32);
+        }
+    }
+
+    /// The digest a unit stands for in a stored profile: its chunk's or its frame's.
+    pub fn digest_of(&self, table: &InodeTable, unit: u32) -> Option<Digest> {
+        if unit < self.chunks {
+            table.chunk(unit).map(|c| c.hash)
+        } else {
+            table.frame(unit - self.chunks).map(|f| f.hash)
+        }
+    }
+
+    /// Notes that a read touched unit `index`. Cheap when it was touched before (one load).
+    fn touch_unit(&self, index: u32) {
         let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
         let Some(w) = self.seen.get(word) else {
             return;
@@ -39,7 +69,7 @@ impl Recorder {
         }
     }
 
-    /// Chunk indexes in first-touch order.
+    /// Units in first-touch order.
     pub fn order(&self) -> Vec<u32> {
         self.order.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -70,17 +100,17 @@ mod tests {
 
     #[test]
     fn the_recorder_keeps_first_touches_in_order_once() {
-        let r = Recorder::new(130);
+        let r = Recorder::new(100, 30);
         for i in [5, 129, 5, 0, 129, 64] {
-            r.touch(i);
+            r.touch_unit(i);
         }
-        r.touch(1000); // outside the table: ignored
+        r.touch_unit(1000); // outside the table: ignored
         assert_eq!(r.order(), vec![5, 129, 0, 64]);
-        let r = std::sync::Arc::new(Recorder::new(10_000));
+        let r = std::sync::Arc::new(Recorder::new(10_000, 0));
         let hs: Vec<_> = (0..4)
             .map(|_| {
                 let r = r.clone();
-                std::thread::spawn(move || (0..10_000).for_each(|i| r.touch(i)))
+                std::thread::spawn(move || (0..10_000).for_each(|i| r.touch_unit(i)))
             })
             .collect();
         hs.into_iter().for_each(|h| h.join().unwrap());

@@ -247,8 +247,14 @@ fn print_mount(m: &MountStatus) {
     }
     if let Some(p) = &m.profile {
         println!(
-            "  profile {}: replayed {} of {} chunks ({} listed), recorded {}",
-            p.name, p.replayed, p.matched, p.listed, p.recorded
+            "  profile {}: {} of its {} entries here ({} requests done), recorded {}",
+            p.name, p.matched, p.listed, p.replayed, p.recorded
+        );
+    }
+    if m.cache.range_gets + m.cache.frame_misses > 0 {
+        println!(
+            "  frames: range_gets={} frames_fetched={} frame_reads={} frame_misses={}",
+            m.cache.range_gets, m.cache.frames_fetched, m.cache.frame_reads, m.cache.frame_misses
         );
     }
     if m.cache.prefetched > 0 {

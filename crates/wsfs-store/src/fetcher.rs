@@ -4,9 +4,14 @@
 //! * Each fetch runs as its own task, so a reader that gives up at its deadline does not cancel a
 //!   fetch another reader (or the cache) still wants.
 //! * A reader waits at most `deadline`; then it gets [`FetchError::Deadline`] (EIO), never a hang.
+//! * Framed chunks (see `manifest::frames`) can also be fetched in part: runs of frames by
+//!   range GET ([`Fetcher::prefetch_frames`], what a profile replay asks for), each frame
+//!   verified and cached under its own digest. A read uses frames when every frame it needs is
+//!   cached or on its way; otherwise it fetches the whole chunk, as before (a first run does not
+//!   know what it will read next, and a whole pack brings its neighbours along).
 
 use crate::cache::{DiskCache, DiskLookup, MemoryCache};
-use crate::manifest::{ChunkInfo, Digest};
+use crate::manifest::{frames, ChunkInfo, Digest};
 use crate::store::{AllMissed, Chain, VerifiedChunk};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
@@ -37,15 +42,38 @@ pub struct FetchStats {
     /// Chunks the background prefetch (`--prefetch chunks|all`) has dealt with: fetched, found
     /// already cached, or failed (then a reader's own fetch reports it).
     pub prefetched: AtomicU64,
+    /// Frames fetched by range (verified), and their raw bytes (also in `fetched_bytes`).
+    pub frames_fetched: AtomicU64,
+    pub frame_bytes: AtomicU64,
+    /// Reads served from frames (cached or fetched by range) instead of their whole chunk.
+    pub frame_reads: AtomicU64,
+    /// Runs of frames that no provider could serve (the reader then fetched the whole chunk).
+    pub frame_misses: AtomicU64,
 }
 
 type SharedFetch = Shared<BoxFuture<'static, Result<VerifiedChunk, FetchError>>>;
+type SharedRun = Shared<BoxFuture<'static, Result<Arc<Vec<VerifiedChunk>>, FetchError>>>;
+
+/// Something to fetch ahead of the reader.
+#[derive(Clone)]
+pub enum Prefetch {
+    /// A whole chunk.
+    Chunk(ChunkInfo),
+    /// Frames `run` of a framed chunk (`frames`: its table), by one range GET.
+    Frames {
+        chunk: ChunkInfo,
+        frames: Arc<[ChunkInfo]>,
+        run: std::ops::Range<usize>,
+    },
+}
 
 pub struct Fetcher {
     chain: Arc<Chain>,
     memory: MemoryCache,
     disk: Option<Arc<DiskCache>>,
     inflight: Mutex<HashMap<Digest, SharedFetch>>,
+    /// Frame digest → the range fetch bringing it, and its place in that run.
+    inflight_frames: Mutex<HashMap<Digest, (SharedRun, usize)>>,
     deadline: Duration,
     pub stats: FetchStats,
 }
@@ -62,6 +90,7 @@ impl Fetcher {
             memory: MemoryCache::new(memory_bytes),
             disk,
             inflight: Mutex::new(HashMap::new()),
+            inflight_frames: Mutex::new(HashMap::new()),
             deadline,
             stats: FetchStats::default(),
         })
@@ -106,16 +135,18 @@ impl Fetcher {
     /// fetching is shared with any reader that wants it.
     pub fn prefetch_all(self: &Arc<Self>, chunks: Vec<ChunkInfo>, concurrency: usize) {
         let this = self.clone();
-        self.prefetch_in_order(chunks, concurrency, "the whole workspace", move || {
+        let items = chunks.into_iter().map(Prefetch::Chunk).collect();
+        self.prefetch_in_order(items, concurrency, "the whole workspace", move || {
             this.stats.prefetched.fetch_add(1, Relaxed);
         });
     }
 
-    /// [`Fetcher::prefetch_all`] for any list (a profile's chunks), calling `done` once per
-    /// chunk dealt with (fetched, found cached, or failed: a reader's own fetch reports that).
+    /// [`Fetcher::prefetch_all`] for any list (a profile's chunks and runs of frames), calling
+    /// `done` once per item dealt with (fetched, found cached, or failed: a reader's own fetch
+    /// reports that).
     pub fn prefetch_in_order(
         self: &Arc<Self>,
-        chunks: Vec<ChunkInfo>,
+        chunks: Vec<Prefetch>,
         concurrency: usize,
         what: &'static str,
         done: impl Fn() + Send + Sync + 'static,
@@ -127,12 +158,21 @@ impl Fetcher {
             let total = chunks.len();
             let done = &done;
             futures::stream::iter(chunks)
-                .for_each_concurrent(concurrency.max(1), |c| {
+                .for_each_concurrent(concurrency.max(1), |item| {
                     let this = this.clone();
                     async move {
-                        // Already here (a reader or the kernel warm-up fetched it): done too.
-                        if this.memory.get(&c.hash).is_none() {
-                            let _ = this.start(&c).await;
+                        match item {
+                            // Already here (a reader or the kernel warm-up fetched it): done too.
+                            Prefetch::Chunk(c) => {
+                                if this.memory.get(&c.hash).is_none() {
+                                    let _ = this.start(&c).await;
+                                }
+                            }
+                            Prefetch::Frames { chunk, frames, run } => {
+                                if let Some(f) = this.prefetch_frames(&chunk, &frames, run) {
+                                    let _ = f.await;
+                                }
+                            }
                         }
                         done();
                     }
@@ -144,6 +184,152 @@ impl Fetcher {
                 "prefetch of {what} finished"
             );
         });
+    }
+
+    /// Raw bytes `from..to` of a chunk (`frames`: its frame table, empty if it has none),
+    /// verified, within the read deadline: from the whole chunk if it is cached, from frames if
+    /// every frame they need is cached or on its way, else from the whole chunk, fetched.
+    pub async fn get_bytes(
+        self: &Arc<Self>,
+        info: &ChunkInfo,
+        frames: &[ChunkInfo],
+        from: u32,
+        to: u32,
+    ) -> Result<bytes::Bytes, FetchError> {
+        let slice = |data: &bytes::Bytes, base: u64| {
+            let a = (u64::from(from) - base) as usize;
+            let b = (u64::from(to) - base) as usize;
+            if a <= b && b <= data.len() {
+                Ok(data.slice(a..b))
+            } else {
+                Err(FetchError::Internal(
+                    "an extent lies outside its chunk".into(),
+                ))
+            }
+        };
+        if let Some(c) = self.memory.get(&info.hash) {
+            self.stats.memory_hits.fetch_add(1, Relaxed);
+            return slice(c.data(), 0);
+        }
+        if from < to && !frames.is_empty() {
+            let run = frames::covering(frames, from, to - from);
+            if let Some(waits) = self.frames_at_hand(frames, run.clone()) {
+                let got = tokio::time::timeout(self.deadline, futures::future::join_all(waits))
+                    .await
+                    .map_err(|_| FetchError::Deadline(self.deadline))?;
+                // A run that missed everywhere: the whole chunk may still be had (below).
+                if let Ok(parts) = got.into_iter().collect::<Result<Vec<_>, _>>() {
+                    self.stats.frame_reads.fetch_add(1, Relaxed);
+                    let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                    for p in &parts {
+                        joined.extend_from_slice(p.data());
+                    }
+                    let base = frames::raw_start(frames, run.start);
+                    return slice(&bytes::Bytes::from(joined), base);
+                }
+            }
+        }
+        let c = self.get(info).await?;
+        slice(c.data(), 0)
+    }
+
+    /// For each frame of `run`: where it will come from — the memory cache or a range fetch on
+    /// its way. None if any is neither (the reader then fetches the whole chunk).
+    #[allow(clippy::type_complexity)]
+    fn frames_at_hand(
+        &self,
+        frames: &[ChunkInfo],
+        run: std::ops::Range<usize>,
+    ) -> Option<Vec<BoxFuture<'static, Result<VerifiedChunk, FetchError>>>> {
+        let inflight = self
+            .inflight_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(run.len());
+        for f in frames.get(run)? {
+            if let Some(c) = self.memory.get(&f.hash) {
+                out.push(futures::future::ready(Ok(c)).boxed());
+            } else if let Some((fut, at)) = inflight.get(&f.hash) {
+                let (fut, at) = (fut.clone(), *at);
+                out.push(
+                    async move {
+                        let run = fut.await?;
+                        run.get(at)
+                            .cloned()
+                            .ok_or_else(|| FetchError::Internal("a frame run came back short".into()))
+                    }
+                    .boxed(),
+                );
+            } else {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    /// Starts fetching frames `run` of a framed chunk by range (those not cached or already on
+    /// their way: the rest of the run, one request). None if there is nothing left to fetch.
+    pub fn prefetch_frames(
+        self: &Arc<Self>,
+        info: &ChunkInfo,
+        frames: &Arc<[ChunkInfo]>,
+        run: std::ops::Range<usize>,
+    ) -> Option<SharedRun> {
+        let mut inflight = self
+            .inflight_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let todo: Vec<usize> = run
+            .filter(|&i| {
+                frames.get(i).is_some_and(|f| {
+                    self.memory.get(&f.hash).is_none() && !inflight.contains_key(&f.hash)
+                })
+            })
+            .collect();
+        let run = todo.first().copied()?..todo.last().copied()? + 1;
+        let this = self.clone();
+        let (info, table) = (*info, frames.clone());
+        let r2 = run.clone();
+        let task = tokio::spawn(async move {
+            let r = this.chain.fetch_frames(&info, &table, r2.clone()).await;
+            let out = match r {
+                Ok(served) => {
+                    let got = served.value;
+                    for c in &got {
+                        this.stats.frames_fetched.fetch_add(1, Relaxed);
+                        this.stats.frame_bytes.fetch_add(c.len() as u64, Relaxed);
+                        this.stats.fetched_bytes.fetch_add(c.len() as u64, Relaxed);
+                        this.memory.insert(c.clone());
+                    }
+                    Ok(Arc::new(got))
+                }
+                Err(missed) => {
+                    this.stats.frame_misses.fetch_add(1, Relaxed);
+                    tracing::debug!(%missed, "a run of frames missed; readers fetch the whole chunk");
+                    Err(FetchError::Missed(Arc::new(missed)))
+                }
+            };
+            let mut inflight = this
+                .inflight_frames
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for f in table.get(r2).unwrap_or_default() {
+                inflight.remove(&f.hash);
+            }
+            out
+        });
+        let fut: SharedRun = async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) => Err(FetchError::Internal(format!("fetch task failed: {e}"))),
+            }
+        }
+        .boxed()
+        .shared();
+        for (at, f) in frames.get(run).unwrap_or_default().iter().enumerate() {
+            inflight.insert(f.hash, (fut.clone(), at));
+        }
+        Some(fut)
     }
 
     fn start(self: &Arc<Self>, info: &ChunkInfo) -> SharedFetch {

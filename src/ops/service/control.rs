@@ -44,18 +44,28 @@ pub struct CacheStatus {
     #[serde(default)]
     pub chunks: u64,
     pub memory_bytes: u64,
+    /// Range GETs of framed chunks that served, the frames they brought (verified), reads
+    /// served from frames instead of whole chunks, and runs of frames no store could serve.
+    #[serde(default)]
+    pub range_gets: u64,
+    #[serde(default)]
+    pub frames_fetched: u64,
+    #[serde(default)]
+    pub frame_reads: u64,
+    #[serde(default)]
+    pub frame_misses: u64,
 }
 
 /// Profile-guided prefetch (`--profile NAME`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ProfileStatus {
     pub name: String,
-    /// Chunks the stored profile listed, how many of them this workspace has, and how many of
-    /// those the replay has dealt with (fetched or found cached).
+    /// Entries (chunks or frames) the stored profile listed, how many of them this workspace
+    /// has, and how many requests of the replay (whole chunks, runs of frames) are done.
     pub listed: u64,
     pub matched: u64,
     pub replayed: u64,
-    /// Chunks this run's reads have touched so far (stored as the profile at unmount).
+    /// Chunks (or frames) this run's reads have touched so far (stored at unmount).
     pub recorded: u64,
 }
 
@@ -191,6 +201,10 @@ impl StatusSource {
             prefetched: get(&f.prefetched),
             chunks: self.fs.table().chunk_count() as u64,
             memory_bytes: self.fs.fetcher().memory().bytes() as u64,
+            range_gets: get(&self.chain.stats.range_gets),
+            frames_fetched: get(&f.frames_fetched),
+            frame_reads: get(&f.frame_reads),
+            frame_misses: get(&f.frame_misses),
         };
         if let Some(p) = s.profile.as_mut() {
             let ps = &self.fs.profile_stats;

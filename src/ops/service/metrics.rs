@@ -150,6 +150,24 @@ pub fn render(status: &MountStatus, latency: &[(String, HistogramSnapshot)]) -> 
         "Chunks fetched from a store (after missing both caches).",
         status.cache.fetched,
     );
+    w.single(
+        "wsfs_range_gets_total",
+        "counter",
+        "Range GETs of framed chunks that served verified frames.",
+        status.cache.range_gets,
+    );
+    w.single(
+        "wsfs_frames_fetched_total",
+        "counter",
+        "Frames of framed chunks fetched by range and verified.",
+        status.cache.frames_fetched,
+    );
+    w.single(
+        "wsfs_frame_misses_total",
+        "counter",
+        "Runs of frames no store could serve (the readers fetched the whole chunk).",
+        status.cache.frame_misses,
+    );
     w.family(
         "wsfs_cache_hits_total",
         "counter",

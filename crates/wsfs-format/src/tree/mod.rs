@@ -412,6 +412,21 @@ impl Tree {
             .unwrap_or_default()
     }
 
+    /// Where chunk `index`'s frames begin in the tree's frame table (see [`Tree::frame`]).
+    pub fn frame_first(&self, index: u32) -> u32 {
+        self.fruns().get(index as usize).map(|r| r.first).unwrap_or(0)
+    }
+
+    /// Frames of every framed chunk, in one table.
+    pub fn frame_count(&self) -> usize {
+        self.frame_infos().len()
+    }
+
+    /// Entry `at` of the frame table.
+    pub fn frame(&self, at: u32) -> Option<&ChunkInfo> {
+        self.frame_infos().get(at as usize)
+    }
+
     /// Every chunk's frames, as a [`Manifest`](crate::Manifest) holds them (empty: none framed).
     pub fn frame_tables(&self) -> Vec<Vec<ChunkInfo>> {
         if self.fruns().is_empty() {

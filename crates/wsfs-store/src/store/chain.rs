@@ -45,6 +45,14 @@ pub struct ResolvedLayer {
     pub signer: String,
 }
 
+/// What one attempt asks a provider for.
+enum Request {
+    /// The whole object, of at most `cap` bytes.
+    Whole { cap: u64 },
+    /// A byte range of it.
+    Range(std::ops::Range<u64>),
+}
+
 struct RepairJob {
     provider: usize,
     key: String,
@@ -134,7 +142,8 @@ impl Chain {
         check: impl Fn(&Bytes) -> Result<T, Outcome>,
     ) -> Result<Served<T>, AllMissed> {
         let all: Vec<usize> = (0..self.providers.len()).collect();
-        self.fetch_among(&all, what, key, cap, check).await
+        self.fetch_among(&all, what, key, Request::Whole { cap }, check)
+            .await
     }
 
     /// [`Chain::fetch`] over some of the providers (indexes, in order).
@@ -143,7 +152,7 @@ impl Chain {
         order: &[usize],
         what: &str,
         key: &str,
-        cap: u64,
+        request: Request,
         check: impl Fn(&Bytes) -> Result<T, Outcome>,
     ) -> Result<Served<T>, AllMissed> {
         let mut attempts: Vec<Attempt> = Vec::with_capacity(self.providers.len());
@@ -168,7 +177,10 @@ impl Chain {
                     skipped.push(i);
                     continue;
                 }
-                let (r, elapsed) = p.attempt(p.get_capped(key, cap)).await;
+                let (r, elapsed) = match &request {
+                    Request::Whole { cap } => p.attempt(p.get_capped(key, *cap)).await,
+                    Request::Range(range) => p.attempt(p.get_range(key, range.clone())).await,
+                };
                 let verified = r.and_then(|body| check(&body).map(|v| (v, body)));
                 match verified {
                     Ok((value, body)) => {
@@ -182,7 +194,9 @@ impl Chain {
                             elapsed,
                         });
                         if attempts.len() > 1 {
-                            let repairable = !key.starts_with("workspaces/");
+                            // Only whole objects can be written back.
+                            let repairable = !key.starts_with("workspaces/")
+                                && matches!(request, Request::Whole { .. });
                             inc(&self.stats.failovers);
                             tracing::warn!(
                                 what,
@@ -260,6 +274,66 @@ impl Chain {
         .await
     }
 
+    /// Fetches frames `run` of a framed chunk (`frames`: its table) with one range GET on each
+    /// provider tried: the run's bytes are cut at the recorded stored lengths and every frame
+    /// must inflate to its raw length and hash to its digest. A provider whose answer is missing,
+    /// short or does not verify (another encoding of the chunk may be stored there) is a miss,
+    /// and the next is asked; nothing is repaired from a part of an object.
+    pub async fn fetch_frames(
+        &self,
+        chunk: &ChunkInfo,
+        frames: &[ChunkInfo],
+        run: std::ops::Range<usize>,
+    ) -> Result<Served<Vec<VerifiedChunk>>, AllMissed> {
+        let what = format!(
+            "frames {}..{} of chunk {}",
+            run.start,
+            run.end,
+            chunk.hash.short()
+        );
+        let wanted = frames.get(run.clone()).unwrap_or_default();
+        let range = manifest::frames::stored_range(frames, run.clone());
+        if wanted.is_empty() || range.end > u64::from(chunk.stored_len) {
+            return Err(AllMissed {
+                what,
+                attempts: Vec::new(),
+            });
+        }
+        let all: Vec<usize> = (0..self.providers.len()).collect();
+        let served = self
+            .fetch_among(
+                &all,
+                &what,
+                &keys::chunk(&chunk.hash),
+                Request::Range(range),
+                |body| {
+                    let mut at = 0usize;
+                    let mut out = Vec::with_capacity(wanted.len());
+                    for f in wanted {
+                        let end = at + f.stored_len as usize;
+                        let z = body.get(at..end).ok_or(Outcome::Short {
+                            got: body.len() as u64,
+                            want: end as u64,
+                        })?;
+                        out.push(VerifiedChunk::from_stored(f, z).map_err(|o| match o {
+                            Outcome::Corrupt(why) => {
+                                Outcome::Corrupt(format!("a frame does not verify: {why}"))
+                            }
+                            other => other,
+                        })?);
+                        at = end;
+                    }
+                    Ok(out)
+                },
+            )
+            .await?;
+        inc(&self.stats.range_gets);
+        self.stats
+            .range_frames
+            .fetch_add(wanted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(served)
+    }
+
     /// Fetches a manifest, verifies its bytes against `digest`, and decodes it whole.
     pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Served<Manifest>, AllMissed> {
         self.fetch_manifest_as(digest, |b| manifest::decode(b))
@@ -316,7 +390,9 @@ impl Chain {
                     &candidates,
                     &format!("ref of {what}"),
                     &key,
-                    MAX_REF_BYTES as u64,
+                    Request::Whole {
+                        cap: MAX_REF_BYTES as u64,
+                    },
                     |b| {
                         // Nothing arrived (a 200 with an empty body): `short`, as for manifests
                         // and chunks, not a damaged ref.

@@ -154,6 +154,32 @@ impl Provider {
         self.bounded(fut).await
     }
 
+    /// GETs bytes `range` of an object (a run of a framed chunk's frames). Exactly that many
+    /// bytes or a miss: a shorter answer (the object is smaller, or another encoding of the
+    /// chunk is stored) is `short`, never a partial success.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, Outcome> {
+        let path = self.path(key);
+        let want = range.end.saturating_sub(range.start);
+        let fut = async {
+            let body = self
+                .store
+                .get_range(&path, range)
+                .await
+                .map_err(classify_range)?;
+            let got = body.len() as u64;
+            if got < want {
+                return Err(Outcome::Short { got, want });
+            }
+            if got > want {
+                return Err(Outcome::Corrupt(format!(
+                    "{got} bytes for a range of {want}"
+                )));
+            }
+            Ok(body)
+        };
+        self.bounded(fut).await
+    }
+
     /// The directory of a `file://` store.
     pub fn local_dir(&self) -> Option<&std::path::Path> {
         self.local_dir.as_deref()
@@ -290,6 +316,17 @@ impl Provider {
         }
         (r, start.elapsed())
     }
+}
+
+/// A range outside the object means another (shorter) encoding of the chunk is stored there:
+/// a miss of this range on this store (`short`), not a failure of the store.
+fn classify_range(e: object_store::Error) -> Outcome {
+    let msg = e.to_string().to_ascii_lowercase();
+    let outside = msg.contains("416") || msg.contains("range") && msg.contains("invalid");
+    if outside && !matches!(e, object_store::Error::NotFound { .. }) {
+        return Outcome::Short { got: 0, want: 1 };
+    }
+    classify(e)
 }
 
 fn classify(e: object_store::Error) -> Outcome {

@@ -100,6 +100,9 @@ pub struct ChainStats {
     pub repair_failures: AtomicU64,
     /// Refs refused because their signature is missing, untrusted or invalid (with trust keys).
     pub signature_failures: AtomicU64,
+    /// Range GETs of framed chunks that served verified frames, and the frames they served.
+    pub range_gets: AtomicU64,
+    pub range_frames: AtomicU64,
 }
 
 pub fn get(c: &AtomicU64) -> u64 {
