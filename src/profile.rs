@@ -180,12 +180,13 @@ pub fn plan(table: &crate::fs::inode::InodeTable, digests: &[Digest]) -> Plan {
     }
     let mut fetches = Vec::new();
     for c in order {
-        let Some(info) = table.chunk(c).copied() else { continue };
+        let Some(info) = table.chunk(c).copied() else {
+            continue;
+        };
         let frames = table.frames(c);
         match wanted.remove(&c).flatten() {
             Some(list)
-                if !frames.is_empty()
-                    && list.len() * 100 < frames.len() * WHOLE_FROM_PERCENT =>
+                if !frames.is_empty() && list.len() * 100 < frames.len() * WHOLE_FROM_PERCENT =>
             {
                 let shared: std::sync::Arc<[crate::manifest::ChunkInfo]> = frames.into();
                 for run in crate::manifest::frames::merge_runs(list, MERGE_GAP_FRAMES) {
@@ -214,11 +215,7 @@ pub async fn save(
         return;
     };
     let table = fs.table();
-    let order: Vec<Digest> = rec
-        .order()
-        .into_iter()
-        .filter_map(|u| rec.digest_of(table, u))
-        .collect();
+    let order: Vec<Digest> = rec.profile(table);
     if order.is_empty() {
         tracing::info!(
             profile = name,

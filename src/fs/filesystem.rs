@@ -110,12 +110,10 @@ impl WsFs {
 
     /// From now on, record the order in which reads first touch chunks (`--profile`).
     pub fn record_profile(&self) {
-        let _ = self
-            .recorder
-            .set(super::recorder::Recorder::new(
-                self.table.chunk_count(),
-                self.table.frame_count(),
-            ));
+        let _ = self.recorder.set(super::recorder::Recorder::new(
+            self.table.chunk_count(),
+            self.table.frame_count(),
+        ));
     }
 
     /// A verified local copy of file `ino` for FUSE passthrough, if it is worth one: a regular
@@ -402,7 +400,12 @@ impl WsFs {
             if let Some(r) = self.recorder.get() {
                 for (e, from, to) in &pieces {
                     let x = &n.extents()[*e];
-                    r.touch(&self.table, x.chunk, x.offset as u64 + from, x.offset as u64 + to);
+                    r.touch(
+                        &self.table,
+                        x.chunk,
+                        x.offset as u64 + from,
+                        x.offset as u64 + to,
+                    );
                 }
             }
             self.read_ahead(n, i, end);
@@ -414,9 +417,11 @@ impl WsFs {
                 // damaged index (checked where it is used: see manifest::tree).
                 let a = u64::from(x.offset) + from;
                 let b = u64::from(x.offset) + to;
-                let (a, b) = (a.min(u64::from(u32::MAX)) as u32, b.min(u64::from(u32::MAX)) as u32);
-                self.fetcher
-                    .get_bytes(c, self.table.frames(x.chunk), a, b)
+                let (a, b) = (
+                    a.min(u64::from(u32::MAX)) as u32,
+                    b.min(u64::from(u32::MAX)) as u32,
+                );
+                self.fetcher.get_bytes(c, self.table.frames(x.chunk), a, b)
             }))
             .await;
         let mut out = Vec::with_capacity((end - offset) as usize);

@@ -52,6 +52,54 @@ impl Recorder {
         }
     }
 
+    /// What a stored profile lists: the digest of each unit in first-touch order, except that a
+    /// framed chunk whose every frame was read is listed once, as the chunk, where its first
+    /// frame was (a whole read fetches it whole, and a 1 GiB read does not list 16,384 frames).
+    pub fn profile(&self, table: &InodeTable) -> Vec<Digest> {
+        use std::collections::HashMap;
+        let order = self.order();
+        // Which chunk each frame of the table belongs to (once, at unmount).
+        let mut owner = vec![u32::MAX; table.frame_count()];
+        for c in 0..self.chunks {
+            let first = table.frame_first(c) as usize;
+            for i in 0..table.frames(c).len() {
+                if let Some(o) = owner.get_mut(first + i) {
+                    *o = c;
+                }
+            }
+        }
+        let chunk_of = |unit: u32| -> Option<u32> {
+            owner
+                .get((unit - self.chunks) as usize)
+                .copied()
+                .filter(|c| *c != u32::MAX)
+        };
+        let mut touched: HashMap<u32, usize> = HashMap::new();
+        for &u in &order {
+            if u >= self.chunks {
+                if let Some(c) = chunk_of(u) {
+                    *touched.entry(c).or_default() += 1;
+                }
+            }
+        }
+        let mut listed_whole = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(order.len());
+        for u in order {
+            if u >= self.chunks {
+                if let Some(c) = chunk_of(u) {
+                    if touched.get(&c) == Some(&table.frames(c).len()) {
+                        if listed_whole.insert(c) {
+                            out.extend(table.chunk(c).map(|x| x.hash));
+                        }
+                        continue;
+                    }
+                }
+            }
+            out.extend(self.digest_of(table, u));
+        }
+        out
+    }
+
     /// Notes that a read touched unit `index`. Cheap when it was touched before (one load).
     fn touch_unit(&self, index: u32) {
         let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));

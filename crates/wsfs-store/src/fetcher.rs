@@ -168,6 +168,14 @@ impl Fetcher {
                                     let _ = this.start(&c).await;
                                 }
                             }
+                            // A chunk the disk cache holds whole is read from there whole.
+                            Prefetch::Frames { chunk, .. }
+                                if this.disk.as_ref().is_some_and(|d| d.has_chunk(&chunk.hash)) =>
+                            {
+                                if this.memory.get(&chunk.hash).is_none() {
+                                    let _ = this.start(&chunk).await;
+                                }
+                            }
                             Prefetch::Frames { chunk, frames, run } => {
                                 if let Some(f) = this.prefetch_frames(&chunk, &frames, run) {
                                     let _ = f.await;
@@ -254,9 +262,9 @@ impl Fetcher {
                 out.push(
                     async move {
                         let run = fut.await?;
-                        run.get(at)
-                            .cloned()
-                            .ok_or_else(|| FetchError::Internal("a frame run came back short".into()))
+                        run.get(at).cloned().ok_or_else(|| {
+                            FetchError::Internal("a frame run came back short".into())
+                        })
                     }
                     .boxed(),
                 );

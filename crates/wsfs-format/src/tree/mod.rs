@@ -414,7 +414,10 @@ impl Tree {
 
     /// Where chunk `index`'s frames begin in the tree's frame table (see [`Tree::frame`]).
     pub fn frame_first(&self, index: u32) -> u32 {
-        self.fruns().get(index as usize).map(|r| r.first).unwrap_or(0)
+        self.fruns()
+            .get(index as usize)
+            .map(|r| r.first)
+            .unwrap_or(0)
     }
 
     /// Frames of every framed chunk, in one table.

@@ -157,7 +157,11 @@ impl Provider {
     /// GETs bytes `range` of an object (a run of a framed chunk's frames). Exactly that many
     /// bytes or a miss: a shorter answer (the object is smaller, or another encoding of the
     /// chunk is stored) is `short`, never a partial success.
-    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, Outcome> {
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, Outcome> {
         let path = self.path(key);
         let want = range.end.saturating_sub(range.start);
         let fut = async {
