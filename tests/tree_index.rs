@@ -29,13 +29,13 @@ fn a_version_1_manifest_still_mounts_and_shows_the_same_tree() {
     persist_ws_l1(&s, &stores, &src);
     let st = s.path("st");
     let v2 = layer_manifest(&st, "ws", "l1");
-    assert_eq!(v2[8..12], 2u32.to_le_bytes(), "persist writes version 2");
+    assert_eq!(v2[8..12], 3u32.to_le_bytes(), "persist writes version 3");
 
     let mp = s.mkdir("mnt");
     {
         let m = mount(&s, &stores, "ws", &["l1"], &mp, &[]);
         let st = mount_status(&s, &m.mountpoint);
-        assert!(st.tree.in_place, "a v2 layer is served in place: {st:?}");
+        assert!(st.tree.in_place, "a v3 layer is served in place: {st:?}");
         assert!(compare_trees(&src, &mp) > 120);
     }
 
