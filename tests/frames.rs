@@ -14,21 +14,22 @@ use std::time::{Duration, Instant};
 use wsfs::manifest::{ChunkInfo, Digest, Manifest};
 use wsfs::ops::service::control::MountStatus;
 
-/// 600 files of 3,000 bytes: one pack of 1.8 MB, 28 frames of 64 KiB. File `fNNN` starts at
-/// byte 3000 × NNN of the pack.
+/// 2,000 files of 3,000 bytes in two packs: the first (files 0–1398, 4.2 MB) has 65 frames of
+/// 64 KiB; file `fNNNN` of it starts at byte 3000 × NNNN. The second pack is what a read of
+/// the first would fetch ahead on a first run.
 fn tree(s: &Scratch) -> PathBuf {
     let src = s.path("src");
     std::fs::create_dir_all(&src).unwrap();
     let mut rng = Rng::new(17);
-    for i in 0..600 {
-        std::fs::write(src.join(format!("f{i:03}")), rng.bytes(3000)).unwrap();
+    for i in 0..2000 {
+        std::fs::write(src.join(format!("f{i:04}")), rng.bytes(3000)).unwrap();
     }
     src
 }
 
 /// Files 0 (frame 0), 30 (frame 1) and 500 (frame 22): a replay wants frames 0, 1 and 22 —
 /// two range GETs (0–1 merged; 22 alone).
-const READ: [&str; 3] = ["f000", "f030", "f500"];
+const READ: [&str; 3] = ["f0000", "f0030", "f0500"];
 
 fn manifest_of(store_dir: &Path) -> Manifest {
     let m = std::fs::read_dir(store_dir.join("manifests"))
@@ -40,10 +41,10 @@ fn manifest_of(store_dir: &Path) -> Manifest {
     wsfs::manifest::decode(&std::fs::read(m).unwrap()).unwrap()
 }
 
-/// The pack chunk and its frame table.
+/// The first pack chunk and its frame table.
 fn pack(store_dir: &Path) -> (ChunkInfo, Vec<ChunkInfo>) {
     let m = manifest_of(store_dir);
-    assert_eq!(m.chunks.len(), 1, "one pack");
+    assert_eq!(m.chunks.len(), 2, "two packs");
     (m.chunks[0], m.frames_of(0).to_vec())
 }
 
@@ -129,7 +130,7 @@ fn a_replay_fetches_only_the_frames_read_in_merged_range_gets() {
         &[],
     ));
     let (chunk, frames) = pack(&s.path("st"));
-    assert_eq!(frames.len(), 28, "a 1.8 MB pack in 64 KiB frames");
+    assert_eq!(frames.len(), 65, "a 4.2 MB pack in 64 KiB frames");
 
     record(
         &s,
@@ -196,17 +197,19 @@ fn a_replay_fetches_only_the_frames_read_in_merged_range_gets() {
     );
     assert!(stored_bytes * 5 < u64::from(chunk.stored_len));
 
-    // The job's reads are served from the verified frames, without a fetch.
+    // The job's reads are served from the verified frames, without a fetch — and without the
+    // pack read-ahead a first run does (the profile foresaw them: nothing else is fetched).
     for f in READ {
         assert_eq!(read(&mp.join(f)), read(&src.join(f)));
     }
+    std::thread::sleep(Duration::from_millis(300));
     let st = mount_status(&s, &mp);
     assert_eq!(st.cache.frame_reads, 3, "{st:?}");
     assert_eq!((st.cache.fetched, st.cache.range_gets), (0, 2), "{st:?}");
     // A file the profile did not name: its chunk is fetched whole, as on a first run.
-    assert_eq!(read(&mp.join("f300")), read(&src.join("f300")));
+    assert_eq!(read(&mp.join("f0300")), read(&src.join("f0300")));
     let st = mount_status(&s, &mp);
-    assert_eq!(st.cache.fetched, 1, "{st:?}");
+    assert!(st.cache.fetched >= 1, "{st:?}");
     compare_trees(&src, &mp);
     assert_eq!(st.eio, 0);
 }
@@ -271,14 +274,12 @@ fn a_range_that_does_not_verify_fails_over_and_without_any_the_reader_fetches_th
     for f in READ {
         assert_eq!(read(&mp.join(f)), read(&src.join(f)));
     }
+    // (The whole pack; a first-run read also fetches the next pack ahead.)
     let st = mount_status(&s, &mp);
-    assert_eq!(
-        (st.cache.fetched, st.cache.frame_reads, st.eio),
-        (1, 0, 0),
-        "{st:?}"
-    );
+    assert!(st.cache.fetched >= 1, "{st:?}");
+    assert_eq!((st.cache.frame_reads, st.eio), (0, 0), "{st:?}");
     compare_trees(&src, &mp);
-    let _ = frames;
+    assert_eq!(frames.len(), 65);
 }
 
 #[test]

@@ -185,8 +185,18 @@ impl WsFs {
                 }
             }
         } else if n.extents().len() == 1 {
-            // A small file (one extent, in a pack): the packs after its own in path order.
-            let mut at = n.extents()[0].chunk;
+            // A small file (one extent, in a pack): the packs after its own in path order —
+            // unless a profile foresaw this read (its frames are at hand): then the profile
+            // says what comes next, and whole packs would only add bytes.
+            let x = n.extents()[0];
+            if self.fetcher.frames_ready(
+                self.table.frames(x.chunk),
+                x.offset,
+                x.offset.saturating_add(x.len),
+            ) {
+                return;
+            }
+            let mut at = x.chunk;
             for _ in 0..PACK_READ_AHEAD {
                 let Some(following) = self.table.next_chunk(at) else {
                     break;

@@ -241,6 +241,16 @@ impl Fetcher {
         slice(c.data(), 0)
     }
 
+    /// True when raw bytes `from..to` of a framed chunk will be served from frames (each is
+    /// cached or on its way): a profile foresaw the read, so nothing around it is fetched ahead.
+    pub fn frames_ready(&self, frames: &[ChunkInfo], from: u32, to: u32) -> bool {
+        from < to
+            && !frames.is_empty()
+            && self
+                .frames_at_hand(frames, frames::covering(frames, from, to - from))
+                .is_some()
+    }
+
     /// For each frame of `run`: where it will come from — the memory cache or a range fetch on
     /// its way. None if any is neither (the reader then fetches the whole chunk).
     #[allow(clippy::type_complexity)]
