@@ -350,3 +350,42 @@ fn range_gets_fail_over_from_gcs_without_chunks_to_s3() {
         "{st:?}"
     );
 }
+
+#[test]
+fn a_mount_that_pushes_pack_neighbours_records_packs_whole() {
+    require_fuse();
+    let s = Scratch::new();
+    let src = tree(&s);
+    let store = s.store("st");
+    assert_ok(&persist(
+        &s,
+        std::slice::from_ref(&store),
+        "ws",
+        "build",
+        &src,
+        &[],
+    ));
+    let (chunk, _) = pack(&s.path("st"));
+    // The default `--prefetch tree` pushes a read file's pack neighbours into the page cache:
+    // the job reads those without a READ, so frames would not name all it read.
+    let mp = s.mkdir("mnt");
+    let m = mount(
+        &s,
+        std::slice::from_ref(&store),
+        "ws",
+        &["build"],
+        &mp,
+        &["--profile", "job"],
+    );
+    for f in READ {
+        assert_eq!(read(&mp.join(f)), read(&src.join(f)));
+    }
+    assert_ok(&s.wsfs(&["umount", mp.to_str().unwrap()]));
+    drop(m);
+    let stored = std::fs::read(s.path("st").join("profiles/job")).unwrap();
+    assert_eq!(
+        wsfs::profile::decode(&stored).unwrap(),
+        vec![chunk.hash],
+        "the pack, whole"
+    );
+}

@@ -261,7 +261,7 @@ fn build(args: &MountArgs, start: &Start) -> Result<Built, WsfsError> {
     if args.profile.is_some() && first {
         // Only a daemon that serves from the start records: a replacement saw only part of
         // the run, and its profile would replace a whole one.
-        fs.record_profile();
+        fs.record_profile(args.warm_kernel);
     }
     drop(_guard);
     Ok(Built {

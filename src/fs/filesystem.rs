@@ -109,10 +109,15 @@ impl WsFs {
     }
 
     /// From now on, record the order in which reads first touch chunks (`--profile`).
-    pub fn record_profile(&self) {
+    /// `packs_whole`: a read of a small file records its whole pack, not its frames — on a
+    /// mount that pushes a read file's pack neighbours into the page cache, the job reads those
+    /// without a READ, so the frames its READs touch are not all it reads (a replay of just
+    /// them would leave the rest to whole-pack fetches, later and on top).
+    pub fn record_profile(&self, packs_whole: bool) {
         let _ = self.recorder.set(super::recorder::Recorder::new(
             self.table.chunk_count(),
             self.table.frame_count(),
+            packs_whole,
         ));
     }
 
@@ -408,14 +413,16 @@ impl WsFs {
         if read_ahead {
             // A job's own read (not the warm-up): the profile notes chunks it touches first.
             if let Some(r) = self.recorder.get() {
+                let small =
+                    n.extents().len() == 1 && n.size() < crate::manifest::chunker::SMALL_FILE_LIMIT;
                 for (e, from, to) in &pieces {
                     let x = &n.extents()[*e];
-                    r.touch(
-                        &self.table,
-                        x.chunk,
-                        x.offset as u64 + from,
-                        x.offset as u64 + to,
-                    );
+                    let (a, b) = if small && r.packs_whole() {
+                        (0, 0) // the whole pack
+                    } else {
+                        (u64::from(x.offset) + from, u64::from(x.offset) + to)
+                    };
+                    r.touch(&self.table, x.chunk, a, b);
                 }
             }
             self.read_ahead(n, i, end);

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 /// + the frame's place in the tree's frame table). A profile then names exactly what was read.
 pub struct Recorder {
     chunks: u32,
+    /// Small files' reads record their pack whole (see `WsFs::record_profile`).
+    packs_whole: bool,
     /// One bit per unit: touched already.
     seen: Vec<AtomicU64>,
     order: Mutex<Vec<u32>>,
@@ -19,9 +21,10 @@ pub struct Recorder {
 
 impl Recorder {
     /// A recorder for a table of `chunks` chunks and `frames` frames.
-    pub fn new(chunks: usize, frames: usize) -> Recorder {
+    pub fn new(chunks: usize, frames: usize, packs_whole: bool) -> Recorder {
         Recorder {
             chunks: chunks as u32,
+            packs_whole,
             seen: (0..(chunks + frames).div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -29,8 +32,12 @@ impl Recorder {
         }
     }
 
+    pub fn packs_whole(&self) -> bool {
+        self.packs_whole
+    }
+
     /// Notes that a read touched raw bytes `from..to` of chunk `index` of `table`: the frames
-    /// holding them, or the chunk if it has none.
+    /// holding them, or the chunk if it has none (or the range is empty).
     pub fn touch(&self, table: &InodeTable, index: u32, from: u64, to: u64) {
         let frames = table.frames(index);
         if frames.is_empty() || to <= from {
@@ -148,13 +155,13 @@ mod tests {
 
     #[test]
     fn the_recorder_keeps_first_touches_in_order_once() {
-        let r = Recorder::new(100, 30);
+        let r = Recorder::new(100, 30, false);
         for i in [5, 129, 5, 0, 129, 64] {
             r.touch_unit(i);
         }
         r.touch_unit(1000); // outside the table: ignored
         assert_eq!(r.order(), vec![5, 129, 0, 64]);
-        let r = std::sync::Arc::new(Recorder::new(10_000, 0));
+        let r = std::sync::Arc::new(Recorder::new(10_000, 0, false));
         let hs: Vec<_> = (0..4)
             .map(|_| {
                 let r = r.clone();
