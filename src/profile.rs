@@ -132,7 +132,7 @@ pub struct Plan {
 }
 
 /// Frames this close together (skipped frames between two wanted ones) go in one range GET:
-/// a request costs a round trip, a 64 KiB frame (~20 KB stored) a fraction of one on any link.
+/// a request costs a round trip, a 256 KiB frame (~60 KB stored) a fraction of one on a cloud link.
 pub const MERGE_GAP_FRAMES: usize = 2;
 /// A framed chunk of which the profile wants at least this share of frames is fetched whole.
 const WHOLE_FROM_PERCENT: usize = 75;

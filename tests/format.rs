@@ -534,7 +534,7 @@ fn encode_format_2(m: &Manifest) -> Vec<u8> {
 
 /// A manifest whose second chunk is framed, as a persist writes it.
 fn framed() -> Manifest {
-    let raw: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let raw: Vec<u8> = (0..1_300_000u32).map(|i| (i * 31 % 253) as u8).collect();
     let (stored, frames) = wsfs::manifest::frames::compress(&raw).unwrap();
     let mut m = base();
     m.chunks[1] = ChunkInfo {

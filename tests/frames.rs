@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use wsfs::manifest::{ChunkInfo, Digest, Manifest};
 use wsfs::ops::service::control::MountStatus;
 
-/// 2,000 files of 3,000 bytes in two packs: the first (files 0–1398, 4.2 MB) has 65 frames of
-/// 64 KiB; file `fNNNN` of it starts at byte 3000 × NNNN. The second pack is what a read of
+/// 2,000 files of 3,000 bytes in two packs: the first (files 0–1398, 4.2 MB) has 17 frames of
+/// 256 KiB; file `fNNNN` of it starts at byte 3000 × NNNN. The second pack is what a read of
 /// the first would fetch ahead on a first run.
 fn tree(s: &Scratch) -> PathBuf {
     let src = s.path("src");
@@ -27,9 +27,10 @@ fn tree(s: &Scratch) -> PathBuf {
     src
 }
 
-/// Files 0 (frame 0), 30 (frame 1) and 500 (frame 22): a replay wants frames 0, 1 and 22 —
-/// two range GETs (0–1 merged; 22 alone).
-const READ: [&str; 3] = ["f0000", "f0030", "f0500"];
+/// Files 0 (frame 0), 90 (frame 1) and 1100 (frame 12): a replay wants frames 0, 1 and 12 —
+/// two range GETs (0–1 merged; 12 alone).
+const READ: [&str; 3] = ["f0000", "f0090", "f1100"];
+const WANTED: [usize; 3] = [0, 1, 12];
 
 fn manifest_of(store_dir: &Path) -> Manifest {
     let m = std::fs::read_dir(store_dir.join("manifests"))
@@ -130,7 +131,7 @@ fn a_replay_fetches_only_the_frames_read_in_merged_range_gets() {
         &[],
     ));
     let (chunk, frames) = pack(&s.path("st"));
-    assert_eq!(frames.len(), 65, "a 4.2 MB pack in 64 KiB frames");
+    assert_eq!(frames.len(), 17, "a 4.2 MB pack in 256 KiB frames");
 
     record(
         &s,
@@ -144,7 +145,7 @@ fn a_replay_fetches_only_the_frames_read_in_merged_range_gets() {
     let listed = wsfs::profile::decode(&stored).unwrap();
     assert_eq!(
         listed,
-        vec![frames[0].hash, frames[1].hash, frames[22].hash],
+        WANTED.iter().map(|&i| frames[i].hash).collect::<Vec<_>>(),
         "the frames read, in order: not the whole pack"
     );
 
@@ -171,11 +172,11 @@ fn a_replay_fetches_only_the_frames_read_in_merged_range_gets() {
     assert_eq!((p.listed, p.matched, p.replayed), (3, 3, 2), "{st:?}");
     assert_eq!(
         st.cache.range_gets, 2,
-        "frames 0-1 in one request, 22 in another: {st:?}"
+        "frames 0-1 in one request, 12 in another: {st:?}"
     );
     assert_eq!(st.cache.frames_fetched, 3, "{st:?}");
     assert_eq!(st.cache.fetched, 0, "no whole chunk: {st:?}");
-    let stored_bytes: u64 = [0, 1, 22]
+    let stored_bytes: u64 = WANTED
         .iter()
         .map(|&i| u64::from(frames[i].stored_len))
         .sum();
@@ -279,7 +280,7 @@ fn a_range_that_does_not_verify_fails_over_and_without_any_the_reader_fetches_th
     assert!(st.cache.fetched >= 1, "{st:?}");
     assert_eq!((st.cache.frame_reads, st.eio), (0, 0), "{st:?}");
     compare_trees(&src, &mp);
-    assert_eq!(frames.len(), 65);
+    assert_eq!(frames.len(), 17);
 }
 
 #[test]
@@ -332,7 +333,7 @@ fn range_gets_fail_over_from_gcs_without_chunks_to_s3() {
         st.stores[0].requests.get("not_found").copied().unwrap_or(0) >= 2,
         "GCS missed both ranges: {st:?}"
     );
-    let stored_bytes: u64 = [0, 1, 22]
+    let stored_bytes: u64 = WANTED
         .iter()
         .map(|&i| u64::from(frames[i].stored_len))
         .sum();

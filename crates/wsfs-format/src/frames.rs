@@ -20,9 +20,13 @@
 use crate::types::{ChunkInfo, Digest};
 use std::ops::Range;
 
-/// Raw bytes per frame as this wsfs writes them: a small file's read fetches about this much
-/// (compressed), and a 4 MiB pack has 64 frames.
-pub const FRAME_RAW: usize = 64 << 10;
+/// Raw bytes per frame as this wsfs writes them: a 4 MiB pack has 16 frames. Smaller frames
+/// compress worse (independent frames share no history): on a tree of JavaScript sources,
+/// 64 KiB frames at zstd level 3 stored 23 % more than whole 4 MiB chunks; 256 KiB frames at
+/// level 5 store 2 % more (docs/benchmarks.md, "Framed chunks").
+pub const FRAME_RAW: usize = 256 << 10;
+/// zstd level of framed chunks (a chunk of one frame keeps level 3, as before).
+pub const FRAME_LEVEL: i32 = 5;
 /// The smallest frame a manifest may record (bounds the frames of one chunk to 4,096).
 pub const MIN_FRAME_RAW: u32 = 4 << 10;
 
@@ -32,7 +36,7 @@ pub fn compress(raw: &[u8]) -> std::io::Result<(Vec<u8>, Vec<ChunkInfo>)> {
     if raw.len() <= FRAME_RAW {
         return Ok((zstd::bulk::compress(raw, 3)?, Vec::new()));
     }
-    let mut c = zstd::bulk::Compressor::new(3)?;
+    let mut c = zstd::bulk::Compressor::new(FRAME_LEVEL)?;
     let mut out = Vec::with_capacity(raw.len() / 2);
     let mut frames = Vec::with_capacity(raw.len().div_ceil(FRAME_RAW));
     for piece in raw.chunks(FRAME_RAW) {
@@ -144,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_framed_chunk_is_one_zstd_stream_and_each_frame_stands_alone() {
-        let raw: Vec<u8> = (0..300_000u32)
+        let raw: Vec<u8> = (0..1_300_000u32)
             .map(|i| (i % 251) as u8 ^ (i / 7) as u8)
             .collect();
         let (stored, frames) = compress(&raw).unwrap();
@@ -195,7 +199,7 @@ mod tests {
 
     #[test]
     fn damaged_frame_tables_are_refused() {
-        let raw = vec![7u8; 200_000];
+        let raw = vec![7u8; 800_000];
         let (stored, frames) = compress(&raw).unwrap();
         let chunk = chunk_of(&raw, &stored);
         check(&chunk, &frames).unwrap();
