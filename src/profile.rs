@@ -267,4 +267,109 @@ mod tests {
         assert!(decode(&short).unwrap_err().contains("length mismatch"));
         assert_eq!(decode(&encode(&[])).unwrap(), Vec::<Digest>::new());
     }
+
+    /// A tree of two chunks: chunk 0 framed in 20 frames of 4 KiB, chunk 1 unframed.
+    fn table() -> (
+        crate::fs::inode::InodeTable,
+        Vec<crate::manifest::ChunkInfo>,
+    ) {
+        use crate::manifest::{ChunkInfo, Entry, EntryKind, Extent, RootMeta};
+        let frames: Vec<ChunkInfo> = (0..20u8)
+            .map(|i| ChunkInfo {
+                hash: d(100 + i),
+                raw_len: 4096,
+                stored_len: 10,
+            })
+            .collect();
+        let chunks = vec![
+            ChunkInfo {
+                hash: d(1),
+                raw_len: 20 * 4096,
+                stored_len: 200,
+            },
+            ChunkInfo {
+                hash: d(2),
+                raw_len: 10,
+                stored_len: 5,
+            },
+        ];
+        let file = |name: &str, chunk, len| Entry {
+            path: name.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size: u64::from(len),
+            target: vec![],
+            extents: vec![Extent {
+                chunk,
+                offset: 0,
+                len,
+            }],
+            content: d(0),
+        };
+        let entries = vec![file("a", 0, 20 * 4096), file("b", 1, 10)];
+        let t = crate::fs::inode::InodeTable::build(
+            &entries,
+            chunks,
+            &[frames.clone(), vec![]],
+            RootMeta::default(),
+        )
+        .unwrap();
+        (t, frames)
+    }
+
+    fn described(p: &Plan) -> Vec<String> {
+        p.fetches
+            .iter()
+            .map(|f| match f {
+                Prefetch::Chunk(c) => format!("chunk {}", c.hash.0[0]),
+                Prefetch::Frames { chunk, run, .. } => {
+                    format!(
+                        "chunk {} frames {}..{}",
+                        chunk.hash.0[0], run.start, run.end
+                    )
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_merges_near_frames_keeps_the_order_and_skips_what_is_not_here() {
+        let (t, f) = table();
+        // Chunk 1 first; frames 3, 4, 6 (gap of one: merged), 15; a foreign digest; frame 4
+        // again (once is enough).
+        let profile = vec![
+            d(2),
+            f[6].hash,
+            d(77),
+            f[3].hash,
+            f[15].hash,
+            f[4].hash,
+            f[4].hash,
+        ];
+        let p = plan(&t, &profile);
+        assert_eq!(
+            p.matched, 5,
+            "the foreign digest is skipped, the repeat counted once"
+        );
+        assert_eq!(
+            described(&p),
+            vec!["chunk 2", "chunk 1 frames 3..7", "chunk 1 frames 15..16"]
+        );
+        // Frames more than two apart stay apart.
+        let p = plan(&t, &[f[0].hash, f[4].hash]);
+        assert_eq!(
+            described(&p),
+            vec!["chunk 1 frames 0..1", "chunk 1 frames 4..5"]
+        );
+        // A chunk mostly wanted (15 of 20 frames) is fetched whole; so is one the profile names
+        // whole as well as by frames.
+        let most: Vec<Digest> = f[..15].iter().map(|x| x.hash).collect();
+        assert_eq!(described(&plan(&t, &most)), vec!["chunk 1"]);
+        assert_eq!(described(&plan(&t, &[f[2].hash, d(1)])), vec!["chunk 1"]);
+        // Nothing known: nothing fetched.
+        let p = plan(&t, &[d(9), d(10)]);
+        assert_eq!((p.matched, p.fetches.len()), (0, 0));
+    }
 }
