@@ -73,6 +73,22 @@ fn store_unframed(store_dir: &Path, c: &ChunkInfo) {
     std::fs::write(&p, zstd::bulk::compress(&raw, 19).unwrap()).unwrap();
 }
 
+/// A scratch with [`tree`] persisted to its store `st` as workspace `ws`, layer `build`.
+fn persisted(ws: &str) -> (Scratch, PathBuf, String) {
+    let s = Scratch::new();
+    let src = tree(&s);
+    let store = s.store("st");
+    assert_ok(&persist(
+        &s,
+        std::slice::from_ref(&store),
+        ws,
+        "build",
+        &src,
+        &[],
+    ));
+    (s, src, store)
+}
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
@@ -119,17 +135,7 @@ fn record(s: &Scratch, stores: &[String], ws: &str, name: &str, mp: &Path, src: 
 #[test]
 fn a_replay_fetches_only_the_frames_read_in_merged_range_gets() {
     require_fuse();
-    let s = Scratch::new();
-    let src = tree(&s);
-    let store = s.store("st");
-    assert_ok(&persist(
-        &s,
-        std::slice::from_ref(&store),
-        "run1",
-        "build",
-        &src,
-        &[],
-    ));
+    let (s, src, store) = persisted("run1");
     let (chunk, frames) = pack(&s.path("st"));
     assert_eq!(frames.len(), 17, "a 4.2 MB pack in 256 KiB frames");
 
@@ -355,17 +361,7 @@ fn range_gets_fail_over_from_gcs_without_chunks_to_s3() {
 #[test]
 fn a_mount_that_pushes_pack_neighbours_records_packs_whole() {
     require_fuse();
-    let s = Scratch::new();
-    let src = tree(&s);
-    let store = s.store("st");
-    assert_ok(&persist(
-        &s,
-        std::slice::from_ref(&store),
-        "ws",
-        "build",
-        &src,
-        &[],
-    ));
+    let (s, src, store) = persisted("ws");
     let (chunk, _) = pack(&s.path("st"));
     // The default `--prefetch tree` pushes a read file's pack neighbours into the page cache:
     // the job reads those without a READ, so frames would not name all it read.
