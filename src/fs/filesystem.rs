@@ -417,12 +417,12 @@ impl WsFs {
                     n.extents().len() == 1 && n.size() < crate::manifest::chunker::SMALL_FILE_LIMIT;
                 for (e, from, to) in &pieces {
                     let x = &n.extents()[*e];
-                    let (a, b) = if small && r.packs_whole() {
-                        (0, 0) // the whole pack
+                    if small && r.packs_whole() {
+                        r.touch_chunk(x.chunk);
                     } else {
-                        (u64::from(x.offset) + from, u64::from(x.offset) + to)
-                    };
-                    r.touch(&self.table, x.chunk, a, b);
+                        let at = u64::from(x.offset);
+                        r.touch(&self.table, x.chunk, at + from, at + to);
+                    }
                 }
             }
             self.read_ahead(n, i, end);

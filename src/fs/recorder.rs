@@ -37,11 +37,11 @@ impl Recorder {
     }
 
     /// Notes that a read touched raw bytes `from..to` of chunk `index` of `table`: the frames
-    /// holding them, or the chunk if it has none (or the range is empty).
+    /// holding them, or the chunk if it has none.
     pub fn touch(&self, table: &InodeTable, index: u32, from: u64, to: u64) {
         let frames = table.frames(index);
         if frames.is_empty() || to <= from {
-            return self.touch_unit(index);
+            return self.touch_chunk(index);
         }
         let base = self.chunks + table.frame_first(index);
         let len = (to - from).min(u64::from(u32::MAX)) as u32;
@@ -105,6 +105,11 @@ impl Recorder {
             out.extend(self.digest_of(table, u));
         }
         out
+    }
+
+    /// Notes that a read touched chunk `index` as a whole (its frames are not named).
+    pub fn touch_chunk(&self, index: u32) {
+        self.touch_unit(index)
     }
 
     /// Notes that a read touched unit `index`. Cheap when it was touched before (one load).

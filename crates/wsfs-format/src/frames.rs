@@ -84,14 +84,17 @@ pub fn check(chunk: &ChunkInfo, frames: &[ChunkInfo]) -> Result<(), &'static str
     Ok(())
 }
 
-/// The frames holding raw bytes `offset .. offset + len` of a chunk (a checked, non-empty
-/// table; `len` > 0). Empty if the range lies outside the chunk.
+/// The frames holding raw bytes `offset .. offset + len` of a chunk (a checked table). Empty
+/// if the table or the range is, or the range lies outside the chunk.
 pub fn covering(frames: &[ChunkInfo], offset: u32, len: u32) -> Range<usize> {
     let Some(step) = frames.first().map(|f| f.raw_len.max(1)) else {
         return 0..0;
     };
+    if len == 0 {
+        return 0..0;
+    }
     let first = (offset / step) as usize;
-    let last = ((u64::from(offset) + u64::from(len.max(1)) - 1) / u64::from(step)) as usize;
+    let last = ((u64::from(offset) + u64::from(len) - 1) / u64::from(step)) as usize;
     first.min(frames.len())..(last + 1).min(frames.len())
 }
 
@@ -184,6 +187,10 @@ mod tests {
         assert_eq!(covering(&frames, 99_999, 2), 0..2);
         assert_eq!(covering(&frames, 300_000, 5), 3..4);
         assert_eq!(covering(&frames, 400_000, 5), 4..4, "outside: nothing");
+        assert!(
+            covering(&frames, 10, 0).is_empty(),
+            "an empty range: nothing"
+        );
         assert_eq!(stored_range(&frames, 1..3), 10..30);
         assert_eq!(
             merge_runs(vec![7, 1, 2, 2, 4, 20], 0),

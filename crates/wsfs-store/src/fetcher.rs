@@ -42,9 +42,8 @@ pub struct FetchStats {
     /// Chunks the background prefetch (`--prefetch chunks|all`) has dealt with: fetched, found
     /// already cached, or failed (then a reader's own fetch reports it).
     pub prefetched: AtomicU64,
-    /// Frames fetched by range (verified), and their raw bytes (also in `fetched_bytes`).
+    /// Frames fetched by range (verified; their raw bytes count in `fetched_bytes`).
     pub frames_fetched: AtomicU64,
-    pub frame_bytes: AtomicU64,
     /// Reads served from frames (cached or fetched by range) instead of their whole chunk.
     pub frame_reads: AtomicU64,
     /// Runs of frames that no provider could serve (the reader then fetched the whole chunk).
@@ -54,6 +53,12 @@ pub struct FetchStats {
 type SharedFetch = Shared<BoxFuture<'static, Result<VerifiedChunk, FetchError>>>;
 type SharedRun = Shared<BoxFuture<'static, Result<Arc<Vec<VerifiedChunk>>, FetchError>>>;
 
+/// Where a frame a read needs comes from.
+enum FrameSource {
+    Cached(VerifiedChunk),
+    /// Frame `.1` of a range fetch on its way.
+    Coming(SharedRun, usize),
+}
 /// Something to fetch ahead of the reader.
 #[derive(Clone)]
 pub enum Prefetch {
@@ -111,12 +116,23 @@ impl Fetcher {
 
     /// Returns the verified chunk, or an error after at most the read deadline.
     pub async fn get(self: &Arc<Self>, info: &ChunkInfo) -> Result<VerifiedChunk, FetchError> {
+        self.get_until(info, tokio::time::Instant::now() + self.deadline)
+            .await
+    }
+
+    /// [`Fetcher::get`], waiting until `until` at most (a read that already waited for frames
+    /// has only what is left of its deadline).
+    async fn get_until(
+        self: &Arc<Self>,
+        info: &ChunkInfo,
+        until: tokio::time::Instant,
+    ) -> Result<VerifiedChunk, FetchError> {
         if let Some(c) = self.memory.get(&info.hash) {
             self.stats.memory_hits.fetch_add(1, Relaxed);
             return Ok(c);
         }
         let fut = self.start(info);
-        match tokio::time::timeout(self.deadline, fut).await {
+        match tokio::time::timeout_at(until, fut).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::Deadline(self.deadline)),
         }
@@ -195,8 +211,9 @@ impl Fetcher {
     }
 
     /// Raw bytes `from..to` of a chunk (`frames`: its frame table, empty if it has none),
-    /// verified, within the read deadline: from the whole chunk if it is cached, from frames if
-    /// every frame they need is cached or on its way, else from the whole chunk, fetched.
+    /// verified, within one read deadline in all: from the whole chunk if it is cached, from
+    /// frames if every frame they need is cached or on its way, else (or if their run missed
+    /// everywhere) from the whole chunk, fetched.
     pub async fn get_bytes(
         self: &Arc<Self>,
         info: &ChunkInfo,
@@ -219,70 +236,65 @@ impl Fetcher {
             self.stats.memory_hits.fetch_add(1, Relaxed);
             return slice(c.data(), 0);
         }
-        if from < to && !frames.is_empty() {
-            let run = frames::covering(frames, from, to - from);
-            if let Some(waits) = self.frames_at_hand(frames, run.clone()) {
-                let got = tokio::time::timeout(self.deadline, futures::future::join_all(waits))
-                    .await
-                    .map_err(|_| FetchError::Deadline(self.deadline))?;
-                // A run that missed everywhere: the whole chunk may still be had (below).
-                if let Ok(parts) = got.into_iter().collect::<Result<Vec<_>, _>>() {
-                    self.stats.frame_reads.fetch_add(1, Relaxed);
-                    let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-                    for p in &parts {
-                        joined.extend_from_slice(p.data());
+        let until = tokio::time::Instant::now() + self.deadline;
+        let run = frames::covering(frames, from, to.saturating_sub(from));
+        if let Some(sources) = self.frames_at_hand(frames, run.clone()) {
+            let waits = sources.into_iter().map(|src| async move {
+                match src {
+                    FrameSource::Cached(c) => Ok(c),
+                    FrameSource::Coming(fut, at) => {
+                        fut.await?.get(at).cloned().ok_or_else(|| {
+                            FetchError::Internal("a frame run came back short".into())
+                        })
                     }
-                    let base = frames::raw_start(frames, run.start);
-                    return slice(&bytes::Bytes::from(joined), base);
                 }
+            });
+            let got = tokio::time::timeout_at(until, futures::future::join_all(waits))
+                .await
+                .map_err(|_| FetchError::Deadline(self.deadline))?;
+            // A run that missed everywhere: the whole chunk may still be had (below).
+            if let Ok(parts) = got.into_iter().collect::<Result<Vec<_>, _>>() {
+                self.stats.frame_reads.fetch_add(1, Relaxed);
+                let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                for p in &parts {
+                    joined.extend_from_slice(p.data());
+                }
+                let base = frames::raw_start(frames, run.start);
+                return slice(&bytes::Bytes::from(joined), base);
             }
         }
-        let c = self.get(info).await?;
+        let c = self.get_until(info, until).await?;
         slice(c.data(), 0)
     }
 
     /// True when raw bytes `from..to` of a framed chunk will be served from frames (each is
     /// cached or on its way): a profile foresaw the read, so nothing around it is fetched ahead.
     pub fn frames_ready(&self, frames: &[ChunkInfo], from: u32, to: u32) -> bool {
-        from < to
-            && !frames.is_empty()
-            && self
-                .frames_at_hand(frames, frames::covering(frames, from, to - from))
-                .is_some()
+        let run = frames::covering(frames, from, to.saturating_sub(from));
+        self.frames_at_hand(frames, run).is_some()
     }
 
-    /// For each frame of `run`: where it will come from — the memory cache or a range fetch on
-    /// its way. None if any is neither (the reader then fetches the whole chunk).
-    #[allow(clippy::type_complexity)]
+    /// For each frame of `run`: where it comes from — the memory cache or a range fetch on its
+    /// way. None if any is neither, or the run is empty (the read uses the whole chunk).
     fn frames_at_hand(
         &self,
         frames: &[ChunkInfo],
         run: std::ops::Range<usize>,
-    ) -> Option<Vec<BoxFuture<'static, Result<VerifiedChunk, FetchError>>>> {
+    ) -> Option<Vec<FrameSource>> {
+        let wanted = frames.get(run).filter(|w| !w.is_empty())?;
         let inflight = self
             .inflight_frames
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::with_capacity(run.len());
-        for f in frames.get(run)? {
-            if let Some(c) = self.memory.get(&f.hash) {
-                out.push(futures::future::ready(Ok(c)).boxed());
-            } else if let Some((fut, at)) = inflight.get(&f.hash) {
-                let (fut, at) = (fut.clone(), *at);
-                out.push(
-                    async move {
-                        let run = fut.await?;
-                        run.get(at).cloned().ok_or_else(|| {
-                            FetchError::Internal("a frame run came back short".into())
-                        })
-                    }
-                    .boxed(),
-                );
-            } else {
-                return None;
-            }
-        }
-        Some(out)
+        wanted
+            .iter()
+            .map(|f| match self.memory.get(&f.hash) {
+                Some(c) => Some(FrameSource::Cached(c)),
+                None => inflight
+                    .get(&f.hash)
+                    .map(|(fut, at)| FrameSource::Coming(fut.clone(), *at)),
+            })
+            .collect()
     }
 
     /// Starts fetching frames `run` of a framed chunk by range (those not cached or already on
@@ -315,7 +327,6 @@ impl Fetcher {
                     let got = served.value;
                     for c in &got {
                         this.stats.frames_fetched.fetch_add(1, Relaxed);
-                        this.stats.frame_bytes.fetch_add(c.len() as u64, Relaxed);
                         this.stats.fetched_bytes.fetch_add(c.len() as u64, Relaxed);
                         this.memory.insert(c.clone());
                     }
